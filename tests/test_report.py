@@ -1,0 +1,49 @@
+"""Offline maps and reports: nothing in a page may need the network."""
+
+import folium
+import folium.plugins
+import nbformat
+import pytest
+
+from geopak_lib.report import (ShowMap, export_html, external_references, inline_assets, map_html,
+                               offline_map, OfflineAssetError)
+
+
+def test_folium_page_has_cdn_refs_and_ours_has_none():
+    m = folium.Map(tiles=None)
+    assert external_references(m.get_root().render())  # folium alone would fetch from CDNs
+    m = offline_map()
+    folium.CircleMarker([24.86, 67.0], radius=4, popup="Karachi").add_to(m)
+    folium.plugins.HeatMap([[24.86, 67.0, 1.0]]).add_to(m)
+    folium.LayerControl().add_to(m)
+    page = map_html(m)
+    assert external_references(page) == []
+    assert "L.map(" in page and "leaflet" in page.lower()
+    assert "L.heatLayer" in page and "simpleheat" in page  # heat plugin inlined from folium
+    assert "data:image/jpeg;base64," in page  # relief base layer inlined
+
+
+def test_unknown_external_asset_is_an_error():
+    with pytest.raises(OfflineAssetError, match="example.org"):
+        inline_assets('<script src="https://example.org/x/unknown-plugin.js"></script>')
+
+
+def test_show_map_iframe_is_self_contained():
+    html = ShowMap(offline_map())._repr_html_()
+    assert html.startswith("<iframe srcdoc=") and external_references(html) == []
+
+
+def test_export_html_hides_code_and_needs_no_network(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    src = "secret_code_marker = 1\nfrom geopak_lib.report import ShowMap, offline_map\nShowMap(offline_map())"
+    cell = nbformat.v4.new_code_cell(src)
+    cell.outputs = [nbformat.v4.new_output("execute_result", {"text/html": ShowMap(offline_map())._repr_html_()},
+                                           execution_count=1)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, str(path))
+    out = export_html(path, tmp_path / "x.html")
+    page = out.read_text()
+    assert "secret_code_marker" not in page
+    assert "Title" in page and "iframe" in page
+    assert external_references(page) == []

@@ -98,6 +98,7 @@ def offline_map(location=PAK_CENTER, zoom_start: int = 5, relief: bool = True, o
     """A folium map with no tile layer: shaded relief and province outlines as the base."""
     m = folium.Map(location=list(location), zoom_start=zoom_start, tiles=None, height=height,
                    control_scale=True, prefer_canvas=True)
+    m.fit_bounds([list(b) for b in RELIEF_BOUNDS])
     if relief:
         folium.raster_layers.ImageOverlay(
             relief_data_uri(), bounds=[list(b) for b in RELIEF_BOUNDS], opacity=0.85,
@@ -125,7 +126,7 @@ class ShowMap:
 
     def _repr_html_(self) -> str:
         return (f'<iframe srcdoc="{html_lib.escape(self.page)}" style="width:100%;height:{self.height}px;'
-                f'border:1px solid #ccc" sandbox="allow-scripts allow-popups"></iframe>')
+                f'border:1px solid #ccc;box-sizing:border-box" sandbox="allow-scripts allow-popups"></iframe>')
 
 
 def save_map(m: folium.Map, path) -> Path:
@@ -134,6 +135,32 @@ def save_map(m: folium.Map, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(map_html(m))
     return path
+
+
+_PROGRESS_LINE = re.compile(r"^.*(\d+%\||\d+/\d+ \[|it/s\]|s/it\]|IProgress not found|from \.autonotebook).*$")
+
+
+def clean_outputs(nb):
+    """Drop progress-bar noise from an executed notebook before it becomes a report.
+
+    tqdm writes every update of a bar as a stderr line in a headless run, and ipywidgets bars
+    would need widget JavaScript from a CDN; other stderr lines (warnings) are kept.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = []
+        for out in cell.get("outputs", []):
+            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
+                continue
+            if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                lines = [ln for ln in re.split(r"[\r\n]+", out["text"]) if ln and not _PROGRESS_LINE.match(ln)]
+                if not lines:
+                    continue
+                out["text"] = "\n".join(lines) + "\n"
+            kept.append(out)
+        cell["outputs"] = kept
+    return nb
 
 
 def export_html(executed_notebook, out_html) -> Path:
@@ -145,7 +172,7 @@ def export_html(executed_notebook, out_html) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    nb = nbformat.read(str(executed_notebook), as_version=4)
+    nb = clean_outputs(nbformat.read(str(executed_notebook), as_version=4))
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, embed_images=True)
     exporter.mathjax_url = ""
@@ -161,3 +188,71 @@ def export_html(executed_notebook, out_html) -> Path:
     out_html.parent.mkdir(parents=True, exist_ok=True)
     out_html.write_text(body)
     return out_html
+
+
+# --- shared plots and map layers ----------------------------------------------------------
+
+PROVINCE_COLORS = {
+    "Sindh": "#1f77b4", "Punjab": "#2ca02c", "Khyber Pakhtunkhwa": "#d62728",
+    "Islamabad Capital Territory": "#9467bd", "Gilgit-Baltistan": "#17becf",
+    "Balochistan": "#ff7f0e", "Azad Kashmir": "#e377c2",
+}
+
+
+def samples_map(df, group_col: str = "province", color_col: str | None = None, radius: float = 3,
+                popup_cols=("id",), colors: dict | None = None, max_points: int = 20000) -> folium.Map:
+    """Offline map of sample points (lat/lon columns ``latitude``/``longitude``), one layer per group.
+
+    Colour is per group (``colors`` or PROVINCE_COLORS), or per row if ``color_col`` holds CSS colours.
+    """
+    m = offline_map()
+    colors = colors or PROVINCE_COLORS
+    shown = df if len(df) <= max_points else df.sample(max_points, random_state=0)
+    for name, part in shown.groupby(group_col, sort=False):
+        layer = folium.FeatureGroup(name=f"{name} ({len(part)})")
+        for row in part.itertuples(index=False):
+            r = row._asdict()
+            color = r[color_col] if color_col else colors.get(name, "#333")
+            popup = "<br>".join(f"<b>{c}</b>: {r[c]}" for c in popup_cols if c in r)
+            folium.CircleMarker([r["latitude"], r["longitude"]], radius=radius, color=color, weight=1,
+                                fill=True, fill_opacity=0.7, popup=popup or None).add_to(layer)
+        layer.add_to(m)
+    folium.LayerControl(collapsed=False).add_to(m)
+    return m
+
+
+def province_share_chart(counts, title: str = "Samples per province"):
+    """Bar chart of this dataset's province shares beside the spec's (000 §1.1). Returns the figure."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from .constants import PROVINCES, SPEC_SHARES
+
+    counts = pd.Series(counts).reindex(PROVINCES, fill_value=0)
+    share = counts / max(counts.sum(), 1)
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    x = np.arange(len(PROVINCES))
+    ax.bar(x - 0.2, share.values * 100, 0.4, label="this dataset",
+           color=[PROVINCE_COLORS[p] for p in PROVINCES])
+    ax.bar(x + 0.2, [SPEC_SHARES[p] * 100 for p in PROVINCES], 0.4, label="spec (published data)",
+           color="#bbb", edgecolor="#555")
+    for xi, n in zip(x, counts.values):
+        ax.text(xi - 0.2, share.values[xi] * 100 + 0.8, str(n), ha="center", fontsize=8)
+    ax.set_xticks(x, [p.replace(" ", "\n", 1) if len(p) > 12 else p for p in PROVINCES], fontsize=8)
+    ax.set_ylabel("% of samples")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def setup_notebook() -> None:
+    """Display defaults shared by every notebook: readable tables, crisp inline figures."""
+    import matplotlib as mpl
+    import pandas as pd
+
+    pd.set_option("display.max_colwidth", 160)
+    pd.set_option("display.max_rows", 80)
+    pd.set_option("display.precision", 3)
+    mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
+                         "axes.spines.top": False, "axes.spines.right": False})

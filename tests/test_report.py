@@ -47,3 +47,21 @@ def test_export_html_hides_code_and_needs_no_network(tmp_path):
     assert "secret_code_marker" not in page
     assert "Title" in page and "iframe" in page
     assert external_references(page) == []
+
+
+def test_clean_outputs_drops_progress_bars_keeps_warnings():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    bar = "demo images:  14%|█         | 58/400 [00:01<00:04, 84.38img/s]\rdemo images: 100%|██| 400/400 [00:03<00:00]\n"
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text=bar),
+        nbformat.v4.new_output("stream", name="stderr", text=bar + "UserWarning: CLIP runs on random weights\n"),
+        nbformat.v4.new_output("display_data", {"application/vnd.jupyter.widget-view+json": {"model_id": "x"},
+                                                "text/plain": "HBox()"}),
+        nbformat.v4.new_output("stream", name="stdout", text="10%|# | kept: stdout is the user's own print\n"),
+    ]
+    nb.cells = [cell]
+    from geopak_lib.report import clean_outputs
+    outs = clean_outputs(nb).cells[0].outputs
+    assert [o["name"] for o in outs] == ["stderr", "stdout"]
+    assert outs[0]["text"] == "UserWarning: CLIP runs on random weights\n"

@@ -118,6 +118,7 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
 
     profile = load_profile(profile_name)
     notebooks = notebook_paths()
+    check_profile(profile, notebooks)  # the whole profile, even when running a subset
     if only:
         missing = [o for o in only if o not in {nb.stem for nb in notebooks}]
         if missing:
@@ -125,7 +126,6 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
         notebooks = [nb for nb in notebooks if nb.stem in only]
     if start:
         notebooks = [nb for nb in notebooks if nb.stem >= start]
-    check_profile(profile, notebooks)
     run_dir = REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}")
     report_dir = REPO_ROOT / "reports" / profile.name
     reports = []

@@ -22,7 +22,7 @@ import numpy as np
 
 from .geo import province_geojson
 
-PAK_CENTER = (30.0, 69.5)
+PAK_CENTER = (30.4, 69.4)
 RELIEF_BOUNDS = ((23.0, 60.0), (37.5, 78.0))  # (south, west), (north, east) degrees
 
 _VENDOR = resources.files("geopak_lib").joinpath("data", "vendor")
@@ -93,12 +93,11 @@ def relief_data_uri(width: int = 900) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def offline_map(location=PAK_CENTER, zoom_start: int = 5, relief: bool = True, outlines: bool = True,
+def offline_map(location=PAK_CENTER, zoom_start: float = 5.25, relief: bool = True, outlines: bool = True,
                 height: str = "520px") -> folium.Map:
     """A folium map with no tile layer: shaded relief and province outlines as the base."""
     m = folium.Map(location=list(location), zoom_start=zoom_start, tiles=None, height=height,
-                   control_scale=True, prefer_canvas=True)
-    m.fit_bounds([list(b) for b in RELIEF_BOUNDS])
+                   control_scale=True, prefer_canvas=True, zoom_snap=0.25)
     if relief:
         folium.raster_layers.ImageOverlay(
             relief_data_uri(), bounds=[list(b) for b in RELIEF_BOUNDS], opacity=0.85,
@@ -256,3 +255,35 @@ def setup_notebook() -> None:
     pd.set_option("display.precision", 3)
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False})
+
+
+def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> folium.Map:
+    """Geocells as circles of their radius, one layer per province, with sample points.
+
+    cells: geocell table (cell_id, province, center_lat, center_lon, radius_km, n_samples).
+    samples: optional rows with latitude, longitude, province, cell_id (drawn as small dots).
+    """
+    from .constants import PROVINCES
+
+    m = offline_map()
+    palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
+               "#469990", "#800000", "#808000", "#000075"]
+    for prov in PROVINCES:
+        c = cells[cells["province"] == prov]
+        if not len(c):
+            continue
+        layer = folium.FeatureGroup(name=f"{prov}: {len(c)} cells")
+        if samples is not None:
+            pts = samples[samples["province"] == prov].head(max_points_per_province)
+            for r in pts.itertuples(index=False):
+                folium.CircleMarker([r.latitude, r.longitude], radius=1.5, weight=0, fill=True, fill_opacity=0.8,
+                                    color=palette[int(r.cell_id) % len(palette)]).add_to(layer)
+        for r in c.itertuples(index=False):
+            color = palette[int(r.cell_id) % len(palette)]
+            popup = (f"<b>cell {r.cell_id}</b> ({prov})<br>samples: {r.n_samples}<br>"
+                     f"radius: {r.radius_km:.1f} km<br>centre: {r.center_lat:.3f}, {r.center_lon:.3f}")
+            folium.Circle([r.center_lat, r.center_lon], radius=float(r.radius_km) * 1000, color=color, weight=2,
+                          fill=True, fill_opacity=0.12, popup=popup, tooltip=f"cell {r.cell_id}").add_to(layer)
+        layer.add_to(m)
+    folium.LayerControl(collapsed=False).add_to(m)
+    return m

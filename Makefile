@@ -36,11 +36,12 @@ venv: $(STAMP)
 book: $(STAMP)
 	$(BIN)/geopak book $(PROFILE)
 
+# Library tests, then the smoke book (papermill), then nbval over the notebooks.
 test: $(STAMP)
-	$(TESTENV) $(BIN)/python -m pytest
+	$(TESTENV) $(BIN)/python -m pytest tests notebooks --nbval-lax
 
 test-fast: $(STAMP)
-	$(TESTENV) $(BIN)/python -m pytest -m "not book"
+	$(TESTENV) $(BIN)/python -m pytest tests -m "not book"
 
 lab: $(STAMP)
 	$(BIN)/jupyter-lab --notebook-dir=. notebooks/

@@ -54,3 +54,17 @@ def atomic_torch_save(obj, path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def use_project_root() -> Path:
+    """chdir to the project root (the folder holding params/ and notebooks/) and return it.
+
+    papermill already runs with the root as working directory, but JupyterLab and nbval start a
+    notebook's kernel in notebooks/, where the root-relative paths of the parameters would break.
+    """
+    here = Path.cwd().resolve()
+    for cand in (here, *here.parents):
+        if (cand / "params").is_dir() and (cand / "notebooks").is_dir():
+            os.chdir(cand)
+            return cand
+    return here

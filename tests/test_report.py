@@ -65,3 +65,20 @@ def test_clean_outputs_drops_progress_bars_keeps_warnings():
     outs = clean_outputs(nb).cells[0].outputs
     assert [o["name"] for o in outs] == ["stderr", "stdout"]
     assert outs[0]["text"] == "UserWarning: CLIP runs on random weights\n"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"), reason="headless chromium not installed")
+def test_map_renders_in_headless_chromium_offline(tmp_path):
+    """Leaflet must actually run: the DOM after scripts holds the relief layer and our circle."""
+    import subprocess
+
+    from geopak_lib.report import save_map
+    m = offline_map()
+    folium.CircleMarker([24.86, 67.0], radius=6, color="#ff0000").add_to(m)
+    page = save_map(m, tmp_path / "map.html")
+    cmd = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'u'}",
+           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    assert "leaflet-container" in dom and "leaflet-image-layer" in dom
+    assert "leaflet-interactive" in dom  # the circle marker was drawn

@@ -1,0 +1,41 @@
+"""The whole book on the smoke profile, executed by papermill inside the test suite.
+
+Marked `book` (a few minutes); `make test` runs it, `make test-fast` skips it. Afterwards
+`pytest --nbval-lax notebooks` (also in `make test`) runs the notebooks once more with their
+default parameters, which are the smoke settings.
+"""
+
+import pandas as pd
+import pytest
+
+from geopak_lib.book import REPO_ROOT, load_profile, notebook_paths, run_book
+from geopak_lib.report import external_references
+
+pytestmark = pytest.mark.book
+
+
+@pytest.fixture(scope="module")
+def smoke_book():
+    # the runner prints each notebook's time; `pytest -s` shows it (recorded in docs/performance.md)
+    return run_book("smoke"), None
+
+
+def test_every_notebook_renders_an_offline_report(smoke_book):
+    reports, _ = smoke_book
+    assert [r.stem for r in reports] == [nb.stem for nb in notebook_paths()]
+    for r in reports:
+        page = r.read_text()
+        assert external_references(page) == [], r.name
+        assert "Traceback (most recent call last)" not in page, r.name
+        assert "<h1" in page, f"{r.name} has no title"
+
+
+def test_audit_and_geocell_artifacts(smoke_book):
+    run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
+    manifest = pd.read_csv(run_dir / "manifest.csv", dtype={"id": str})
+    assert len(manifest) == 400 and set(manifest["split"]) == {"train", "val", "test"}
+    assign = pd.read_csv(run_dir / "assignments.csv", dtype={"id": str})
+    assert sorted(assign["id"]) == sorted(manifest["id"])  # every sample has its cell
+    audit = (REPO_ROOT / "reports" / "smoke" / "00_data_audit.html").read_text()
+    for text in ("aerial and terrain crops", "Rejects", "Spatial-block split", "leaflet"):
+        assert text in audit

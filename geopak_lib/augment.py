@@ -1,0 +1,239 @@
+"""Geography-safe augmentation (spec 000 §11-§12) and the image dataset that applies it.
+
+Allowed: random resized crop (mild scale range), colour jitter, gamma, mild blur and noise,
+weather (haze: blend towards grey-white) and seasonal tint (towards green or brown).
+Forbidden: anything that mirrors or warps the scene (horizontal/vertical flip, large rotations,
+perspective or affine shear), because the left-right layout of a place (which side the
+mountains, the river, the traffic are on) is a location cue. ``assert_geography_safe`` walks a
+built pipeline and refuses any forbidden transform; every ``build_augment`` result passes it.
+
+Strong augmentation is for Sindh and Punjab only (the provinces with plenty of images, where
+over-fitting is the risk); the rare provinces get a mild pipeline (spec 000 §11).
+
+Images leave every pipeline here as uint8 tensors (3, S, S); each encoder then resizes and
+normalises them itself (``features.encoder_input``), so both encoders see the same view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+STRONG_PROVINCES = ("Sindh", "Punjab")
+MAX_ROTATION_DEG = 5.0  # a tilted camera is natural; more than this starts to invent geography
+FORBIDDEN = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomPerspective,
+             v2.ElasticTransform)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Strengths of one pipeline. Probabilities in [0, 1]; crop scale is the area fraction kept."""
+
+    crop_scale: tuple = (0.8, 1.0)
+    crop_ratio: tuple = (3 / 4, 4 / 3)
+    brightness: float = 0.15
+    contrast: float = 0.15
+    saturation: float = 0.15
+    hue: float = 0.02
+    gamma_p: float = 0.3
+    gamma_range: tuple = (0.85, 1.2)
+    haze_p: float = 0.1
+    haze_strength: tuple = (0.05, 0.2)
+    season_p: float = 0.1
+    season_strength: tuple = (0.05, 0.15)
+    blur_p: float = 0.1
+    blur_sigma: tuple = (0.1, 0.8)
+    noise_p: float = 0.1
+    noise_sigma: tuple = (0.005, 0.02)
+
+    @staticmethod
+    def preset(strength: str) -> "AugmentConfig":
+        """'mild' (rare provinces) or 'strong' (Sindh, Punjab)."""
+        if strength == "mild":
+            return AugmentConfig()
+        if strength == "strong":
+            return AugmentConfig(crop_scale=(0.55, 1.0), brightness=0.3, contrast=0.3,
+                                 saturation=0.3, hue=0.04, gamma_p=0.5, gamma_range=(0.7, 1.4),
+                                 haze_p=0.3, haze_strength=(0.1, 0.4), season_p=0.3,
+                                 season_strength=(0.1, 0.3), blur_p=0.3, blur_sigma=(0.1, 1.2),
+                                 noise_p=0.3, noise_sigma=(0.01, 0.04))
+        raise ValueError(f"augmentation strength must be 'strong' or 'mild', got {strength!r}")
+
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(()).uniform_(lo, hi))
+
+
+class RandomGamma(nn.Module):
+    """x -> x ** gamma with gamma ~ U(range), with probability p. x float (3, H, W) in [0, 1]."""
+
+    def __init__(self, p: float, gamma_range: tuple):
+        super().__init__()
+        self.p, self.gamma_range = p, gamma_range
+
+    def forward(self, x):
+        if torch.rand(()) >= self.p:
+            return x
+        return x.clamp(0, 1) ** _uniform(*self.gamma_range)
+
+
+class RandomHaze(nn.Module):
+    """Haze or fog: blend towards a grey-white veil, x -> (1 - t) x + t * veil, t ~ U(strength)."""
+
+    def __init__(self, p: float, strength: tuple):
+        super().__init__()
+        self.p, self.strength = p, strength
+
+    def forward(self, x):
+        if torch.rand(()) >= self.p:
+            return x
+        veil = _uniform(0.75, 0.95)  # grey (0.75) to near-white fog (0.95)
+        t = _uniform(*self.strength)
+        return (1 - t) * x + t * veil
+
+
+class RandomSeasonalTint(nn.Module):
+    """Seasonal colour shift: blend towards the image's own brightness in a green (monsoon) or
+    brown (dry season) hue, so the structure stays and only the colour cast moves."""
+
+    TINTS = torch.tensor([[0.85, 1.15, 0.75], [1.15, 0.98, 0.72]])  # green, brown (mean ~0.9)
+
+    def __init__(self, p: float, strength: tuple):
+        super().__init__()
+        self.p, self.strength = p, strength
+
+    def forward(self, x):
+        if torch.rand(()) >= self.p:
+            return x
+        tint = self.TINTS[int(torch.randint(0, len(self.TINTS), ()))].to(x.dtype)
+        luma = x.mean(0, keepdim=True)
+        t = _uniform(*self.strength)
+        return ((1 - t) * x + t * luma * tint[:, None, None]).clamp(0, 1)
+
+
+class RandomNoise(nn.Module):
+    """Additive Gaussian noise with sigma ~ U(range), probability p; clamped to [0, 1]."""
+
+    def __init__(self, p: float, sigma: tuple):
+        super().__init__()
+        self.p, self.sigma = p, sigma
+
+    def forward(self, x):
+        if torch.rand(()) >= self.p:
+            return x
+        return (x + torch.randn_like(x) * _uniform(*self.sigma)).clamp(0, 1)
+
+
+def build_augment(strength: str = "strong", size: int = 224, config: AugmentConfig | None = None):
+    """The training pipeline: PIL RGB image (or uint8 (3, H, W)) -> uint8 tensor (3, size, size).
+
+    All randomness comes from torch's global generator, so seeding torch fixes the view.
+    """
+    c = config or AugmentConfig.preset(strength)
+    pipeline = v2.Compose([
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=c.crop_scale, ratio=c.crop_ratio, antialias=True),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.ColorJitter(brightness=c.brightness, contrast=c.contrast, saturation=c.saturation,
+                       hue=c.hue),
+        RandomGamma(c.gamma_p, c.gamma_range),
+        RandomHaze(c.haze_p, c.haze_strength),
+        RandomSeasonalTint(c.season_p, c.season_strength),
+        v2.RandomApply([v2.GaussianBlur(5, sigma=c.blur_sigma)], p=c.blur_p),
+        RandomNoise(c.noise_p, c.noise_sigma),
+        v2.ToDtype(torch.uint8, scale=True),
+    ])
+    assert_geography_safe(pipeline)
+    return pipeline
+
+
+def clean_transform(size: int = 224):
+    """Evaluation view: resize the short side to ``size``, centre crop -> uint8 (3, size, size)."""
+    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+
+
+def augment_for_province(province: str) -> str:
+    """'strong' for Sindh and Punjab, 'mild' for every other province (spec 000 §11)."""
+    return "strong" if province in STRONG_PROVINCES else "mild"
+
+
+def augment_settings(size: int, configs: dict | None = None) -> dict:
+    """Everything that determines the augmented views, as plain data (feature-cache key)."""
+    configs = configs or {s: AugmentConfig.preset(s) for s in ("strong", "mild")}
+    return {"size": size, "strong_provinces": list(STRONG_PROVINCES),
+            **{s: asdict(c) for s, c in configs.items()}}
+
+
+def _walk(transform):
+    """Yield ``transform`` and every transform nested in it (Compose, RandomApply, modules)."""
+    yield transform
+    children = list(getattr(transform, "transforms", None) or [])
+    if isinstance(transform, nn.Module):
+        children += [m for m in transform.children() if not any(m is c for c in children)]
+    for child in children:
+        yield from _walk(child)
+
+
+def _max_abs_degrees(t) -> float:
+    degrees = getattr(t, "degrees", 0)
+    return float(np.max(np.abs(np.atleast_1d(np.asarray(degrees, dtype=float)))))
+
+
+def assert_geography_safe(transform) -> None:
+    """Raise ValueError naming the first transform that mirrors or warps the scene."""
+    for t in _walk(transform):
+        name = type(t).__name__
+        if isinstance(t, FORBIDDEN):
+            raise ValueError(f"{name} is forbidden: it mirrors or warps the scene (spec 000 §12)")
+        if isinstance(t, (v2.RandomRotation, v2.RandomAffine)) and _max_abs_degrees(t) > MAX_ROTATION_DEG:
+            raise ValueError(f"{name} rotates by up to {_max_abs_degrees(t)} deg; at most "
+                             f"{MAX_ROTATION_DEG} deg is geography-safe (spec 000 §12)")
+        if isinstance(t, v2.RandomAffine) and t.shear is not None:
+            raise ValueError(f"{name} shears the image (a perspective-like warp); forbidden")
+
+
+def item_seed(seed: int, *keys: int) -> int:
+    """A 63-bit seed from (seed, keys...): the same keys give the same augmented view anywhere
+    (any worker count, any chunking), which keeps cache builds and resumed runs exact."""
+    state = np.random.SeedSequence([int(seed), *[int(k) for k in keys]]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _load_rgb(path):
+    from .data import load_rgb  # the one loader of the book: EXIF orientation, RGB, clear errors
+
+    return load_rgb(path)
+
+
+class ImageViewDataset(torch.utils.data.Dataset):
+    """Images of a manifest, one view per item. An item is (row, strength, seed): row indexes
+    ``paths``; strength 'none' gives the clean view, 'strong'/'mild' an augmented one drawn with
+    ``seed``. Returns (row, uint8 (3, size, size))."""
+
+    def __init__(self, paths, size: int = 224, configs: dict | None = None):
+        self.paths = list(paths)
+        configs = configs or {}
+        self.pipelines = {s: build_augment(s, size, configs.get(s)) for s in ("strong", "mild")}
+        self.clean = clean_transform(size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        row, strength, seed = item
+        image = _load_rgb(self.paths[row])
+        if strength == "none":
+            return row, self.clean(image)
+        with torch.random.fork_rng(devices=[]):  # keep the caller's RNG stream untouched
+            torch.manual_seed(seed)
+            return row, self.pipelines[strength](image)
+
+
+def collate_views(batch):
+    """[(row, uint8 (3, S, S))] -> (rows LongTensor (B,), images uint8 (B, 3, S, S))."""
+    rows, images = zip(*batch)
+    return torch.as_tensor(rows, dtype=torch.long), torch.stack(images)

@@ -1,0 +1,328 @@
+"""Frozen-feature cache (phases 0-1) and the baselines computed on it.
+
+While both encoders are frozen, an image's features never change, so each is computed once:
+view 0 (the clean view) for every manifest row, plus ``views`` augmented views for each
+training row. Arrays are memory-mapped ``.npy`` files in ``cache_root/<key>/``:
+
+- ``clip.npy`` (S, Dc) and ``scene.npy`` (S, Ds), S = N + views * N_train slots. Slot r holds row
+  r's clean view; slot N + (v-1) * N_train + j holds view v of the j-th training row.
+- ``key.json``: what the key was computed from; ``progress.json``: slots done so far;
+  ``complete.json``: written atomically last. A folder without it is never read.
+
+The key covers each encoder's spec, weight status and a hash of its actual weights (so two
+random inits never share a cache), the manifest content, image size, views, augmentation
+settings, seed and storage dtype: change any of them and a new cache is built.
+Decisions: docs/decisions/training.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import geo
+from .augment import ImageViewDataset, augment_for_province, augment_settings, collate_views, item_seed
+from .utils import atomic_write_bytes, pick_device
+
+CACHE_VERSION = 1
+MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
+
+
+def encoder_input(images: torch.Tensor, preprocess) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> float (B, 3, S, S) normalised for an encoder (S = preprocess.image_size)."""
+    try:
+        from .encoders import preprocess_batch
+    except ImportError:  # TODO(encoders.py): remove once it lands
+        preprocess_batch = None
+    if preprocess_batch is not None:
+        return preprocess_batch(images, preprocess)
+    size = int(preprocess.image_size)
+    x = images.float() / 255.0
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.as_tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def view_size(*encoders) -> int:
+    """Side of the shared uint8 view: the largest input size among the encoders (each resizes down)."""
+    return max(int(e.preprocess.image_size) for e in encoders)
+
+
+def encoder_fingerprint(encoder) -> dict:
+    """Spec, weight status and sha256 of the encoder's parameters and buffers (names + bytes)."""
+    h = hashlib.sha256()
+    for name, t in sorted(encoder.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    pre = encoder.preprocess
+    return {"spec": encoder.spec, "weight_status": str(getattr(encoder, "weight_status", "")),
+            "weights_sha256": h.hexdigest(),
+            "preprocess": {"image_size": int(pre.image_size), "mean": list(map(float, pre.mean)),
+                           "std": list(map(float, pre.std))}}
+
+
+def manifest_hash(manifest: pd.DataFrame) -> str:
+    """sha256 of the manifest columns that decide the features (row order included)."""
+    missing = [c for c in ("id", "image_path", "split") if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"manifest lacks columns {missing}; use the manifest.csv written by 00_data_audit")
+    cols = [c for c in MANIFEST_KEY_COLUMNS if c in manifest.columns]
+    return hashlib.sha256(manifest[cols].astype(str).to_csv(index=False).encode()).hexdigest()
+
+
+def _atomic_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+class FeatureCache:
+    """A complete cache, read-only, memory-mapped. Build or open it with :meth:`build_or_load`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        done = self.path / "complete.json"
+        if not done.exists():
+            raise FileNotFoundError(f"feature cache {self.path} is incomplete (no complete.json): "
+                                    "rebuild it with FeatureCache.build_or_load(...)")
+        self.meta = json.loads(done.read_text())
+        key = json.loads((self.path / "key.json").read_text())
+        if self.meta["key"] != key["key"]:
+            raise ValueError(f"feature cache {self.path}: complete.json and key.json disagree; delete the folder")
+        self.ids = np.asarray(self.meta["ids"], dtype=object)
+        self.split = np.asarray(self.meta["split"], dtype=object)
+        self.train_rows = np.flatnonzero(self.split == "train")
+        self.views = int(self.meta["views"])
+        self.clip = np.load(self.path / "clip.npy", mmap_mode="r")
+        self.scene = np.load(self.path / "scene.npy", mmap_mode="r")
+        self._train_pos = np.full(len(self.ids), -1)
+        self._train_pos[self.train_rows] = np.arange(len(self.train_rows))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def clip_dim(self) -> int:
+        return self.clip.shape[1]
+
+    @property
+    def scene_dim(self) -> int:
+        return self.scene.shape[1]
+
+    def slots(self, rows, views=0) -> np.ndarray:
+        """Slot of (row, view) pairs; rows (B,) manifest positions, views int or (B,) in 0..views."""
+        rows = np.asarray(rows, dtype=int)
+        views = np.broadcast_to(np.asarray(views, dtype=int), rows.shape)
+        aug = views > 0
+        if (views > self.views).any() or (aug & (self._train_pos[rows] < 0)).any():
+            raise IndexError(f"augmented views exist only for training rows and v <= {self.views}")
+        return np.where(aug, len(self.ids) + (views - 1) * len(self.train_rows) + self._train_pos[rows], rows)
+
+    def gather(self, rows, views=0, device="cpu"):
+        """Features of (row, view) pairs -> clip (B, Dc), scene (B, Ds) float32 tensors."""
+        s = self.slots(rows, views)
+        to = lambda a: torch.from_numpy(np.asarray(a[s], dtype=np.float32)).to(device)  # noqa: E731
+        return to(self.clip), to(self.scene)
+
+    @classmethod
+    def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, cache_root="cache",
+                      views: int = 2, batch_size: int = 64, num_workers: int = 0, device="auto",
+                      augment_configs: dict | None = None, seed: int = 0, dtype: str = "float16",
+                      chunk_batches: int = 8, amp: str = "auto", progress: bool = True) -> "FeatureCache":
+        """Open the cache for these inputs, building (or finishing) it first when needed.
+
+        manifest: manifest.csv rows (id, image_path, split, province, sha1), in a fixed order.
+        views: augmented views per training row (K). dtype: 'float16' halves the disk and RAM
+        footprint at ~3 significant digits, plenty for frozen features; 'float32' for exactness.
+        chunk_batches: progress is recorded every this many batches (resume granularity).
+        """
+        if views < 0 or batch_size < 1 or chunk_batches < 1:
+            raise ValueError("views must be >= 0, batch_size and chunk_batches >= 1")
+        size = view_size(clip_encoder, scene_encoder)
+        key_inputs = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
+                      "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
+                      "n_rows": len(manifest), "views": int(views), "seed": int(seed), "dtype": dtype,
+                      "augment": augment_settings(size, augment_configs)}
+        key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:24]
+        path = Path(cache_root) / key
+        if (path / "complete.json").exists():
+            return cls(path)
+        path.mkdir(parents=True, exist_ok=True)
+        _atomic_json(path / "key.json", {"key": key, **key_inputs})
+        _build(path, key, manifest, clip_encoder, scene_encoder, size, views, batch_size, num_workers,
+               pick_device(device), augment_configs, seed, np.dtype(dtype), chunk_batches, amp, progress)
+        return cls(path)
+
+
+def _slot_items(manifest: pd.DataFrame, views: int, seed: int) -> list:
+    """(row, strength, seed) per slot, in slot order (see the module docstring)."""
+    n, train = len(manifest), np.flatnonzero(manifest["split"].to_numpy() == "train")
+    items = [(r, "none", 0) for r in range(n)]
+    provinces = manifest["province"].to_numpy() if "province" in manifest else np.full(n, "")
+    for v in range(1, views + 1):
+        items += [(int(r), augment_for_province(provinces[r]), item_seed(seed, r, v)) for r in train]
+    return items
+
+
+class _SlotDataset(torch.utils.data.Dataset):
+    def __init__(self, views: ImageViewDataset, items: list):
+        self.views, self.items = views, items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, slot):
+        return slot, self.views[self.items[slot]][1]
+
+
+def _open_arrays(path: Path, n_slots: int, dims: tuple, dtype, fresh: bool):
+    arrays = []
+    for name, dim in zip(("clip", "scene"), dims):
+        file = path / f"{name}.npy"
+        if not fresh:
+            try:
+                a = np.load(file, mmap_mode="r+")
+                if a.shape == (n_slots, dim) and a.dtype == dtype:
+                    arrays.append(a)
+                    continue
+            except (OSError, ValueError):
+                pass  # missing or damaged: start this array afresh
+        arrays.append(np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=(n_slots, dim)))
+    return arrays
+
+
+def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, num_workers, device,
+           augment_configs, seed, dtype, chunk_batches, amp, progress):
+    started = time.time()
+    items = _slot_items(manifest, views, seed)
+    state = path / "progress.json"
+    done = json.loads(state.read_text())["done"] if state.exists() else 0
+    modes = {e: e.training for e in (clip_enc, scene_enc)}
+    clip_enc.to(device).eval()
+    scene_enc.to(device).eval()
+    with torch.inference_mode():  # probe the output widths on one blank image
+        blank = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
+        dims = tuple(int(e(encoder_input(blank, e.preprocess)).shape[-1]) for e in (clip_enc, scene_enc))
+    clip_arr, scene_arr = _open_arrays(path, len(items), dims, dtype, fresh=done == 0)
+    # Batches start at multiples of batch_size from 0, so a resumed build sees the same batches.
+    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(done, len(items), batch_size)]
+    dataset = _SlotDataset(ImageViewDataset(manifest["image_path"].tolist(), size, augment_configs), items)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                                         collate_fn=collate_views, pin_memory=device.type == "cuda")
+    use_amp = (amp == "bf16") or (amp == "auto" and device.type == "cuda")
+    bar = tqdm(total=len(items), initial=done, desc="features", unit="img", disable=not progress)
+    try:
+        for i, (slots, images) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
+                fc = clip_enc(encoder_input(images, clip_enc.preprocess)).float().cpu().numpy()
+                fs = scene_enc(encoder_input(images, scene_enc.preprocess)).float().cpu().numpy()
+            lo, hi = int(slots[0]), int(slots[-1]) + 1  # batches are contiguous slot ranges
+            clip_arr[lo:hi], scene_arr[lo:hi] = fc, fs
+            bar.update(hi - lo)
+            if (i + 1) % chunk_batches == 0 or hi == len(items):
+                clip_arr.flush()
+                scene_arr.flush()
+                _atomic_json(state, {"key": key, "done": hi})  # only after the data is on disk
+    finally:
+        bar.close()
+        for e, was_training in modes.items():
+            e.train(was_training)
+    del clip_arr, scene_arr
+    _atomic_json(path / "complete.json", {
+        "key": key, "views": views, "n_slots": len(items), "dims": list(dims),
+        "ids": manifest["id"].astype(str).tolist(), "split": manifest["split"].astype(str).tolist(),
+        "build_seconds": round(time.time() - started, 2)})
+
+
+# --- baselines on the frozen features (outcome check; reused by the evaluation report) -------
+
+def spherical_mean(lat, lon, weights=None):
+    """Mean position on the sphere along the last axis: lat, lon (..., n) degrees -> (...,) each.
+
+    The normalised sum of unit vectors, so a set straddling a meridian averages correctly.
+    """
+    v = geo.to_unit_vectors(np.asarray(lat, float), np.asarray(lon, float))
+    w = np.ones(v.shape[:-1]) if weights is None else np.asarray(weights, float)
+    return geo.from_unit_vectors((w[..., None] * v).sum(-2))
+
+
+def knn_indices(train_feats: np.ndarray, query_feats: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
+    """Cosine k nearest neighbours: (N, D), (Q, D) -> (Q, k) indices into train, nearest first."""
+    k = min(k, len(train_feats))
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    t, q = unit(np.asarray(train_feats, np.float32)), unit(np.asarray(query_feats, np.float32))
+    out = []
+    for s in range(0, len(q), chunk):
+        sim = q[s:s + chunk] @ t.T
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sim, part, 1), axis=1, kind="stable")
+        out.append(np.take_along_axis(part, order, 1))
+    return np.concatenate(out) if out else np.zeros((0, k), int)
+
+
+def joint_features(cache: FeatureCache, rows) -> np.ndarray:
+    """Clean-view features for kNN: L2-normalised clip and scene, concatenated (B, Dc + Ds).
+
+    Normalising each part first gives both encoders an equal say whatever their widths.
+    """
+    clip, scene = (np.asarray(a[np.asarray(rows)], np.float32) for a in (cache.clip, cache.scene))
+    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    return np.concatenate([unit(clip), unit(scene)], 1)
+
+
+def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
+                         province_pred=None) -> pd.DataFrame:
+    """Per-sample predictions of three baselines on ``split``; table rows align with the cache.
+
+    train_centroid: the spherical mean of all training positions, for everyone.
+    province_centroid: the spherical mean of the training positions of the predicted province
+    (``province_pred`` (Q,) ids, e.g. the model's; default: the majority province of the k
+    nearest neighbours, so the baseline needs no model). knn: the spherical mean of the k
+    nearest training images' positions (cosine on joint_features).
+    Returns id, province_id, latitude, longitude, <method>_lat, <method>_lon, <method>_error_km.
+    """
+    if not np.array_equal(table["id"].astype(str).to_numpy(), cache.ids.astype(str)):
+        raise ValueError("table rows do not match the feature cache rows (ids differ); "
+                         "build the cache from the same manifest")
+    train, query = np.flatnonzero(table["split"] == "train"), np.flatnonzero(table["split"] == split)
+    if len(train) == 0:
+        raise ValueError("no training rows: baselines need split == 'train' samples")
+    lat, lon = table["latitude"].to_numpy(float), table["longitude"].to_numpy(float)
+    prov = table["province_id"].to_numpy(int)
+    nn_idx = train[knn_indices(joint_features(cache, train), joint_features(cache, query), k)]  # (Q, k)
+    if province_pred is None:
+        province_pred = np.array([np.bincount(prov[r], minlength=7).argmax() for r in nn_idx], int)
+    out = table.iloc[query][["id", "province_id", "latitude", "longitude"]].reset_index(drop=True)
+    c_lat, c_lon = spherical_mean(lat[train], lon[train])
+    preds = {"train_centroid": (np.full(len(query), c_lat), np.full(len(query), c_lon)),
+             "knn": spherical_mean(lat[nn_idx], lon[nn_idx])}
+    p_lat, p_lon = np.full(len(query), c_lat), np.full(len(query), c_lon)  # fallback: no such province
+    for p in np.unique(province_pred):
+        members = train[prov[train] == p]
+        if len(members):
+            p_lat[province_pred == p], p_lon[province_pred == p] = spherical_mean(lat[members], lon[members])
+    preds["province_centroid"] = (p_lat, p_lon)
+    for name, (plat, plon) in preds.items():
+        out[f"{name}_lat"], out[f"{name}_lon"] = plat, plon
+        out[f"{name}_error_km"] = geo.haversine_km(plat, plon, lat[query], lon[query])
+    return out
+
+
+def baseline_errors(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
+                    province_pred=None) -> pd.DataFrame:
+    """One row per baseline: method, n and the metrics.summarize_errors figures (km)."""
+    from .metrics import summarize_errors
+
+    pred = baseline_predictions(cache, table, split, k, province_pred)
+    rows = [{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}
+            for m in ("train_centroid", "province_centroid", "knn")]
+    return pd.DataFrame(rows)

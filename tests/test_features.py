@@ -1,0 +1,179 @@
+"""Frozen-feature cache (keying, reuse, interrupted builds) and the baselines on it."""
+
+import json
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from geopak_lib.augment import clean_transform
+from geopak_lib.features import (FeatureCache, baseline_errors, baseline_predictions, encoder_input, knn_indices,
+                                 spherical_mean)
+from geopak_lib.geo import haversine_km
+
+
+@dataclass
+class Pre:
+    image_size: int
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.25, 0.25, 0.25)
+
+
+class TinyEncoder(nn.Module):
+    """Stand-in with the Encoder attributes; counts forward calls and can fail on call ``fail_at``."""
+
+    def __init__(self, dim, size, spec="tiny:enc", seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, dim))
+        self.dim, self.spec, self.preprocess = dim, spec, Pre(size)
+        self.weight_status, self.is_random = "random init (test)", True
+        self.calls, self.fail_at = 0, None
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise RuntimeError("simulated crash")
+        return self.net(x)
+
+
+@pytest.fixture()
+def manifest(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = tmp_path / "img" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)
+        rows.append({"id": f"s{i}", "image_path": str(path), "sha1": f"h{i}",
+                     "split": "train" if i < 8 else ("val" if i < 10 else "test"),
+                     "province": "Sindh" if i % 3 else "Balochistan"})
+    return pd.DataFrame(rows)
+
+
+def _encoders(spec="tiny:enc"):
+    return TinyEncoder(5, 16, spec, seed=0), TinyEncoder(4, 12, "tiny:scene", seed=1)
+
+
+def _build(manifest, root, clip, scene, **kw):
+    kw = {"views": 2, "batch_size": 4, "chunk_batches": 1, "device": "cpu", "progress": False, **kw}
+    return FeatureCache.build_or_load(manifest, clip, scene, cache_root=root, **kw)
+
+
+def test_layout_and_clean_view_matches_direct_computation(manifest, tmp_path):
+    clip, scene = _encoders()
+    cache = _build(manifest, tmp_path / "c", clip, scene, dtype="float32")
+    assert cache.clip.shape == (12 + 2 * 8, 5) and cache.scene.shape == (28, 4)
+    assert list(cache.ids) == manifest["id"].tolist() and cache.views == 2
+    # row 9 (val), clean view, computed by hand
+    from geopak_lib.data import load_rgb
+
+    x = clean_transform(16)(load_rgb(manifest.image_path[9]))[None]  # view size = max(16, 12)
+    with torch.no_grad():
+        want_c, want_s = clip(encoder_input(x, clip.preprocess)), scene(encoder_input(x, scene.preprocess))
+    got_c, got_s = cache.gather([9])
+    assert torch.allclose(got_c, want_c, atol=1e-5) and torch.allclose(got_s, want_s, atol=1e-5)
+    # augmented views exist for training rows only and differ from the clean view
+    c0, _ = cache.gather([3, 3], [0, 1])
+    assert not torch.allclose(c0[0], c0[1])
+    with pytest.raises(IndexError):
+        cache.gather([9], [1])
+
+
+def test_second_call_reuses_without_encoder_calls(manifest, tmp_path):
+    clip, scene = _encoders()
+    first = _build(manifest, tmp_path / "c", clip, scene)
+    calls = (clip.calls, scene.calls)
+    assert calls[0] == 1 + 28 / 4  # one probe + one call per batch
+    second = _build(manifest, tmp_path / "c", clip, scene)
+    assert (clip.calls, scene.calls) == calls and second.path == first.path
+
+
+@pytest.mark.parametrize("change", ["manifest", "spec", "weights", "views", "seed"])
+def test_key_changes_rebuild(manifest, tmp_path, change):
+    clip, scene = _encoders()
+    first = _build(manifest, tmp_path / "c", clip, scene)
+    kw = {}
+    if change == "manifest":
+        manifest = manifest.assign(split=manifest["split"].replace({"test": "val"}))
+    elif change == "spec":
+        clip.spec = "tiny:other"
+    elif change == "weights":
+        with torch.no_grad():
+            clip.net[2].bias += 1.0
+    else:
+        kw[change] = 3
+    before = clip.calls
+    second = _build(manifest, tmp_path / "c", clip, scene, **kw)
+    assert second.path != first.path and clip.calls > before
+
+
+def test_interrupted_build_resumes_and_equals_straight_build(manifest, tmp_path):
+    straight = _build(manifest, tmp_path / "a", *_encoders())
+    clip, scene = _encoders()
+    clip.fail_at = 5  # probe + 3 batches succeed, the 4th batch crashes
+    with pytest.raises(RuntimeError, match="simulated"):
+        _build(manifest, tmp_path / "b", clip, scene)
+    folder = next((tmp_path / "b").iterdir())
+    assert not (folder / "complete.json").exists()
+    assert json.loads((folder / "progress.json").read_text())["done"] == 12  # 3 batches of 4
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        FeatureCache(folder)
+    clip.fail_at, clip.calls = None, 0
+    resumed = _build(manifest, tmp_path / "b", clip, scene)
+    assert clip.calls == 1 + (28 - 12) / 4  # probe + only the 4 remaining batches
+    assert np.array_equal(resumed.clip, straight.clip) and np.array_equal(resumed.scene, straight.scene)
+
+
+def test_workers_give_the_same_features(manifest, tmp_path):
+    a = _build(manifest, tmp_path / "a", *_encoders(), num_workers=0)
+    b = _build(manifest, tmp_path / "b", *_encoders(), num_workers=2)
+    assert np.array_equal(a.clip, b.clip) and np.array_equal(a.scene, b.scene)
+
+
+def test_spherical_mean_by_hand():
+    lat, lon = spherical_mean([10.0, -10.0], [20.0, 20.0])
+    assert lat == pytest.approx(0.0, abs=1e-9) and lon == pytest.approx(20.0)
+    lat, lon = spherical_mean([0.0, 0.0], [179.0, -179.0])  # across the antimeridian, not 0
+    assert lat == pytest.approx(0.0, abs=1e-9) and abs(lon) == pytest.approx(180.0)
+
+
+def test_knn_matches_scikit_learn():
+    from sklearn.neighbors import NearestNeighbors
+
+    rng = np.random.default_rng(0)
+    train, query = rng.normal(size=(50, 6)), rng.normal(size=(7, 6))
+    want = NearestNeighbors(n_neighbors=4, metric="cosine").fit(train).kneighbors(query)[1]
+    assert np.array_equal(knn_indices(train, query, 4, chunk=3), want)
+
+
+def test_baselines_by_hand():
+    # Two training clusters with distinct features; the val row copies cluster B's features.
+    table = pd.DataFrame({"id": ["a", "b", "c", "d", "q"], "split": ["train"] * 4 + ["val"],
+                          "latitude": [24.0, 26.0, 33.0, 33.0, 32.0], "longitude": [67.0, 67.0, 73.0, 75.0, 74.0],
+                          "province_id": [0, 0, 1, 1, 1]})
+    fa, fb = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    feats = np.stack([fa, fa, fb, fb, fb]).astype(np.float32)
+    cache = SimpleNamespace(ids=table["id"].to_numpy(object), clip=feats, scene=feats[:, :2])
+    pred = baseline_predictions(cache, table, "val", k=2)
+    assert len(pred) == 1 and pred["id"][0] == "q"
+    # kNN: spherical mean of (33, 73) and (33, 75): on the 74 meridian, a little north of 33
+    assert pred["knn_lon"][0] == pytest.approx(74.0) and 33.0 < pred["knn_lat"][0] < 33.02
+    # province centroid (majority of the neighbours is Punjab) = same two points here
+    assert pred["province_centroid_lat"][0] == pytest.approx(pred["knn_lat"][0])
+    # training centroid: mean of all four unit vectors
+    lat, lon = spherical_mean(table.latitude[:4], table.longitude[:4])
+    assert pred["train_centroid_lat"][0] == pytest.approx(lat)
+    assert pred["knn_error_km"][0] == pytest.approx(haversine_km(pred["knn_lat"][0], 74.0, 32.0, 74.0))
+    # explicit predicted province: Sindh's centroid (25, 67) by symmetry
+    pred = baseline_predictions(cache, table, "val", k=2, province_pred=np.array([0]))
+    assert pred["province_centroid_lon"][0] == pytest.approx(67.0)
+    assert pred["province_centroid_lat"][0] == pytest.approx(25.0, abs=0.01)
+    summary = baseline_errors(cache, table, "val", k=2)
+    assert summary["method"].tolist() == ["train_centroid", "province_centroid", "knn"]
+    assert summary.set_index("method").loc["knn", "median_km"] == pytest.approx(pred["knn_error_km"][0])

@@ -1,0 +1,169 @@
+"""Checkpoints and training logs of the trainer (``run_dir/checkpoints/phase{p}/``).
+
+A checkpoint is one self-contained dict: model state (encoders included when the model has
+them), optimiser, scheduler, epoch, metrics and history, RNG states (python, numpy, torch, CUDA),
+sampler state, the geocell table and model config (``model.export_meta()``), the encoders' specs
+and weight status, the phase config and the profile's params. Files are written atomically
+(temp file + rename), so a crash mid-save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .constants import PROVINCE_SHORT, PROVINCES
+from .utils import atomic_torch_save, atomic_write_bytes
+
+CKPT_FORMAT = "geopak-checkpoint-v1"
+# spec 003 §12.3 first, then our extra columns.
+CSV_COLUMNS = (["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
+                "median_error_km", "mean_error_km", "p90_error_km"]
+               + [f"{PROVINCE_SHORT[p]}_acc" for p in PROVINCES]
+               + ["offset_weight", "lr", "province_acc", "balanced_acc", "oracle_median_km", "alpha_mean", "seconds"])
+ENCODER_SLOTS = ("clip_encoder", "scene_encoder")
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def encoder_info(encoder) -> dict | None:
+    """Spec and weight status of an encoder (None when the model has none)."""
+    if encoder is None:
+        return None
+    return {"spec": getattr(encoder, "spec", type(encoder).__name__),
+            "weight_status": str(getattr(encoder, "weight_status", "unknown")),
+            "is_random": bool(getattr(encoder, "is_random", False))}
+
+
+def checkpoint_state(model, optimizer, scheduler, phase_config: dict, epoch: int, metrics: dict,
+                     history: list, best: dict, epochs_since_best: int, stopped: bool, sampler: dict,
+                     params: dict | None = None) -> dict:
+    """Everything a checkpoint holds (see the module docstring)."""
+    return {"format": CKPT_FORMAT, "phase": phase_config["phase"], "epoch": epoch, "metrics": metrics,
+            "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "history": history, "best": best, "epochs_since_best": epochs_since_best, "stopped": stopped,
+            "rng": rng_state(), "sampler": sampler, "model_meta": model.export_meta(),
+            "encoders": {s: encoder_info(getattr(model, s, None)) for s in ENCODER_SLOTS},
+            "phase_config": phase_config, "params": dict(params or {})}
+
+
+def save_checkpoint(state: dict, path) -> None:
+    atomic_torch_save(state, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by the trainer, with errors that say what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: run the notebook of that phase first "
+                                "(or check run_dir)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
+                         "delete it and re-run that phase") from exc
+    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a GEOPAK checkpoint of format {CKPT_FORMAT!r} (found {found!r}); "
+                         "it was written by another program or an older version of the book")
+    return state
+
+
+def build_model_from_checkpoint(ckpt, with_encoders: bool = True, device="cpu"):
+    """Rebuild the GeopakModel of a checkpoint (dict or path) and load its weights.
+
+    with_encoders: attach both encoders (rebuilt from their specs, then given the checkpoint's
+    weights when it holds them, else the weights build_encoder finds). False: heads only,
+    for use on cached features.
+    """
+    from .model import GeopakModel
+
+    ckpt = load_checkpoint(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
+    state = ckpt["model_state"]
+    encoders = {}
+    for slot in ENCODER_SLOTS:
+        info = ckpt["encoders"].get(slot)
+        if with_encoders and info is None:
+            raise ValueError(f"checkpoint has no {slot} (its model was trained without encoders); "
+                             "use with_encoders=False")
+        if with_encoders:
+            from .encoders import build_encoder
+
+            encoders[slot] = build_encoder(info["spec"], None, strict=False)
+    model = GeopakModel.from_meta(ckpt["model_meta"], encoders.get("clip_encoder"), encoders.get("scene_encoder"))
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in keep and not (with_encoders and k.split(".")[0] in ENCODER_SLOTS)]
+    if missing:
+        raise ValueError(f"checkpoint lacks weights for {missing[:5]}...; it does not match this model version")
+    model.load_state_dict(keep, strict=False)
+    return model.to(device)
+
+
+def latest_epoch_checkpoint(ckpt_dir) -> Path | None:
+    """The epoch_{n}.pt with the largest n in ckpt_dir, or None."""
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("epoch_*.pt")
+             if (m := re.fullmatch(r"epoch_(\d+)\.pt", p.name))]
+    return max(found)[1] if found else None
+
+
+def prune_epoch_checkpoints(ckpt_dir, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` epoch files (best.pt is never touched)."""
+    found = sorted((int(p.stem.split("_")[1]), p) for p in Path(ckpt_dir).glob("epoch_*.pt")
+                   if re.fullmatch(r"epoch_\d+\.pt", p.name))
+    for _, p in found[:-keep_last]:
+        p.unlink(missing_ok=True)
+
+
+class TrainLog:
+    """log.txt (appended, human readable) and losses.csv (rewritten whole from the history each
+    epoch, atomically, so a resumed run never duplicates or loses rows)."""
+
+    def __init__(self, ckpt_dir, echo=None):
+        self.dir = Path(ckpt_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.echo = echo
+
+    def line(self, text: str) -> None:
+        with open(self.dir / "log.txt", "a", encoding="utf-8") as f:
+            f.write(text.rstrip() + "\n")
+        if self.echo is not None:
+            self.echo(text)
+
+    def write_csv(self, history: list) -> None:
+        buf = io.StringIO()
+        pd.DataFrame(history, columns=CSV_COLUMNS).to_csv(buf, index=False, float_format="%.6g")
+        atomic_write_bytes(self.dir / "losses.csv", buf.getvalue().encode())
+
+
+def describe_epoch(epoch: int, epochs: int, train: dict, val: dict) -> str:
+    """The epoch summary of spec 003 §7.1, plus province accuracies."""
+    f = lambda r: (f"{r['loss_total']:.4f} (prov: {r['loss_province']:.4f}, cell: {r['loss_geocell']:.4f}, "  # noqa: E731
+                   f"off: {r['loss_offset']:.4f}, aux: {r['loss_aux']:.4f})")
+    e = lambda r: f"median={r['median_error_km']:.2f}km, mean={r['mean_error_km']:.2f}km, p90={r['p90_error_km']:.2f}km"  # noqa: E731
+    acc = ", ".join(f"{PROVINCE_SHORT[p]} {val[PROVINCE_SHORT[p] + '_acc']:.3f}" for p in PROVINCES)
+    return (f"Epoch {epoch}/{epochs}:\n   Train Loss: {f(train)}\n   Val Loss:   {f(val)}\n"
+            f"   Train Error: {e(train)}\n   Val Error:   {e(val)} (true cell fed in: "
+            f"{val['oracle_median_km']:.2f}km)\n   Val province acc: {val['province_acc']:.3f} "
+            f"(balanced {val['balanced_acc']:.3f}); {acc}")

@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 	$(TESTENV) $(BIN)/python -m pytest tests -m "not book"
 
 lab: $(STAMP)
-	$(BIN)/jupyter-lab --notebook-dir=. notebooks/
+	$(BIN)/jupyter-lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks/00_data_audit.ipynb
 
 benchmark: $(STAMP)
 	$(TESTENV) $(BIN)/python -m benchmarks.run_all

@@ -44,9 +44,9 @@ def _cmd_validate(args) -> int:
         return 2
     result = validate_dataset(table, args.images, check_images=not args.skip_images)
     paths = write_validation(result, args.out)
-    n_bad = result.rejects["id"].nunique() if len(result.rejects) else 0
+    n_bad = result.rejects["row"].nunique() if len(result.rejects) else 0
     print(f"{len(result.manifest)} valid rows -> {paths['manifest']}")
-    print(f"{len(result.rejects)} rejects ({n_bad} distinct ids) -> {paths['rejects']}")
+    print(f"{n_bad} rows rejected ({len(result.rejects)} problems) -> {paths['rejects']}")
     if len(result.rejects):
         print(result.summary().to_string(index=False))
     return 1 if len(result.rejects) else 0

@@ -1,0 +1,377 @@
+"""Province-aware geocells (spec 000 §1.2, 001 "Geocell Construction").
+
+Each province is clustered on its own, in metres in its fixed UTM zone (constants.UTM_ZONE):
+HDBSCAN (or K-Means) -> noise to the nearest cluster centroid -> merge cells under
+``min_cell_size`` into the nearest centroid -> 2-means split of cells wider than their cap
+(urban or rural), kept only when both parts hold ``min_cell_size``. Rules and reasons:
+docs/decisions/geocells.md. Distances are km unless a name says metres; order is (lat, lon).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .constants import PROVINCE_ID, PROVINCES, UTM_ZONE
+from .geo import from_utm, haversine_km, to_utm
+from .utils import atomic_write_bytes
+
+CELL_COLUMNS = ["cell_id", "province_id", "province", "center_lat", "center_lon", "radius_km",
+                "neighbor_cell_ids", "n_samples"]
+ASSIGNMENT_COLUMNS = ["id", "province_id", "cell_id", "cell_center_lat", "cell_center_lon"]
+STATS_COLUMNS = ["province", "province_id", "n_train", "n_cells", "n_noise_reassigned", "n_merged",
+                 "n_split", "n_over_radius", "note"]
+# Cells per province of the published GEOPAK geocells (699 cells from ~90k images).
+REFERENCE_CELLS = {"Sindh": 450, "Punjab": 139, "Khyber Pakhtunkhwa": 50,
+                   "Islamabad Capital Territory": 19, "Gilgit-Baltistan": 30, "Balochistan": 6,
+                   "Azad Kashmir": 5}
+
+
+@dataclass
+class GeocellConfig:
+    """Geocell settings. Radii in km; sizes in training samples."""
+
+    method: str = "hdbscan"  # "hdbscan" (spec's preference) or "kmeans"
+    min_cell_size: int = 40  # spec: min samples per cell; also HDBSCAN's min_cluster_size
+    min_samples: int = 5  # HDBSCAN min_samples (density smoothing)
+    max_radius_km: float = 50.0  # rural cap (spec 001)
+    urban_max_radius_km: float = 5.0  # urban cap (spec 001); who is urban: urban_cap_km()
+    neighbors_k: int = 6  # neighbours = the k nearest cells of the same province
+    kmeans_target_size: int = 130  # kmeans: k = n_train // this (published mean: 90515/699)
+    seed: int = 0
+    radius_quantile: float = 0.95  # radius_km = this quantile of member distance to the centre
+    min_radius_km: float = 1.0  # floor, so the offset clamp never freezes a tight cell at 0
+    cluster_selection_method: str = "eom"  # HDBSCAN: "eom" or "leaf"
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok:
+                raise ValueError(f"GeocellConfig: {msg}")
+        need(self.method in ("hdbscan", "kmeans"), f"method must be 'hdbscan' or 'kmeans', got {self.method!r}")
+        need(self.cluster_selection_method in ("eom", "leaf"),
+             f"cluster_selection_method must be 'eom' or 'leaf', got {self.cluster_selection_method!r}")
+        for name in ("min_cell_size", "min_samples", "neighbors_k", "kmeans_target_size"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= (0 if name == "neighbors_k" else 1),
+                 f"{name} must be an integer >= {0 if name == 'neighbors_k' else 1}, got {v!r}")
+        need(self.min_cell_size >= 2, f"min_cell_size must be >= 2 (HDBSCAN needs it), got {self.min_cell_size}")
+        need(0 < self.urban_max_radius_km <= self.max_radius_km,
+             f"need 0 < urban_max_radius_km <= max_radius_km, got {self.urban_max_radius_km}, {self.max_radius_km}")
+        need(0.0 < self.radius_quantile <= 1.0, f"radius_quantile must be in (0, 1], got {self.radius_quantile}")
+        need(self.min_radius_km >= 0.0, f"min_radius_km must be >= 0, got {self.min_radius_km}")
+
+
+@dataclass
+class GeocellResult:
+    """cells: CELL_COLUMNS, one row per cell in cell_id order. assignments: ASSIGNMENT_COLUMNS,
+    one row per training row in input order. stats: STATS_COLUMNS, one row per province."""
+
+    cells: pd.DataFrame
+    assignments: pd.DataFrame
+    stats: pd.DataFrame
+
+
+# --- pure per-cell maths ------------------------------------------------------------------
+
+def cell_centre_radius(lat, lon, zone: int, quantile: float = 0.95, min_radius_km: float = 0.0):
+    """Centre and size of one cell from its members (N,) in degrees.
+
+    Centre = mean of the members in UTM ``zone`` metres, projected back to (lat, lon).
+    Returns (center_lat, center_lon, radius_km, median_km): the ``quantile`` and median of the
+    haversine member-to-centre distances; radius_km is floored at ``min_radius_km``.
+    """
+    x, y = to_utm(lat, lon, zone)
+    clat, clon = from_utm(x.mean(), y.mean(), zone)
+    d = haversine_km(clat, clon, np.asarray(lat, float), np.asarray(lon, float))
+    return float(clat), float(clon), max(float(np.quantile(d, quantile)), min_radius_km), float(np.median(d))
+
+
+def urban_cap_km(n: int, median_km: float, config: GeocellConfig) -> float:
+    """Radius cap for a cell of ``n`` samples whose median member distance is ``median_km``.
+
+    Urban when the inner half is so dense that a disc of urban_max_radius_km would still hold
+    min_cell_size samples: (n/2) / (pi median^2) >= min_cell_size / (pi urban_max^2).
+    """
+    urban = (n / 2.0) * config.urban_max_radius_km ** 2 >= config.min_cell_size * median_km ** 2
+    return config.urban_max_radius_km if urban else config.max_radius_km
+
+
+def _centroids(xy, labels, k):
+    """Mean of the points of each label 0..k-1; xy (N, 2), labels (N,) -> (k, 2)."""
+    counts = np.bincount(labels, minlength=k).astype(float)
+    return np.stack([np.bincount(labels, xy[:, j], minlength=k) for j in (0, 1)], 1) / counts[:, None]
+
+
+def _cluster(xy_km, config):
+    """Raw labels (N,), -1 for noise. xy_km: projected points (N, 2) in km, canonical order."""
+    if config.method == "kmeans":
+        from sklearn.cluster import KMeans
+        k = max(1, len(xy_km) // config.kmeans_target_size)
+        return KMeans(n_clusters=k, n_init=3, random_state=config.seed).fit_predict(xy_km)
+    import hdbscan
+    # boruvka + approximate MST: ~seconds for 70k points; deterministic for a fixed input.
+    return hdbscan.HDBSCAN(min_cluster_size=config.min_cell_size, min_samples=config.min_samples,
+                           cluster_selection_method=config.cluster_selection_method,
+                           algorithm="boruvka_kdtree", approx_min_span_tree=True,
+                           core_dist_n_jobs=1).fit_predict(xy_km)
+
+
+def _reassign_and_merge(xy_km, labels, min_size):
+    """Noise to the nearest cluster centroid, then merge small clusters. -> labels 0..k-1, n_noise, n_merged."""
+    from scipy.spatial import cKDTree
+    labels = np.asarray(labels).copy()
+    noise = labels < 0
+    if noise.all():  # HDBSCAN found no cluster (e.g. a sparse, even spread): start from one
+        return np.zeros(len(labels), int), 0, 0
+    _, labels[~noise] = np.unique(labels[~noise], return_inverse=True)
+    k = labels.max() + 1
+    if noise.any():
+        labels[noise] = cKDTree(_centroids(xy_km[~noise], labels[~noise], k)).query(xy_km[noise])[1]
+    sizes = np.bincount(labels, minlength=k).astype(float)
+    cents, alive, n_merged = _centroids(xy_km, labels, k), sizes > 0, 0
+    while alive.sum() > 1:
+        small = np.flatnonzero(alive & (sizes < min_size))
+        if not small.size:
+            break
+        s = small[np.argmin(sizes[small])]  # the smallest first; argmin breaks ties by label
+        d = np.where(alive, np.hypot(*(cents - cents[s]).T), np.inf)
+        d[s] = np.inf
+        t = int(np.argmin(d))
+        cents[t] = (cents[t] * sizes[t] + cents[s] * sizes[s]) / (sizes[t] + sizes[s])
+        sizes[t], sizes[s], alive[s] = sizes[t] + sizes[s], 0, False
+        labels[labels == s] = t
+        n_merged += 1
+    _, labels = np.unique(labels, return_inverse=True)
+    return labels, int(noise.sum()), n_merged
+
+
+def two_means(xy: np.ndarray, max_iter: int = 100) -> np.ndarray:
+    """Lloyd's 2-means of points (N, 2) -> part (N,) in {0, 1}. Deterministic and seedless:
+    it starts from a cut through the mean across the principal axis (no random restarts, which
+    made sklearn's KMeans the slowest step of a build)."""
+    d = xy - xy.mean(0)
+    axis = np.linalg.eigh(d.T @ d)[1][:, -1]  # direction of largest spread
+    part = (d @ axis > 0).astype(np.int64)
+    for _ in range(max_iter):
+        if part.all() or not part.any():
+            break
+        cent = np.stack([xy[part == 0].mean(0), xy[part == 1].mean(0)])
+        new = (((xy - cent[1]) ** 2).sum(1) < ((xy - cent[0]) ** 2).sum(1)).astype(np.int64)
+        if np.array_equal(new, part):
+            break
+        part = new
+    return part
+
+
+def _split_large(groups, xy_km, lat, lon, zone, config):
+    """2-means split of every group wider than its cap, recursively, while both parts keep
+    min_cell_size. groups: list of index arrays. -> (groups, n_split, n_over_radius)."""
+    stack, done, n_split, n_over = list(groups)[::-1], [], 0, 0
+    while stack:
+        g = stack.pop()
+        _, _, radius, median = cell_centre_radius(lat[g], lon[g], zone, config.radius_quantile,
+                                                  config.min_radius_km)
+        if radius <= urban_cap_km(len(g), median, config):
+            done.append(g)
+            continue
+        if len(g) >= 2 * config.min_cell_size:
+            part = two_means(xy_km[g])
+            a, b = g[part == 0], g[part == 1]
+            if min(len(a), len(b)) >= config.min_cell_size:
+                n_split += 1
+                stack += [b, a]
+                continue
+        done.append(g)  # too wide but cannot be split without a part under min_cell_size
+        n_over += 1
+    return done, n_split, n_over
+
+
+def _province_groups(lat, lon, province, config):
+    """Member index arrays (into the canonical order) and stats for one province."""
+    n, zone = len(lat), UTM_ZONE[province]
+    stats = dict(n_train=n, n_noise_reassigned=0, n_merged=0, n_split=0, n_over_radius=0, note="")
+    if n == 0:
+        stats["note"] = "no training samples: no cells, no head"
+        return [], stats
+    if n < config.min_cell_size:
+        stats["note"] = f"fewer than {config.min_cell_size} training samples: one cell"
+        return [np.arange(n)], stats
+    x, y = to_utm(lat, lon, zone)
+    xy_km = np.stack([x, y], 1) / 1000.0
+    labels, stats["n_noise_reassigned"], stats["n_merged"] = _reassign_and_merge(
+        xy_km, _cluster(xy_km, config), config.min_cell_size)
+    groups = [np.flatnonzero(labels == c) for c in range(labels.max() + 1)]
+    groups, stats["n_split"], stats["n_over_radius"] = _split_large(groups, xy_km, lat, lon, zone, config)
+    return groups, stats
+
+
+# --- public API ----------------------------------------------------------------------------
+
+def _check_points(df: pd.DataFrame, what: str) -> None:
+    """Clear errors for a frame of samples that cannot be clustered or assigned."""
+    missing = [c for c in ("id", "latitude", "longitude", "province") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: missing column(s) {missing}; need id, latitude, longitude, province")
+    bad = np.flatnonzero(~df["province"].isin(PROVINCES).to_numpy())
+    if bad.size:
+        raise ValueError(f"{what}: unknown province {df['province'].iloc[bad[0]]!r} at row(s) {bad[:5].tolist()}; "
+                         f"expected one of {list(PROVINCES)}")
+    coords = df[["latitude", "longitude"]].to_numpy(float)
+    bad = np.flatnonzero(~np.isfinite(coords).all(1))
+    if bad.size:
+        raise ValueError(f"{what}: missing or non-finite latitude/longitude at row(s) {bad[:5].tolist()}")
+    if "province_id" in df.columns:
+        bad = np.flatnonzero(df["province"].map(PROVINCE_ID).to_numpy() != df["province_id"].to_numpy())
+        if bad.size:
+            raise ValueError(f"{what}: province_id disagrees with province at row(s) {bad[:5].tolist()}; "
+                             "ids follow constants.PROVINCES")
+
+
+def _cells_frame(records) -> pd.DataFrame:
+    """Cell records -> DataFrame with CELL_COLUMNS and fixed dtypes (shared by build and load)."""
+    cells = pd.DataFrame(list(records), columns=CELL_COLUMNS)
+    for c in ("cell_id", "province_id", "n_samples"):
+        cells[c] = cells[c].astype("int64")
+    for c in ("center_lat", "center_lon", "radius_km"):
+        cells[c] = cells[c].astype("float64")
+    cells["province"] = cells["province"].astype(str)
+    cells["neighbor_cell_ids"] = [[int(j) for j in v] for v in cells["neighbor_cell_ids"]]
+    if not np.array_equal(cells["cell_id"].to_numpy(), np.arange(len(cells))):
+        raise ValueError("cells: cell_id must be 0..N-1 in row order")
+    return cells
+
+
+def build_geocells(train: pd.DataFrame, config: GeocellConfig | None = None) -> GeocellResult:
+    """Geocells from training rows (id, latitude, longitude, province[, province_id]).
+
+    Row order does not matter: each province is sorted by (latitude, longitude, id) before
+    clustering, and cells are numbered by province (PROVINCES order), then centre (lat, lon).
+    """
+    config = config or GeocellConfig()
+    _check_points(train, "train")
+    lat_all, lon_all = train["latitude"].to_numpy(float), train["longitude"].to_numpy(float)
+    prov_all = train["province"].to_numpy()
+    records, stats_rows, cell_of_row = [], [], np.full(len(train), -1, np.int64)
+    for pid, prov in enumerate(PROVINCES):
+        rows = np.flatnonzero(prov_all == prov)
+        canon = pd.DataFrame({"lat": lat_all[rows], "lon": lon_all[rows], "id": train["id"].to_numpy()[rows]})
+        order = rows[canon.sort_values(["lat", "lon", "id"], kind="mergesort").index.to_numpy()]
+        lat, lon = lat_all[order], lon_all[order]
+        groups, st = _province_groups(lat, lon, prov, config)
+        summaries = [cell_centre_radius(lat[g], lon[g], UTM_ZONE[prov], config.radius_quantile,
+                                        config.min_radius_km) for g in groups]
+        for i in sorted(range(len(groups)), key=lambda i: summaries[i][:2]):
+            clat, clon, radius, _ = summaries[i]
+            cell_of_row[order[groups[i]]] = len(records)
+            records.append(dict(cell_id=len(records), province_id=pid, province=prov, center_lat=clat,
+                                center_lon=clon, radius_km=radius, neighbor_cell_ids=[],
+                                n_samples=len(groups[i])))
+        stats_rows.append(dict(province=prov, province_id=pid, n_cells=len(groups), **st))
+    cells = _cells_frame(records)
+    cells["neighbor_cell_ids"] = neighbor_lists(cells, config.neighbors_k)
+    assignments = pd.DataFrame({
+        "id": train["id"].to_numpy(), "province_id": train["province"].map(PROVINCE_ID).to_numpy(),
+        "cell_id": cell_of_row, "cell_center_lat": cells["center_lat"].to_numpy()[cell_of_row],
+        "cell_center_lon": cells["center_lon"].to_numpy()[cell_of_row]})
+    return GeocellResult(cells, assignments, pd.DataFrame(stats_rows, columns=STATS_COLUMNS))
+
+
+def cell_distance_matrix_km(cells: pd.DataFrame) -> np.ndarray:
+    """(N, N) haversine km between cell centres, rows and columns in cell_id order."""
+    lat, lon = cells["center_lat"].to_numpy(float), cells["center_lon"].to_numpy(float)
+    return haversine_km(lat[:, None], lon[:, None], lat[None, :], lon[None, :])
+
+
+def neighbor_lists(cells: pd.DataFrame, k: int) -> list[list[int]]:
+    """For each cell, the ``k`` nearest other cells of its province by centre distance
+    (ties: lower cell_id first), nearest first. Fewer when the province has <= k other cells."""
+    out = [[] for _ in range(len(cells))]
+    pids = cells["province_id"].to_numpy()
+    for pid in np.unique(pids):
+        ids = np.flatnonzero(pids == pid)  # cell_id == row position
+        d = cell_distance_matrix_km(cells.iloc[ids])
+        np.fill_diagonal(d, np.inf)
+        for row, cid in enumerate(ids):
+            out[cid] = [int(ids[j]) for j in np.argsort(d[row], kind="stable")[:min(k, len(ids) - 1)]]
+    return out
+
+
+def cells_per_province(cells: pd.DataFrame) -> list[int]:
+    """Number of cells of each province, length 7 in PROVINCES order (0 where none)."""
+    return np.bincount(cells["province_id"].to_numpy(int), minlength=len(PROVINCES)).tolist()
+
+
+def assign_nearest_cells(df: pd.DataFrame, cells: pd.DataFrame, chunk: int = 4096) -> pd.DataFrame:
+    """Each row's nearest cell centre (haversine) within its own province; ASSIGNMENT_COLUMNS,
+    in df's row order. A row whose province has no cells gets cell_id -1 and NaN centre."""
+    _check_points(df, "df")
+    lat, lon = df["latitude"].to_numpy(float), df["longitude"].to_numpy(float)
+    pid = df["province"].map(PROVINCE_ID).to_numpy(int)
+    cell_id = np.full(len(df), -1, np.int64)
+    clat_all, clon_all = cells["center_lat"].to_numpy(float), cells["center_lon"].to_numpy(float)
+    for p in np.unique(pid):
+        ids = np.flatnonzero(cells["province_id"].to_numpy() == p)
+        rows = np.flatnonzero(pid == p)
+        for s in range(0, len(rows) if ids.size else 0, chunk):  # chunks bound the (rows, cells) matrix
+            r = rows[s:s + chunk]
+            d = haversine_km(lat[r, None], lon[r, None], clat_all[None, ids], clon_all[None, ids])
+            cell_id[r] = ids[np.argmin(d, 1)]
+    has = cell_id >= 0
+    safe = np.where(has, cell_id, 0)
+    centre = [np.where(has, v[safe], np.nan) if len(v) else np.full(len(df), np.nan) for v in (clat_all, clon_all)]
+    return pd.DataFrame({"id": df["id"].to_numpy(), "province_id": pid, "cell_id": cell_id,
+                         "cell_center_lat": centre[0], "cell_center_lon": centre[1]})
+
+
+def save_geocells(cells: pd.DataFrame, out_dir) -> tuple[Path, Path]:
+    """Write ``geocells.json`` (a list of cell objects) and ``geocells.csv`` (neighbor_cell_ids
+    space-separated) into out_dir. Returns (json_path, csv_path)."""
+    cells = _cells_frame(cells[CELL_COLUMNS].to_dict("records"))
+    out_dir = Path(out_dir)
+    records = cells.to_dict("records")  # native int/float/str/list: json writes floats exactly
+    json_path, csv_path = out_dir / "geocells.json", out_dir / "geocells.csv"
+    atomic_write_bytes(json_path, (json.dumps(records, indent=1) + "\n").encode())
+    flat = cells.assign(neighbor_cell_ids=[" ".join(map(str, v)) for v in cells["neighbor_cell_ids"]])
+    atomic_write_bytes(csv_path, flat.to_csv(index=False).encode())
+    return json_path, csv_path
+
+
+def load_geocells(path) -> pd.DataFrame:
+    """Read geocells back from a .json or .csv file, or from a folder holding geocells.json."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "geocells.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no geocells file; run notebook 01_geocells first")
+    if path.suffix not in (".json", ".csv"):
+        raise ValueError(f"{path}: expected a .json or .csv geocells file")
+    if path.suffix == ".json":
+        frame = pd.DataFrame(json.loads(path.read_text()))
+    else:
+        frame = pd.read_csv(path, dtype={"neighbor_cell_ids": str, "province": str}, keep_default_na=False)
+    if frame.empty and not len(frame.columns):  # "[]": a build with no cells at all
+        frame = pd.DataFrame(columns=CELL_COLUMNS)
+    missing = [c for c in CELL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; expected {CELL_COLUMNS}")
+    if path.suffix == ".csv":  # "3 7 12" -> [3, 7, 12]; "" -> []
+        frame["neighbor_cell_ids"] = [[int(t) for t in v.split()] for v in frame["neighbor_cell_ids"]]
+    records = frame.to_dict("records")
+    return _cells_frame(records)
+
+
+def province_cell_table(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per province: n_cells next to the published GEOPAK count, samples per cell
+    (min, median) and median radius_km. For the notebook's tables."""
+    rows = []
+    for pid, prov in enumerate(PROVINCES):
+        c = cells[cells["province_id"] == pid]
+        rows.append(dict(province=prov, n_cells=len(c), reference_cells=REFERENCE_CELLS[prov],
+                         min_samples_per_cell=int(c["n_samples"].min()) if len(c) else 0,
+                         median_samples_per_cell=float(c["n_samples"].median()) if len(c) else 0.0,
+                         median_radius_km=float(c["radius_km"].median()) if len(c) else float("nan")))
+    return pd.DataFrame(rows)

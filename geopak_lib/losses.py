@@ -219,4 +219,4 @@ class GeopakLoss(nn.Module):
                  **self.aux(outputs["aux_latlon"], lat, lon)}
         w = dict(self.weights, offset=self.weights["offset"] * offset_rampup(epoch, self.rampup_epochs))
         total = sum(w[k] * terms[k] for k in DEFAULT_WEIGHTS)
-        return {"total": total, **terms, "offset_weight": torch.tensor(w["offset"])}
+        return {"total": total, **terms, "offset_weight": terms["aux"].new_tensor(w["offset"])}

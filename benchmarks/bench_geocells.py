@@ -44,10 +44,12 @@ def synthetic_points(n: int, seed: int) -> pd.DataFrame:
     towns["province"] = towns["admin1code"].map(ADMIN1)
     towns = towns.sort_values("geonameid").reset_index(drop=True)  # fixed order: same seed, same data
     total = sum(PUBLISHED_COUNTS.values())
+    counts = {p: round(n * PUBLISHED_COUNTS[p] / total) for p in PROVINCES}
+    counts["Sindh"] += n - sum(counts.values())  # rounding remainder, so the total is exactly n
     frames = []
     for prov in PROVINCES:
         t = towns[towns["province"] == prov]
-        m = round(n * PUBLISHED_COUNTS[prov] / total)
+        m = counts[prov]
         w = t["population"].to_numpy(float) ** 0.75
         pick = rng.choice(len(t), m, p=w / w.sum())
         pop = t["population"].to_numpy(float)[pick]

@@ -287,3 +287,21 @@ def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> foliu
         layer.add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
     return m
+
+
+def encoder_status_markdown(encoders) -> str:
+    """A Markdown block naming each encoder's spec and weights; a loud warning for random weights."""
+    lines = ["| slot | encoder spec | weights |", "| --- | --- | --- |"]
+    random_ones = []
+    for slot, enc in zip(("CLIP slot", "scene slot"), encoders):
+        info = enc if isinstance(enc, dict) else {"spec": enc.spec, "weight_status": enc.weight_status,
+                                                   "is_random": enc.is_random}
+        lines.append(f"| {slot} | `{info['spec']}` | {info['weight_status']} |")
+        if info["is_random"]:
+            random_ones.append(f"`{info['spec']}`")
+    if random_ones:
+        lines.insert(0, f"> **⚠ Random weights:** {', '.join(random_ones)} "
+                        f"{'runs' if len(random_ones) == 1 else 'run'} on **random, untrained weights** "
+                        "(no pretrained weights could be loaded on this machine). Its features carry no "
+                        "learned visual knowledge, and every figure in this report reflects that.\n")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""Predictor API and `geopak predict` end to end on a tiny checkpoint built here (tiny encoders
+stand in for open_clip/timm), bad files included."""
+
+import json
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from geopak_lib import cli
+from geopak_lib.checkpoints import checkpoint_state, save_checkpoint
+from geopak_lib.model import GeopakModel, ModelConfig
+from geopak_lib.predict import (GeopakPredictor, calibration_path, final_checkpoint, merge_view_outputs,
+                                save_calibration, tta_views)
+from geopak_lib.predict_cli import results_table
+
+CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
+                      "center_lon": [68.0, 68.5, 74.3], "radius_km": [30.0, 20.0, 25.0],
+                      "neighbor_cell_ids": [[1], [0], []]})
+
+
+class TinyEncoder(torch.nn.Module):
+    def __init__(self, dim, size, spec):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2),
+                                       torch.nn.Flatten(), torch.nn.Linear(16, dim))
+        self.dim, self.spec, self.weight_status, self.is_random = dim, spec, "random init (test)", True
+        self.preprocess = SimpleNamespace(image_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+SPECS = {"tiny:clip": (6, 16), "tiny:scene": (5, 12)}
+
+
+@pytest.fixture()
+def ckpt(tmp_path, monkeypatch):
+    """A phase-1 checkpoint of a tiny model with both encoders; encoders.build_encoder stubbed."""
+    monkeypatch.setitem(sys.modules, "geopak_lib.encoders", SimpleNamespace(
+        build_encoder=lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec)))
+    torch.manual_seed(0)
+    cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
+                      offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
+    model = GeopakModel(cfg, CELLS, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
+    for p in model.offset_head.out[-1].parameters():  # non-zero offsets, so they are tested too
+        torch.nn.init.normal_(p, std=0.5)
+    path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
+    return path, model.eval()
+
+
+def write_images(folder):
+    rng = np.random.default_rng(0)
+    (folder / "sub" / "deeper").mkdir(parents=True)
+    good = {"a.jpg": "JPEG", "sub/b.PNG": "PNG", "sub/deeper/c.webp": "WEBP"}
+    for name, fmt in good.items():
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / name, fmt)
+    (folder / "sub" / "notes.txt").write_text("not an image, and not an image extension: skipped")
+    (folder / "fake.jpg").write_text("this is text, not a JPEG")
+    (folder / "empty.png").write_bytes(b"")
+    full = (folder / "a.jpg").read_bytes()
+    (folder / "sub" / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    return sorted(good)
+
+
+def expected(model, path):
+    """The mixture computed directly: resize short side, centre crop, normalise, forward."""
+    from geopak_lib.inference import mixture_predict
+
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    s = 16
+    img = img.resize((round(w * s / min(w, h)), s) if w >= h else (s, round(h * s / min(w, h))), Image.BILINEAR)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+    l0, t0 = (x.shape[3] - s) // 2, (x.shape[2] - s) // 2
+    x = x[..., t0:t0 + s, l0:l0 + s]
+    norm = lambda t, size: (torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True)  # noqa: E731
+                            - 0.5) / 0.25
+    with torch.no_grad():
+        return mixture_predict(model, model(norm(x, 16), norm(x, 12)))
+
+
+def test_predict_matches_the_model_and_accepts_path_pil_array(ckpt, tmp_path):
+    path, model = ckpt
+    write_images(tmp_path / "img")
+    pred = GeopakPredictor.from_checkpoint(path, device="cpu")
+    img = tmp_path / "img" / "a.jpg"
+    r = pred.predict(img)
+    want = expected(model, img)
+    assert r["lat"] == pytest.approx(float(want["lat"][0]), abs=0.02)  # resize kernels differ slightly
+    assert r["lon"] == pytest.approx(float(want["lon"][0]), abs=0.02)
+    probs = r["province_probs"]  # the province head covers all 7 provinces, with cells or not
+    assert r["province"] == max(probs, key=probs.get) and r["confidence"] == pytest.approx(max(probs.values()))
+    assert {h["province"] for h in r["hypotheses"]} <= {"Sindh", "Punjab"}  # only provinces with cells
+    w = np.array([h["weight"] for h in r["hypotheses"]])
+    assert w.sum() == pytest.approx(1.0) and np.all(np.diff(w) <= 0)  # best first
+    # the final point is the weighted mean of the hypotheses on the sphere (by hand, unit vectors)
+    la, lo = np.radians([h["lat"] for h in r["hypotheses"]]), np.radians([h["lon"] for h in r["hypotheses"]])
+    v = (w[:, None] * np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], 1)).sum(0)
+    assert r["lat"] == pytest.approx(np.degrees(np.arcsin(v[2] / np.linalg.norm(v))), abs=1e-4)
+    assert r["lon"] == pytest.approx(np.degrees(np.arctan2(v[1], v[0])), abs=1e-4)
+    # uncalibrated radius: spread + 1 km floor, and the result says so
+    assert not r["radius_calibrated"] and r["radius_km"] == pytest.approx(r["spread_km"] + 1.0)
+    assert any("not calibrated" in w for w in pred.warnings) and any("random weights" in w for w in pred.warnings)
+    pil = Image.open(img)
+    for other in (pred.predict(pil), pred.predict(np.asarray(pil.convert("RGB")))):
+        assert other["lat"] == pytest.approx(r["lat"]) and other["province"] == r["province"]
+
+
+def test_calibration_file_is_used_only_for_its_own_checkpoint(ckpt, tmp_path):
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    save_calibration(path, {"temperature": 2.0, "radius_scales": {"0.5": 0.5, "0.8": 3.0, "0.95": 7.0}})
+    pred = GeopakPredictor.from_checkpoint(path, device="cpu")
+    raw = GeopakPredictor.from_checkpoint(path, device="cpu", calibration=None)
+    r, r0 = pred.predict(tmp_path / "img" / "a.jpg"), raw.predict(tmp_path / "img" / "a.jpg")
+    assert r["radius_calibrated"] and r["radius_coverage"] == 0.8
+    assert r["radius_km"] == pytest.approx(3.0 * (r["spread_km"] + 1.0))
+    assert r["radii_km"]["0.95"] == pytest.approx(7.0 * (r["spread_km"] + 1.0))
+    p0 = np.array(list(r0["province_probs"].values()))  # T = 2 flattens: p ∝ sqrt(p0)
+    assert r["confidence"] == pytest.approx(np.sqrt(p0).max() / np.sqrt(p0).sum(), rel=1e-5)
+    assert r["lat"] == pytest.approx(r0["lat"])  # the temperature never moves the location
+    # the checkpoint changes: its calibration no longer applies
+    path.write_bytes(path.read_bytes() + b"\0")
+    stale = GeopakPredictor.from_checkpoint(path, device="cpu")
+    assert stale.calibration is None and any("another checkpoint" in w for w in stale.warnings)
+
+
+def test_predict_many_reports_bad_files_and_keeps_order(ckpt, tmp_path):
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    files = [tmp_path / "img" / n for n in ("a.jpg", "fake.jpg", "empty.png", "sub/truncated.jpg", "sub/b.PNG")]
+    recs = GeopakPredictor.from_checkpoint(path, device="cpu").predict_many(files, batch_size=2, progress=False)
+    assert [r["image"] for r in recs] == [str(f) for f in files]
+    assert [bool(r["error"]) for r in recs] == [False, True, True, True, False]
+    assert "empty" in recs[2]["error"] and "lat" not in recs[1]
+    assert all(np.isfinite(r["lat"]) for r in recs if not r["error"])
+
+
+def test_tta_views_are_geography_safe_and_merge_averages_probabilities():
+    x = torch.zeros(1, 3, 20, 20, dtype=torch.uint8)
+    x[..., :, :10] = 200  # bright left half: no view may put it on the right
+    for v in tta_views(x):
+        assert v.shape == x.shape and v.dtype == torch.uint8
+        assert v[..., :, :5].float().mean() > v[..., :, 15:].float().mean()
+    a = {"province_logits": torch.log(torch.tensor([[0.2, 0.8]])), "geocell_logits": {0: torch.zeros(1, 2)},
+         "fused": torch.ones(1, 3), "alpha": torch.tensor([0.3]), "aux_latlon": torch.tensor([[30.0, 70.0]])}
+    b = {**a, "province_logits": torch.log(torch.tensor([[0.6, 0.4]])), "fused": torch.zeros(1, 3),
+         "aux_latlon": torch.tensor([[32.0, 72.0]])}
+    m = merge_view_outputs([a, b])
+    assert torch.softmax(m["province_logits"], -1).tolist()[0] == pytest.approx([0.4, 0.6])
+    assert torch.equal(m["fused"], a["fused"]) and m["aux_latlon"].tolist() == [[31.0, 71.0]]
+
+
+def test_tta_predictor_runs(ckpt, tmp_path):
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    r = GeopakPredictor.from_checkpoint(path, device="cpu", tta=True).predict(tmp_path / "img" / "a.jpg")
+    assert np.isfinite(r["lat"]) and sum(h["weight"] for h in r["hypotheses"]) == pytest.approx(1.0)
+
+
+def test_cli_end_to_end(ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    good = write_images(tmp_path / "img")
+    odd = tmp_path / "photo.dat"  # an image with another extension, named explicitly: predicted
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(odd, "PNG")
+    out, gj = tmp_path / "out" / "pred.csv", tmp_path / "out" / "pred.geojson"
+    code = cli.main(["predict", str(tmp_path / "img"), str(odd), "--checkpoint", str(path), "--out", str(out),
+                     "--geojson", str(gj), "--top", "2", "--batch-size", "2", "--workers", "2", "--no-progress",
+                     "--device", "cpu"])
+    assert code == 1  # three bad files
+    table = pd.read_csv(out, keep_default_na=False)
+    hyp = [f"hyp{k}_{f}" for k in (1, 2) for f in ("province", "lat", "lon", "weight")]
+    assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", *hyp, "error"]
+    names = {str(p.relative_to(tmp_path / "img")) if p.is_relative_to(tmp_path / "img") else p.name: e
+             for p, e in zip(map(__import__("pathlib").Path, table["image"]), table["error"])}
+    assert set(names) == {*good, "fake.jpg", "empty.png", "sub/truncated.jpg", "photo.dat"}  # notes.txt skipped
+    assert all(names[n] == "" for n in [*good, "photo.dat"])
+    assert all(names[n] for n in ("fake.jpg", "empty.png", "sub/truncated.jpg"))
+    ok = table[table["error"] == ""]
+    assert ok["lat"].astype(float).between(20, 40).all() and ok["hyp1_weight"].astype(float).gt(0).all()
+    fc = json.loads(gj.read_text())
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(table)
+    pt = next(f for f in fc["features"] if f["geometry"])
+    assert pt["geometry"]["coordinates"] == [pt["properties"]["lon"], pt["properties"]["lat"]]
+    # only good files: exit 0
+    assert cli.main(["predict", str(tmp_path / "img" / "a.jpg"), "--checkpoint", str(path), "--out",
+                     str(tmp_path / "one.csv"), "--no-progress"]) == 0
+
+
+def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    img = str(tmp_path / "img" / "a.jpg")
+    missing = tmp_path / "nowhere" / "best.pt"
+    assert cli.main(["predict", img, "--checkpoint", str(missing), "--out", str(tmp_path / "x.csv")]) == 2
+    msg = capsys.readouterr().err
+    assert str(missing) in msg and "02_phase0_province" in msg
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert cli.main(["predict", img, "--checkpoint", str(junk), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    assert cli.main(["predict", img, "--checkpoint", str(other), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "not a GEOPAK checkpoint" in capsys.readouterr().err
+    state = torch.load(path, weights_only=False)
+    state["model_state"] = {k: v for k, v in state["model_state"].items() if not k.startswith("offset_head")}
+    torch.save(state, tmp_path / "partial.pt")
+    assert cli.main(["predict", img, "--checkpoint", str(tmp_path / "partial.pt"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "offset_head" in capsys.readouterr().err
+    empty = tmp_path / "empty_dir"
+    empty.mkdir()
+    assert cli.main(["predict", str(empty), "--checkpoint", str(path), "--out", str(tmp_path / "x.csv")]) == 2
+    assert "no image files" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: a required option is missing
+        cli.main(["predict", img])
+    assert exc.value.code == 2
+
+
+def test_final_checkpoint_choice(tmp_path):
+    with pytest.raises(FileNotFoundError, match="training notebooks"):
+        final_checkpoint(tmp_path)
+    for p in (1, 2):
+        (tmp_path / "checkpoints" / f"phase{p}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"phase{p}" / "best.pt").write_bytes(b"x")
+    assert final_checkpoint(tmp_path).parent.name == "phase2"
+    (tmp_path / "final_checkpoint.txt").write_text(str(tmp_path / "checkpoints" / "phase1" / "best.pt") + "\n")
+    assert final_checkpoint(tmp_path).parent.name == "phase1"
+    assert calibration_path(tmp_path / "a" / "best.pt").name == "best.calibration.json"
+
+
+def test_results_table_columns_for_failed_rows():
+    t = results_table([{"image": "x.jpg", "error": "boom"}], top=1)
+    assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "hyp1_province",
+                               "hyp1_lat", "hyp1_lon", "hyp1_weight", "error"]
+    assert t.loc[0, "error"] == "boom" and pd.isna(t.loc[0, "lat"])

@@ -249,17 +249,17 @@ class GeopakPredictor:
         return cal.get("tta", {}) if self.tta else cal
 
     @torch.no_grad()
-    def forward_images(self, images: torch.Tensor) -> dict:
-        """uint8 (B, 3, S, S) -> model outputs (views merged when tta), on CPU."""
+    def forward_images(self, images: torch.Tensor, tta: bool | None = None) -> dict:
+        """uint8 (B, 3, S, S) -> model outputs (views merged when tta; default: self.tta), on CPU."""
         from .features import encoder_input
 
-        m = self.model
-        views = tta_views(images) if self.tta else [images]
+        m, tta = self.model, self.tta if tta is None else tta
+        views = tta_views(images) if tta else [images]
         outs = []
         for v in views:
             v = v.to(self.device)
             outs.append(m(encoder_input(v, m.clip_encoder.preprocess), encoder_input(v, m.scene_encoder.preprocess)))
-        return outputs_to(merge_view_outputs(outs) if self.tta else outs[0], "cpu")
+        return outputs_to(merge_view_outputs(outs) if tta else outs[0], "cpu")
 
     def raw_outputs(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0):
         """Model outputs for image files -> (outputs of the readable files in order or None,

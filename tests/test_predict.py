@@ -2,9 +2,6 @@
 stand in for open_clip/timm), bad files included."""
 
 import json
-import sys
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +10,7 @@ from PIL import Image
 
 from geopak_lib import cli
 from geopak_lib.checkpoints import checkpoint_state, save_checkpoint
+from geopak_lib.encoders import Preprocess, preprocess_batch
 from geopak_lib.model import GeopakModel, ModelConfig
 from geopak_lib.predict import (GeopakPredictor, calibration_path, final_checkpoint, merge_view_outputs,
                                 save_calibration, tta_views)
@@ -29,7 +27,7 @@ class TinyEncoder(torch.nn.Module):
         self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2),
                                        torch.nn.Flatten(), torch.nn.Linear(16, dim))
         self.dim, self.spec, self.weight_status, self.is_random = dim, spec, "random init (test)", True
-        self.preprocess = SimpleNamespace(image_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        self.preprocess = Preprocess(image_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
     def forward(self, x):
         return self.net(x)
@@ -40,9 +38,12 @@ SPECS = {"tiny:clip": (6, 16), "tiny:scene": (5, 12)}
 
 @pytest.fixture()
 def ckpt(tmp_path, monkeypatch):
-    """A phase-1 checkpoint of a tiny model with both encoders; encoders.build_encoder stubbed."""
-    monkeypatch.setitem(sys.modules, "geopak_lib.encoders", SimpleNamespace(
-        build_encoder=lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec)))
+    """A phase-1 checkpoint of a tiny model with both encoders; encoders.build_encoder rebuilds the
+    tiny ones from their specs (the real specs need open_clip/timm models, too slow for a unit test)."""
+    from geopak_lib import encoders
+
+    monkeypatch.setattr(encoders, "build_encoder",
+                        lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
     torch.manual_seed(0)
     cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
                       offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
@@ -69,20 +70,19 @@ def write_images(folder):
 
 
 def expected(model, path):
-    """The mixture computed directly: resize short side, centre crop, normalise, forward."""
+    """The mixture computed directly: resize the short side to 16, centre crop 16 x 16, forward."""
     from geopak_lib.inference import mixture_predict
 
     img = Image.open(path).convert("RGB")
     w, h = img.size
     s = 16
     img = img.resize((round(w * s / min(w, h)), s) if w >= h else (s, round(h * s / min(w, h))), Image.BILINEAR)
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]  # uint8 (1, 3, H, W)
     l0, t0 = (x.shape[3] - s) // 2, (x.shape[2] - s) // 2
     x = x[..., t0:t0 + s, l0:l0 + s]
-    norm = lambda t, size: (torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True)  # noqa: E731
-                            - 0.5) / 0.25
+    inputs = [preprocess_batch(x, e.preprocess) for e in (model.clip_encoder, model.scene_encoder)]  # tested there
     with torch.no_grad():
-        return mixture_predict(model, model(norm(x, 16), norm(x, 12)))
+        return mixture_predict(model, model(*inputs))
 
 
 def test_predict_matches_the_model_and_accepts_path_pil_array(ckpt, tmp_path):

@@ -288,7 +288,7 @@ def preprocess_batch(images, preprocess: Preprocess) -> torch.Tensor:
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     size = int(preprocess.image_size)
     if x.shape[-2:] != (size, size):
-        mode = "bicubic" if preprocess.interpolation == "bicubic" else "bilinear"
+        mode = "bilinear" if getattr(preprocess, "interpolation", "bicubic") == "bilinear" else "bicubic"
         x = F.interpolate(x, size=(size, size), mode=mode, antialias=True, align_corners=False).clamp_(0.0, 1.0)
     mean = torch.as_tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.as_tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

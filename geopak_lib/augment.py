@@ -152,8 +152,11 @@ def build_augment(strength: str = "strong", size: int = 224, config: AugmentConf
 
 
 def clean_transform(size: int = 224):
-    """Evaluation view: resize the short side to ``size``, centre crop -> uint8 (3, size, size)."""
-    return v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    """Evaluation view: the whole image resized to (size, size) -> uint8 (3, size, size).
+
+    No centre crop, like encoders.preprocess_batch: the edges of a photo can hold the clue.
+    """
+    return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
 
 
 def augment_for_province(province: str) -> str:
@@ -164,7 +167,7 @@ def augment_for_province(province: str) -> str:
 def augment_settings(size: int, configs: dict | None = None) -> dict:
     """Everything that determines the augmented views, as plain data (feature-cache key)."""
     configs = configs or {s: AugmentConfig.preset(s) for s in ("strong", "mild")}
-    return {"size": size, "strong_provinces": list(STRONG_PROVINCES),
+    return {"size": size, "clean": "resize whole image", "strong_provinces": list(STRONG_PROVINCES),
             **{s: asdict(c) for s, c in configs.items()}}
 
 

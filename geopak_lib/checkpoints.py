@@ -90,11 +90,27 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def _rebuild_encoder(info: dict, has_weights: bool):
+    """Encoder of ``info['spec']``; its weights come from the checkpoint when it holds them, so the
+    random-weights warning of build_encoder would be false then, and the status is the saved one."""
+    import warnings
+
+    from .encoders import RandomWeightsWarning, build_encoder
+
+    with warnings.catch_warnings():
+        if has_weights:
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+        encoder = build_encoder(info["spec"], None, strict=False)
+    if has_weights:
+        encoder.weight_status, encoder.is_random = info["weight_status"], info["is_random"]
+    return encoder
+
+
 def build_model_from_checkpoint(ckpt, with_encoders: bool = True, device="cpu"):
     """Rebuild the GeopakModel of a checkpoint (dict or path) and load its weights.
 
     with_encoders: attach both encoders (rebuilt from their specs, then given the checkpoint's
-    weights when it holds them, else the weights build_encoder finds). False: heads only,
+    weights and weight status when it holds them, else the weights build_encoder finds). False: heads only,
     for use on cached features.
     """
     from .model import GeopakModel
@@ -108,9 +124,7 @@ def build_model_from_checkpoint(ckpt, with_encoders: bool = True, device="cpu"):
             raise ValueError(f"checkpoint has no {slot} (its model was trained without encoders); "
                              "use with_encoders=False")
         if with_encoders:
-            from .encoders import build_encoder
-
-            encoders[slot] = build_encoder(info["spec"], None, strict=False)
+            encoders[slot] = _rebuild_encoder(info, has_weights=any(k.startswith(slot + ".") for k in state))
     model = GeopakModel.from_meta(ckpt["model_meta"], encoders.get("clip_encoder"), encoders.get("scene_encoder"))
     own = model.state_dict()
     keep = {k: v for k, v in state.items() if k in own}

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import geo
@@ -37,20 +36,10 @@ MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
 
 
 def encoder_input(images: torch.Tensor, preprocess) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float (B, 3, S, S) normalised for an encoder (S = preprocess.image_size)."""
-    try:
-        from .encoders import preprocess_batch
-    except ImportError:  # TODO(encoders.py): remove once it lands
-        preprocess_batch = None
-    if preprocess_batch is not None:
-        return preprocess_batch(images, preprocess)
-    size = int(preprocess.image_size)
-    x = images.float() / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.as_tensor(preprocess.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(preprocess.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    """uint8 (B, 3, H, W) -> float (B, 3, S, S) normalised for an encoder (encoders.preprocess_batch)."""
+    from .encoders import preprocess_batch
+
+    return preprocess_batch(images, preprocess)
 
 
 def view_size(*encoders) -> int:
@@ -63,7 +52,7 @@ def encoder_fingerprint(encoder) -> dict:
     h = hashlib.sha256()
     for name, t in sorted(encoder.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d buffers
     pre = encoder.preprocess
     return {"spec": encoder.spec, "weight_status": str(getattr(encoder, "weight_status", "")),
             "weights_sha256": h.hexdigest(),

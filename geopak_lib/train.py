@@ -230,10 +230,7 @@ def _train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, 
                                       cfg.batches_per_epoch, cfg.shares, cfg.seed)
     sampler.set_epoch(epoch)
     row_batches = [train_rows[np.asarray(b)] for b in sampler]
-    model.train()
-    for enc in (model.clip_encoder, model.scene_encoder):
-        if enc is not None:
-            enc.eval()  # frozen normalisation statistics, no dropout, even where the top is trained
+    model.train()  # encoders.Encoder keeps batch norms whose parameters are frozen in eval mode
     params = [p for g in opt.param_groups for p in g["params"]]
     acc = _Accumulator()
     bar = tqdm(_batches(model, data, row_batches, cfg, epoch, True, device), total=len(row_batches),

@@ -17,6 +17,15 @@ from geopak_lib.features import (FeatureCache, baseline_errors, baseline_predict
 from geopak_lib.geo import haversine_km
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a shared 2-core machine they only oversubscribe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @dataclass
 class Pre:
     image_size: int
@@ -177,3 +186,19 @@ def test_baselines_by_hand():
     summary = baseline_errors(cache, table, "val", k=2)
     assert summary["method"].tolist() == ["train_centroid", "province_centroid", "knn"]
     assert summary.set_index("method").loc["knn", "median_km"] == pytest.approx(pred["knn_error_km"][0])
+
+
+def test_real_encoders_build_and_reuse(manifest, tmp_path):
+    from geopak_lib.data import load_rgb
+    from geopak_lib.encoders import build_encoder, preprocess_batch
+
+    with pytest.warns(UserWarning, match="RANDOM"):
+        clip = build_encoder("timm:resnet18@24")  # random weights: fine for checking the plumbing
+    scene = build_encoder("timm:tf_efficientnet_lite0@32")
+    cache = _build(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32")
+    assert (cache.clip_dim, cache.scene_dim) == (clip.dim, scene.dim) == (512, 1280)
+    x = clean_transform(32)(load_rgb(manifest.image_path[5]))[None]  # shared view at the larger size
+    with torch.no_grad():
+        want = scene.eval()(preprocess_batch(x, scene.preprocess))
+    assert torch.allclose(cache.gather([5])[1], want, atol=1e-4)
+    assert _build(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32").path == cache.path

@@ -2,8 +2,6 @@
 exact, best.pt follows the end-to-end metric, saves are atomic, bf16 autocast runs on CPU."""
 
 import math
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -20,6 +18,17 @@ from geopak_lib.train import PhaseConfig, TrainData, train_phase, warmup_cosine
 SPEC_CSV = ["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
             "median_error_km", "mean_error_km", "p90_error_km", "sindh_acc", "punjab_acc", "kpk_acc", "ict_acc",
             "gb_acc", "balochistan_acc", "ajk_acc"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads; on a shared 2-core machine they only oversubscribe."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CENTRES = [(25.0, 68.0, 0), (26.5, 68.5, 0), (31.5, 74.3, 1), (30.2, 71.5, 1), (29.5, 66.5, 5)]  # lat, lon, prov
 
 
@@ -214,40 +223,15 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     assert not train.autocast_enabled("auto", torch.device("cpu"))
 
 
-class BlockEncoder(torch.nn.Module):
-    """Tiny conv encoder with the Encoder attributes (spec, dim, preprocess, weight_status)."""
-
-    def __init__(self, dim, size, spec, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        nn = torch.nn
-        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.GELU())
-                                    for _ in range(5))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, dim))
-        self.dim, self.spec, self.weight_status, self.is_random = dim, spec, "random init (test)", True
-        self.preprocess = SimpleNamespace(image_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-    def forward(self, x):
-        x = self.stem(x)
-        for b in self.blocks:
-            x = b(x)
-        return self.head(x)
+CLIP_SPEC, SCENE_SPEC = "timm:resnet18@32", "timm:tf_efficientnet_lite0@32"  # real encoders, tiny inputs
 
 
 @pytest.fixture()
-def image_setup(tmp_path, monkeypatch):
-    """Synthetic data with real image files (colour = cell) and a model with two encoders."""
-    try:
-        from geopak_lib.encoders import set_trainable_top_fraction  # noqa: F401
-    except ImportError:  # stand-in until encoders.py lands: unfreeze the top blocks
-        def top_fraction(enc, fraction):
-            enc.requires_grad_(False)
-            n = math.ceil(fraction * len(enc.blocks))
-            for b in list(enc.blocks)[len(enc.blocks) - n:]:
-                b.requires_grad_(True)
-        monkeypatch.setitem(sys.modules, "geopak_lib.encoders",
-                            SimpleNamespace(set_trainable_top_fraction=top_fraction))
+def image_setup(tmp_path):
+    """Synthetic data with real image files (colour = cell) and a model with two real encoders
+    (resnet18 on random weights, EfficientNet-Lite0 on the packaged ImageNet weights), 32 px."""
+    from geopak_lib.encoders import RandomWeightsWarning, build_encoder
+
     cells, data = synthetic(n=60)
     colours = np.random.default_rng(0).integers(0, 255, (5, 3))
     paths = []
@@ -258,40 +242,65 @@ def image_setup(tmp_path, monkeypatch):
         paths.append(str(path))
     data.table["image_path"], data.cache = paths, None
     torch.manual_seed(0)
-    mcfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=16, province_hidden=16, cell_hidden=16,
+    with pytest.warns(RandomWeightsWarning):
+        clip = build_encoder(CLIP_SPEC)
+    scene = build_encoder(SCENE_SPEC)
+    mcfg = ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim, fused_dim=16, province_hidden=16, cell_hidden=16,
                        small_cell_hidden=8, offset_hidden=16, aux_hidden=8, cell_emb_dim=4, prov_emb_dim=2)
-    model = GeopakModel(mcfg, cells, BlockEncoder(6, 16, "tiny:clip", 1), BlockEncoder(5, 12, "tiny:scene", 2))
-    return model, data
+    return GeopakModel(mcfg, cells, clip, scene), data
 
 
 def test_phase2_trains_top_of_encoders_from_images(tmp_path, image_setup):
     model, data = image_setup
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = PhaseConfig.for_phase(2, epochs=1, batch_size=8, batches_per_epoch=3, eval_batch_size=32, amp="off")
+    cfg = PhaseConfig.for_phase(2, epochs=1, batch_size=8, batches_per_epoch=2, eval_batch_size=32, amp="off")
     res = train_phase(cfg, model, data, tmp_path / "r", progress=False, device="cpu")
     ckpt = load_checkpoint(res.best_path)
     lrs = {g["name"]: g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]}
     assert lrs == {"heads": 5e-4, "clip": 1e-5, "scene": 5e-6}
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    for enc in ("clip_encoder", "scene_encoder"):
-        assert not any(k.startswith((f"{enc}.stem", f"{enc}.blocks.0.")) for k in changed)  # bottom frozen
-        assert any(k.startswith(f"{enc}.") for k in changed)  # top trained
-        assert not any(k.startswith(f"{enc}.") and "running_" in k for k in changed)  # BN stats frozen
+    enc = lambda k, prefixes: k.startswith(tuple(prefixes))  # noqa: E731
+    # resnet18: 8 residual blocks, top 30% = 3 (layer3.1, layer4.*); the stem and layer1 stay frozen,
+    # including their batch-norm statistics
+    assert not any(enc(k, ["clip_encoder.backbone.conv1", "clip_encoder.backbone.bn1",
+                           "clip_encoder.backbone.layer1", "clip_encoder.backbone.layer3.0"]) for k in changed)
+    assert any(enc(k, ["clip_encoder.backbone.layer4"]) for k in changed)
+    # lite0: 16 blocks, top 20% = 4 plus conv_head/bn2; the stem stays frozen
+    assert not any(enc(k, ["scene_encoder.backbone.conv_stem", "scene_encoder.backbone.bn1",
+                           "scene_encoder.backbone.blocks.0"]) for k in changed)
+    assert any(enc(k, ["scene_encoder.backbone.conv_head"]) for k in changed)
     assert any(k.startswith("geocell_heads.") for k in changed)
-    assert ckpt["encoders"]["clip_encoder"]["spec"] == "tiny:clip"
+    assert ckpt["encoders"]["clip_encoder"] == {"spec": CLIP_SPEC, "weight_status": model.clip_encoder.weight_status,
+                                                "is_random": True}
+
+
+def test_checkpoint_with_encoders_rebuilds_exactly(tmp_path, image_setup):
+    import warnings
+
+    model, data = image_setup
+    cfg = PhaseConfig.for_phase(2, epochs=1, batch_size=8, batches_per_epoch=1, eval_batch_size=32, amp="off")
+    res = train_phase(cfg, model, data, tmp_path / "r", progress=False, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no false "random weights" warning: the weights come from the file
+        rebuilt = build_model_from_checkpoint(res.best_path, with_encoders=True)
+    assert rebuilt.clip_encoder.weight_status == model.clip_encoder.weight_status
+    assert rebuilt.scene_encoder.weight_status.startswith("pretrained:")
+    want, got = model.state_dict(), rebuilt.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
 
 
 def test_phase3_keeps_start_when_nothing_improves(tmp_path, image_setup, monkeypatch):
     model, data = image_setup
-    scores = iter([10.0, 12.0, 11.0])  # epoch 0 (start), 1, 2: neither beats the start
+    scores = iter([10.0, 12.0])  # epoch 0 (the starting weights), epoch 1: no improvement
     monkeypatch.setattr(train, "selection_score", lambda phase, m: next(scores))
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = PhaseConfig.for_phase(3, epochs=2, batch_size=8, batches_per_epoch=2, eval_batch_size=32, amp="off")
+    cfg = PhaseConfig.for_phase(3, epochs=1, batch_size=8, batches_per_epoch=1, eval_batch_size=32, amp="off",
+                                clip_unfreeze=0.2, scene_unfreeze=0.2)
     res = train_phase(cfg, model, data, tmp_path / "r", progress=False, device="cpu")
     assert res.best_epoch == 0 and res.kept is False
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
-    assert res.history.epoch.tolist() == [0, 1, 1, 2, 2]
+    assert res.history.epoch.tolist() == [0, 1, 1]
     assert "starting weights, which are kept" in (tmp_path / "r/checkpoints/phase3/log.txt").read_text()
 
 

@@ -1,0 +1,106 @@
+"""Robust image loading: any file Pillow can read, as RGB with EXIF orientation applied.
+
+Used by validation (:func:`inspect_image`), the feature cache, training and the predictor
+(:func:`load_rgb`). Problems raise :class:`ImageLoadError` with a ``code`` that is a
+validation reason (image_missing, image_empty, image_unreadable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+JPEG_DRAFT_SIZE = (64, 64)  # validation decodes JPEGs at 1/8 scale: every byte is still read
+
+
+class ImageLoadError(Exception):
+    """An image file that cannot be used. ``code`` is a REJECT_POLICY reason (image_*)."""
+
+    def __init__(self, path, reason: str, code: str = "image_unreadable"):
+        super().__init__(f"cannot load image {path}: {reason}")
+        self.path, self.reason, self.code = Path(path), reason, code
+
+
+def _open(path, draft: bool = False) -> tuple[Image.Image, bytes, tuple[int, int]]:
+    """Read the bytes, open and fully decode (JPEG at 1/8 scale if ``draft``).
+
+    Returns (image, file bytes, (width, height) as stored, before any draft reduction).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found", "image_missing") from None
+    except OSError as e:  # a folder, a permission problem, ...
+        raise ImageLoadError(path, f"cannot read file ({e.strerror or e})", "image_missing") from None
+    if not data:
+        raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
+    try:
+        img = Image.open(io.BytesIO(data))
+        size = img.size  # draft() shrinks img.size; keep the stored one
+        if draft and img.format == "JPEG":
+            img.draft("RGB", JPEG_DRAFT_SIZE)
+        img.load()  # a truncated or corrupt file fails here, not at open()
+    except UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image file Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(path, f"truncated or corrupt ({e})") from None
+    return img, data, size
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation tag (1..8; 1 = as stored)."""
+    try:
+        return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # unparsable EXIF: treat as unrotated rather than reject a decodable image
+        return 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB. Transparency is composited on white; 16/32-bit grey is rescaled."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data (max > 255) spans 0..65535; 65535 / 257 = 255
+        arr = arr / 257.0 if arr.max(initial=0) > 255 else arr
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("LA", "La", "RGBa", "PA") or (img.mode == "L" and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        # white, not black: transparent pixels have no colour, and viewers show page white
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def load_rgb(path) -> Image.Image:
+    """Open an image file as an RGB ``PIL.Image`` of shape (H, W, 3), EXIF orientation applied.
+
+    Raises :class:`ImageLoadError` (with ``reason`` and ``code``) for a missing, empty, truncated,
+    corrupt or non-image file.
+    """
+    img, _, _ = _open(path)
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
+    return _to_rgb(img)
+
+
+def inspect_image(path) -> tuple[int, int, str]:
+    """Cheap but complete check of one image: (width, height, sha1 of the file bytes).
+
+    width/height are in pixels after EXIF orientation (what :func:`load_rgb` returns). The file is
+    decoded in full (JPEG at 1/8 scale, which still reads every byte, so truncation is caught).
+    Raises :class:`ImageLoadError`.
+    """
+    img, data, (width, height) = _open(path, draft=True)
+    if _orientation(img) in (5, 6, 7, 8):  # 90-degree rotations swap the sides
+        width, height = height, width
+    _to_rgb(img)  # same conversion as load_rgb, so a mode it cannot handle is caught here
+    return width, height, hashlib.sha1(data).hexdigest()

@@ -1,0 +1,46 @@
+"""What the phase notebooks show: the outcome table, best rows per phase, the random-weights banner."""
+
+import numpy as np
+import pandas as pd
+
+from geopak_lib.checkpoints import CSV_COLUMNS
+from geopak_lib.phase_report import best_rows, outcome_table, province_confusion
+from geopak_lib.report import encoder_status_markdown
+
+
+def test_outcome_table_compares_medians():
+    pred = pd.DataFrame({"error_km": [1.0, 3.0, 100.0]})  # median 3 km
+    base = pd.DataFrame([{"method": "train_centroid", "n": 3, "median_km": 400.0},
+                         {"method": "knn", "n": 3, "median_km": 2.0}])
+    out = outcome_table(pred, base, "model")
+    assert out["method"].tolist() == ["model", "train_centroid", "knn"]
+    assert out.loc[0, "median_km"] == 3.0 and out.loc[0, "acc_5km"] == 2 / 3
+    assert out["model beats it"].tolist()[1:] == [True, False]
+
+
+def test_best_rows_picks_balanced_acc_for_phase0_and_median_for_later(tmp_path):
+    def write(phase, rows):
+        d = tmp_path / "checkpoints" / f"phase{phase}"
+        d.mkdir(parents=True)
+        frame = pd.DataFrame([{c: np.nan for c in CSV_COLUMNS} | r for r in rows], columns=CSV_COLUMNS)
+        frame.to_csv(d / "losses.csv", index=False)
+    write(0, [{"epoch": 1, "split": "val", "balanced_acc": 0.4}, {"epoch": 2, "split": "val", "balanced_acc": 0.7},
+              {"epoch": 2, "split": "train", "balanced_acc": 0.99}])
+    write(1, [{"epoch": 1, "split": "val", "median_error_km": 50.0}, {"epoch": 2, "split": "val", "median_error_km": 80.0}])
+    out = best_rows(tmp_path)
+    assert out["best epoch"].tolist() == [2, 1]
+    assert out.loc[1, "val median km"] == 50.0
+
+
+def test_province_confusion_labels():
+    cm = province_confusion([0, 0, 1], [0, 1, 1])
+    assert cm.loc["Sindh", "sindh"] == 1 and cm.loc["Sindh", "punjab"] == 1 and cm.loc["Punjab", "punjab"] == 1
+    assert cm.values.sum() == 3
+
+
+def test_random_weights_banner():
+    good = {"spec": "timm:x", "weight_status": "pretrained:y", "is_random": False}
+    bad = {"spec": "open_clip:ViT-B-16:openai", "weight_status": "random (offline)", "is_random": True}
+    assert "Random weights" not in encoder_status_markdown([good, good])
+    md = encoder_status_markdown([bad, good])
+    assert md.startswith("> **⚠ Random weights:**") and "open_clip:ViT-B-16:openai" in md.splitlines()[0]

@@ -156,8 +156,10 @@ def hypotheses_map(result: dict, truth=None, heat: bool = True) -> folium.Map:
                   ).add_to(m)
     items = [("#000", "prediction ✚ and error radius")]
     if truth is not None:
-        folium.CircleMarker(list(truth), radius=7, color="#fff", weight=2, fill=True, fill_color="#1a9850",
-                            fill_opacity=1, tooltip=f"truth {truth[0]:.3f}, {truth[1]:.3f}").add_to(m)
+        dot = ('<div style="width:12px;height:12px;margin:-8px 0 0 -8px;border-radius:50%;background:#1a9850;'
+               'border:2px solid #fff;box-shadow:0 0 2px #000"></div>')  # a marker: drawn above the heat layer
+        folium.Marker(list(truth), icon=folium.DivIcon(html=dot),
+                      tooltip=f"truth {truth[0]:.3f}, {truth[1]:.3f}").add_to(m)
         items.append(("#1a9850", "truth"))
     return add_legend(m, "hypotheses (area ∝ weight)", items)
 

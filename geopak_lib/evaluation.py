@@ -93,7 +93,8 @@ def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False,
 
 def cell_ranking(model, outputs: dict, k: int = 5) -> np.ndarray:
     """Global cell ids ranked by P(province) × P(cell | province), best first: (B, k)."""
-    joint = torch.softmax(outputs["province_logits"], -1)[:, model.cell_province_id] * cell_conditional_probs(model, outputs)
+    p_province = torch.softmax(outputs["province_logits"], -1)[:, model.cell_province_id]  # (B, N)
+    joint = p_province * cell_conditional_probs(model, outputs)
     return joint.topk(min(k, joint.shape[1]), -1).indices.cpu().numpy()
 
 
@@ -127,7 +128,8 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     f["cell_pred"], f["cell_in_top5"] = ranked[:, 0], (ranked == f["cell_id"].to_numpy()[:, None]).any(1)
     cents = province_centroids(train)
     t_lat, t_lon = spherical_mean(train["latitude"].to_numpy(float), train["longitude"].to_numpy(float))
-    pts = {"mixture": (mix["lat"], mix["lon"]), "train_centroid": (np.full(len(f), t_lat), np.full(len(f), t_lon)), "argmax": (arg["lat"], arg["lon"]), "aux": (aux["lat"], aux["lon"]),
+    pts = {"mixture": (mix["lat"], mix["lon"]), "train_centroid": (np.full(len(f), t_lat), np.full(len(f), t_lon)),
+           "argmax": (arg["lat"], arg["lon"]), "aux": (aux["lat"], aux["lon"]),
            "province_centroid": (cents[f["province_pred"], 0], cents[f["province_pred"], 1]),
            "true_province": (diag["lat"], diag["lon"]), "true_cell": (tc_lat[:, 0], tc_lon[:, 0])}
     for name, (la, lo) in pts.items():
@@ -200,7 +202,8 @@ def nearest_town(lat, lon, towns: pd.DataFrame):
     return towns["name"].to_numpy()[i], d[np.arange(len(i)), i]
 
 
-def urban_rural(lat, lon, min_population: int = URBAN_MIN_POPULATION, radius_km: float = URBAN_RADIUS_KM) -> pd.DataFrame:
+def urban_rural(lat, lon, min_population: int = URBAN_MIN_POPULATION,
+                radius_km: float = URBAN_RADIUS_KM) -> pd.DataFrame:
     """'urban' within radius_km of a GeoNames town of min_population+ people, else 'rural'.
     Returns town, town_km, setting (N rows)."""
     from .demo import pakistan_towns
@@ -247,7 +250,8 @@ def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES):
     """Temperature (province confidence) and radius scales fitted on val, checked on test.
     Returns (calibration dict for predict.save_calibration, temperature report, radius table)."""
     temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
-    scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"], coverages)
+    scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
+                                        coverages)
     cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": "val", "n_val": len(val),
            "test_ece_before": temp["ece_before"], "test_ece_after": temp["ece_after"],
            "test_coverage": {str(c): float(v) for c, v in radius["test coverage"].items()}}

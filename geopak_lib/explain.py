@@ -91,7 +91,7 @@ def alpha_gallery(images: torch.Tensor, alpha, labels, n: int = 4):
     alpha = np.asarray(alpha, float)
     order = np.argsort(alpha, kind="stable")
     n = min(n, len(alpha) // 2) or 1
-    picks = [("lowest α (CLIP trusted)", order[:n]), ("highest α (scene encoder trusted)", order[::-1][:n])]
+    picks = [("lowest α (towards CLIP)", order[:n]), ("highest α (towards scene)", order[::-1][:n])]
     fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5.2), squeeze=False)
     for r, (name, idx) in enumerate(picks):
         for c, i in enumerate(idx):

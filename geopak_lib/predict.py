@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -155,7 +156,9 @@ def merge_view_outputs(views: list[dict]) -> dict:
     """Average the province and per-province cell probabilities over views (returned as log-probs,
     so softmax gives the mean back). Offsets and α come from the first (identity) view: a crop moves
     the content, and the offset head's answer is relative to the full frame."""
-    log_mean = lambda ts: torch.log(torch.stack([torch.softmax(t, -1) for t in ts]).mean(0).clamp_min(1e-30))  # noqa: E731
+    def log_mean(ts):
+        return torch.log(torch.stack([torch.softmax(t, -1) for t in ts]).mean(0).clamp_min(1e-30))
+
     first = views[0]
     return {"fused": first["fused"], "alpha": first["alpha"],
             "province_logits": log_mean([v["province_logits"] for v in views]),
@@ -223,13 +226,16 @@ class GeopakPredictor:
         if any(ckpt["encoders"].get(s) is None for s in ("clip_encoder", "scene_encoder")):
             raise ValueError(f"checkpoint {path} holds heads only (trained without encoders), so it cannot "
                              "read images; use a checkpoint from the training notebooks")
-        try:
+        logging.disable(logging.WARNING)  # building an encoder logs "random weights" before the checkpoint's
+        try:                              # weights are loaded; what is true is said in self.warnings
             model = build_model_from_checkpoint(ckpt, with_encoders=True, device=dev)
         except (KeyError, RuntimeError, TypeError) as exc:  # shapes or config keys from another version
             raise ValueError(f"checkpoint {path} does not fit this version of geopak_lib "
                              f"({type(exc).__name__}: {exc})") from exc
-        warnings = [f"{s} `{e['spec']}` runs on random weights ({e['weight_status']}): predictions are not "
-                    "meaningful" for s, e in ckpt["encoders"].items() if e.get("is_random")]
+        finally:
+            logging.disable(logging.NOTSET)
+        warnings = [f"{s} `{e['spec']}` runs on random weights ({e['weight_status']}): its features carry no "
+                    "pretrained knowledge" for s, e in ckpt["encoders"].items() if e.get("is_random")]
         if int(ckpt["phase"]) == 0:
             warnings.append("phase-0 checkpoint: only the province head is trained; lat/lon are not meaningful")
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
@@ -292,10 +298,10 @@ class GeopakPredictor:
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
             order = np.argsort(-pred["hyp_weight"][i][valid], kind="stable")
+            cols = [pred[k][i][valid][order] for k in ("hyp_province_id", "hyp_cell_id", "hyp_lat", "hyp_lon",
+                                                       "hyp_weight")]
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
-                     "weight": float(w)}
-                    for pr, c, la, lo, w in zip(*(pred[k][i][valid][order] for k in
-                                                  ("hyp_province_id", "hyp_cell_id", "hyp_lat", "hyp_lon", "hyp_weight")))]
+                     "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
             spread = float(pred["spread_km"][i])
             radii = {str(c): float(error_radius(spread, s, RADIUS_FLOOR_KM)) for c, s in scales.items()}
             key = str(RADIUS_COVERAGE)

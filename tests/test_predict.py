@@ -212,7 +212,8 @@ def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
     state = torch.load(path, weights_only=False)
     state["model_state"] = {k: v for k, v in state["model_state"].items() if not k.startswith("offset_head")}
     torch.save(state, tmp_path / "partial.pt")
-    assert cli.main(["predict", img, "--checkpoint", str(tmp_path / "partial.pt"), "--out", str(tmp_path / "x.csv")]) == 2
+    partial = str(tmp_path / "partial.pt")
+    assert cli.main(["predict", img, "--checkpoint", partial, "--out", str(tmp_path / "x.csv")]) == 2
     assert "offset_head" in capsys.readouterr().err
     empty = tmp_path / "empty_dir"
     empty.mkdir()

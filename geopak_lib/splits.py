@@ -60,22 +60,30 @@ def _assign_province(sizes: pd.Series, fractions: dict, rng: np.random.Generator
 
 
 def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_frac: float = 0.15,
-                        test_frac: float = 0.15, seed: int = 0) -> pd.DataFrame:
-    """Return a copy of ``manifest`` with ``block_id`` and ``split`` (train/val/test) columns.
+                        test_frac: float = 0.15, seed: int = 0, buffer_km: float = 0.0) -> pd.DataFrame:
+    """Return a copy of ``manifest`` with ``block_id`` and ``split`` (train/val/test/buffer) columns.
 
-    A block belongs to the province holding most of its samples (ties: lower province id); the
-    blocks of each province are split to approximate (1 - val - test, val, test) of its samples.
-    Deterministic for a seed and independent of row order.
+    A block is a grid square within one province (a square crossing a border is one block per
+    province, so even Islamabad's few squares can be stratified); the blocks of each province
+    are split to approximate (1 - val - test, val, test) of its samples. Blocks alone cannot keep
+    samples on either side of a block edge apart, so with ``buffer_km`` > 0 every training sample
+    within that distance of a validation or test sample becomes ``buffer``: kept in the
+    manifest, used neither for training nor for scoring, and counted in the audit. Then no
+    training sample lies within ``buffer_km`` of a held-out one. Deterministic for a seed and
+    independent of row order.
     """
+    if buffer_km < 0:
+        raise ValueError(f"buffer_km must be >= 0, got {buffer_km}")
     if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
         raise ValueError(f"need val_frac, test_frac >= 0 and val_frac + test_frac < 1, got {val_frac}, {test_frac}")
     if manifest[["latitude", "longitude"]].isna().any().any():
         raise ValueError("manifest has missing latitude/longitude: validate the dataset first")
     out = manifest.copy()
-    out["block_id"] = block_ids(out["latitude"], out["longitude"], block_km)
     pid = out["province"].map(PROVINCE_ID)
     if pid.isna().any():
         raise ValueError(f"unknown province(s) {sorted(set(out['province'][pid.isna()]))}; expected {PROVINCES}")
+    cell = block_ids(out["latitude"], out["longitude"], block_km)
+    out["block_id"] = [f"{c}_p{int(p)}" for c, p in zip(cell, pid)]
     counts = pd.DataFrame({"block_id": out["block_id"], "pid": pid}).value_counts().reset_index(name="n")
     # home province: most samples, then lower id (value_counts order is not a tie-break we control)
     home = counts.sort_values(["block_id", "n", "pid"], ascending=[True, False, True]).drop_duplicates("block_id")
@@ -86,10 +94,25 @@ def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_f
         rng = np.random.default_rng([seed, int(p)])
         split_of.update(_assign_province(block_n[blocks.to_numpy()], fractions, rng))
     out["split"] = out["block_id"].map(split_of)
+    if buffer_km > 0:
+        out.loc[_near_held_out(out, buffer_km), "split"] = "buffer"
     from .data import MANIFEST_COLUMNS  # canonical order, extra columns after
 
     cols = [c for c in MANIFEST_COLUMNS if c in out.columns]
     return out[cols + [c for c in out.columns if c not in cols]]
+
+
+def _near_held_out(df: pd.DataFrame, km: float) -> np.ndarray:
+    """Mask of training rows within ``km`` of a val/test row (haversine)."""
+    from sklearn.neighbors import BallTree
+
+    train, held = (df["split"] == "train").to_numpy(), df["split"].isin(["val", "test"]).to_numpy()
+    mask = np.zeros(len(df), bool)
+    if train.any() and held.any():
+        tree = BallTree(np.radians(df.loc[held, ["latitude", "longitude"]].to_numpy(float)), metric="haversine")
+        dist, _ = tree.query(np.radians(df.loc[train, ["latitude", "longitude"]].to_numpy(float)), k=1)
+        mask[np.flatnonzero(train)] = dist[:, 0] * EARTH_RADIUS_KM < km
+    return mask
 
 
 def min_cross_split_distance_km(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -118,8 +141,9 @@ def min_cross_split_distance_km(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     """Samples per province x split (provinces in PROVINCES order, an 'All' row), plus block counts."""
+    cols = list(SPLITS) + (["buffer"] if (manifest["split"] == "buffer").any() else [])
     table = pd.crosstab(manifest["province"], manifest["split"]).reindex(
-        index=list(PROVINCES), columns=list(SPLITS), fill_value=0)
+        index=list(PROVINCES), columns=cols, fill_value=0)
     table.loc["All"] = table.sum()
     table["total"] = table.sum(axis=1)
     blocks = manifest.groupby("province")["block_id"].nunique()

@@ -121,3 +121,25 @@ def test_leak_check_on_split(split):
 def test_leak_check_empty_split():
     df = pd.DataFrame({"id": ["a"], "latitude": [30.0], "longitude": [70.0], "split": ["train"]})
     assert min_cross_split_distance_km(df)["min_km"].isna().all()
+
+
+def test_buffer_keeps_training_away_from_held_out(manifest, split):
+    buffered = spatial_block_split(manifest, buffer_km=8.0)
+    # held-out rows are untouched; only training rows become 'buffer'
+    held = split["split"].isin(["val", "test"])
+    assert (buffered.loc[held, "split"] == split.loc[held, "split"]).all()
+    moved = buffered["split"] == "buffer"
+    assert (split.loc[moved, "split"] == "train").all() and len(buffered) == len(split)
+    # brute force: every remaining training row is >= 8 km from every held-out row, every buffer row < 8 km
+    tr = buffered[buffered["split"] == "train"]
+    ho = buffered[buffered["split"].isin(["val", "test"])]
+    d = haversine_km(tr["latitude"].to_numpy()[:, None], tr["longitude"].to_numpy()[:, None],
+                     ho["latitude"].to_numpy()[None], ho["longitude"].to_numpy()[None])
+    assert d.min() >= 8.0
+    b = buffered[moved]
+    if len(b):
+        db = haversine_km(b["latitude"].to_numpy()[:, None], b["longitude"].to_numpy()[:, None],
+                          ho["latitude"].to_numpy()[None], ho["longitude"].to_numpy()[None])
+        assert (db.min(1) < 8.0).all()
+    with pytest.raises(ValueError, match="buffer_km"):
+        spatial_block_split(manifest, buffer_km=-1)

@@ -323,7 +323,8 @@ def set_trainable_top_fraction(encoder: Encoder, fraction: float) -> int:
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     blocks = encoder_blocks(encoder)
-    n = len(blocks) if fraction == 1.0 else math.ceil(fraction * len(blocks) - 1e-9)  # 1e-9: 0.3*10 is 3.0000000000000004
+    # ceil: at least the fraction asked for; 1e-9 because 0.3 * 10 is 3.0000000000000004
+    n = len(blocks) if fraction == 1.0 else math.ceil(fraction * len(blocks) - 1e-9)
     encoder.requires_grad_(fraction == 1.0)
     if 0 < n and fraction < 1.0:
         for m in blocks[len(blocks) - n:] + encoder_head(encoder):

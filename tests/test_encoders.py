@@ -210,12 +210,13 @@ def test_unfreeze_resnet50_top_20_percent_keeps_frozen_bn_stats(resnet50):
                 + 2 * bottleneck_params(2048, 512, False))
     assert count_trainable(resnet50) == expected == 16_081_920
     b = resnet50.backbone
-    frozen_before = [b.bn1.running_mean.clone(), b.layer1[0].bn1.running_mean.clone(), b.layer3[4].bn3.running_var.clone()]
+    frozen = lambda: [b.bn1.running_mean, b.layer1[0].bn1.running_mean, b.layer3[4].bn3.running_var]  # noqa: E731
+    frozen_before = [t.clone() for t in frozen()]
     top_before = b.layer4[2].bn3.running_mean.clone()
     resnet50.train()
     assert not b.layer1[0].bn1.training and b.layer4[0].bn1.training
     resnet50(torch.randn(2, 3, 64, 64) * 3 + 1)
-    for before, after in zip(frozen_before, [b.bn1.running_mean, b.layer1[0].bn1.running_mean, b.layer3[4].bn3.running_var]):
+    for before, after in zip(frozen_before, frozen()):
         assert torch.equal(before, after)
     assert not torch.equal(top_before, b.layer4[2].bn3.running_mean)  # trainable blocks keep learning statistics
     set_trainable_top_fraction(resnet50, 0.0)

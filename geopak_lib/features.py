@@ -57,7 +57,8 @@ def encoder_fingerprint(encoder) -> dict:
     return {"spec": encoder.spec, "weight_status": str(getattr(encoder, "weight_status", "")),
             "weights_sha256": h.hexdigest(),
             "preprocess": {"image_size": int(pre.image_size), "mean": list(map(float, pre.mean)),
-                           "std": list(map(float, pre.std))}}
+                           "std": list(map(float, pre.std)),
+                           "interpolation": str(getattr(pre, "interpolation", ""))}}
 
 
 def manifest_hash(manifest: pd.DataFrame) -> str:

@@ -159,6 +159,7 @@ def clean_outputs(nb):
                 out["text"] = "\n".join(lines) + "\n"
             kept.append(out)
         cell["outputs"] = kept
+    nb.metadata.pop("widgets", None)  # saved state of the progress-bar widgets we just dropped
     return nb
 
 
@@ -176,7 +177,8 @@ def export_html(executed_notebook, out_html) -> Path:
                             exclude_output_prompt=True, embed_images=True)
     exporter.mathjax_url = ""
     exporter.require_js_url = ""
-    body, _ = exporter.from_notebook_node(nb)
+    title = Path(out_html).stem.replace("_", " ", 1).replace("_", " ")
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": f"GEOPAK · {title}"}})
     # nbconvert's lab template links no external CSS/JS once the URLs above are empty; drop
     # empty tags so nothing points nowhere.
     body = re.sub(r'<script[^>]*src=""[^>]*>\s*</script>', "", body)

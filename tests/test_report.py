@@ -61,8 +61,11 @@ def test_clean_outputs_drops_progress_bars_keeps_warnings():
         nbformat.v4.new_output("stream", name="stdout", text="10%|# | kept: stdout is the user's own print\n"),
     ]
     nb.cells = [cell]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     from geopak_lib.report import clean_outputs
-    outs = clean_outputs(nb).cells[0].outputs
+    cleaned = clean_outputs(nb)
+    assert "widgets" not in cleaned.metadata
+    outs = cleaned.cells[0].outputs
     assert [o["name"] for o in outs] == ["stderr", "stdout"]
     assert outs[0]["text"] == "UserWarning: CLIP runs on random weights\n"
 

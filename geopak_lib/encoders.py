@@ -130,8 +130,9 @@ def _open_clip_encoder(spec, model, source, size, weights, strict, allow_random)
         raise _unknown_model(spec, model, open_clip.list_models())
     patch = open_clip.get_model_config(model).get("vision_cfg", {}).get("patch_size")
     if size and isinstance(patch, int) and size % patch:  # the patch conv would drop the right/bottom edges
+        lower = f" or @{size // patch * patch}" if size > patch else ""
         raise ValueError(f"{spec}: input size {size} is not a multiple of {model}'s patch size {patch}; "
-                         f"use @{(size // patch + 1) * patch}" + (f" or @{size // patch * patch}" if size > patch else ""))
+                         f"use @{(size // patch + 1) * patch}{lower}")
     tag = None if (source or "none").lower() == "none" else source
     if _looks_like_file(tag):
         weights, tag = weights or tag, None

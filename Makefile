@@ -18,7 +18,7 @@ help:
 	@echo "make test                  run all tests (library + smoke book)"
 	@echo "make test-fast             library tests only (skips the smoke book)"
 	@echo "make lab                   open the notebooks in JupyterLab with the project's kernel"
-	@echo "make benchmark             run the speed benchmarks (see docs/performance.md)"
+	@echo "make benchmark             run the speed benchmarks (figures and commands: docs/performance.md)"
 
 # torch and torchvision come from this machine's disk via pip (uv does not look there); the
 # rest installs with uv in seconds. The stamp makes the step run once per requirements change.
@@ -47,7 +47,7 @@ lab: $(STAMP)
 	$(BIN)/jupyter-lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks/00_data_audit.ipynb
 
 benchmark: $(STAMP)
-	$(TESTENV) $(BIN)/python -m benchmarks.run_all
+	$(TESTENV) $(BIN)/python benchmarks/bench_geocells.py --n 100000 --seed 0
 
 clean:
 	rm -rf runs reports/*/ .pytest_cache

@@ -6,7 +6,6 @@ EfficientNet-Lite0 conversion by classifying photos that scikit-image ships.
 """
 
 import hashlib
-import math
 import time
 
 import huggingface_hub.constants
@@ -77,16 +76,6 @@ RESNET50_PARAMS = resnet50_params()  # 25,557,032 with its 1000-class fc (2048 Ã
 LITE0_PARAMS = lite0_params()  # 4,652,008 with its 1000-class classifier (1280 Ã— 1000 + 1000)
 VIT_B16_BLOCK = vit_block_params(768, 3072)
 VIT_B16_PARAMS = 3 * 16 * 16 * 768 + 768 + 197 * 768 + 2 * 768 + 12 * VIT_B16_BLOCK + 2 * 768  # proj removed
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On a shared 2-core machine, torch's 2 OpenMP threads wait on each other: an EfficientNet forward
-    at 224 took 2.1 s with 2 threads and 0.1 s with 1. One thread keeps this file fast."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

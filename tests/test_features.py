@@ -17,15 +17,6 @@ from geopak_lib.features import (FeatureCache, baseline_errors, baseline_predict
 from geopak_lib.geo import haversine_km
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared 2-core machine they only oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @dataclass
 class Pre:
     image_size: int

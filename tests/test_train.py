@@ -20,15 +20,6 @@ SPEC_CSV = ["epoch", "split", "loss_total", "loss_province", "loss_geocell", "lo
             "gb_acc", "balochistan_acc", "ajk_acc"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared 2-core machine they only oversubscribe."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 CENTRES = [(25.0, 68.0, 0), (26.5, 68.5, 0), (31.5, 74.3, 1), (30.2, 71.5, 1), (29.5, 66.5, 5)]  # lat, lon, prov
 
 

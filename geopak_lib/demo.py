@@ -31,7 +31,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from .constants import PROVINCES, SPEC_SHARES
-from .geo import km_to_deg, locate_province
+from .geo import KM_PER_DEG_LAT, km_to_deg, locate_province
 from .utils import atomic_write_bytes
 
 FORMAT_VERSION = 1  # bump when the builder's output changes, so old stamps no longer match

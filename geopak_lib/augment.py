@@ -68,64 +68,53 @@ def _uniform(lo: float, hi: float) -> float:
     return float(torch.empty(()).uniform_(lo, hi))
 
 
-class RandomGamma(nn.Module):
-    """x -> x ** gamma with gamma ~ U(range), with probability p. x float (3, H, W) in [0, 1]."""
+class _Sometimes(nn.Module):
+    """Apply ``apply_to`` with probability p; ``span`` is the (lo, hi) range its strength is drawn
+    from. x float (3, H, W) in [0, 1]. The coin is tossed first, so the random stream is the same
+    whether or not the transform fires."""
 
-    def __init__(self, p: float, gamma_range: tuple):
+    def __init__(self, p: float, span: tuple):
         super().__init__()
-        self.p, self.gamma_range = p, gamma_range
+        self.p, self.span = p, span
 
     def forward(self, x):
-        if torch.rand(()) >= self.p:
-            return x
-        return x.clamp(0, 1) ** _uniform(*self.gamma_range)
+        return x if torch.rand(()) >= self.p else self.apply_to(x)
 
 
-class RandomHaze(nn.Module):
-    """Haze or fog: blend towards a grey-white veil, x -> (1 - t) x + t * veil, t ~ U(strength)."""
+class RandomGamma(_Sometimes):
+    """x -> x ** gamma with gamma ~ U(span)."""
 
-    def __init__(self, p: float, strength: tuple):
-        super().__init__()
-        self.p, self.strength = p, strength
+    def apply_to(self, x):
+        return x.clamp(0, 1) ** _uniform(*self.span)
 
-    def forward(self, x):
-        if torch.rand(()) >= self.p:
-            return x
+
+class RandomHaze(_Sometimes):
+    """Haze or fog: blend towards a grey-white veil, x -> (1 - t) x + t * veil, t ~ U(span)."""
+
+    def apply_to(self, x):
         veil = _uniform(0.75, 0.95)  # grey (0.75) to near-white fog (0.95)
-        t = _uniform(*self.strength)
+        t = _uniform(*self.span)
         return (1 - t) * x + t * veil
 
 
-class RandomSeasonalTint(nn.Module):
+class RandomSeasonalTint(_Sometimes):
     """Seasonal colour shift: blend towards the image's own brightness in a green (monsoon) or
     brown (dry season) hue, so the structure stays and only the colour cast moves."""
 
     TINTS = torch.tensor([[0.85, 1.15, 0.75], [1.15, 0.98, 0.72]])  # green, brown (mean ~0.9)
 
-    def __init__(self, p: float, strength: tuple):
-        super().__init__()
-        self.p, self.strength = p, strength
-
-    def forward(self, x):
-        if torch.rand(()) >= self.p:
-            return x
+    def apply_to(self, x):
         tint = self.TINTS[int(torch.randint(0, len(self.TINTS), ()))].to(x.dtype)
         luma = x.mean(0, keepdim=True)
-        t = _uniform(*self.strength)
+        t = _uniform(*self.span)
         return ((1 - t) * x + t * luma * tint[:, None, None]).clamp(0, 1)
 
 
-class RandomNoise(nn.Module):
-    """Additive Gaussian noise with sigma ~ U(range), probability p; clamped to [0, 1]."""
+class RandomNoise(_Sometimes):
+    """Additive Gaussian noise with sigma ~ U(span); clamped to [0, 1]."""
 
-    def __init__(self, p: float, sigma: tuple):
-        super().__init__()
-        self.p, self.sigma = p, sigma
-
-    def forward(self, x):
-        if torch.rand(()) >= self.p:
-            return x
-        return (x + torch.randn_like(x) * _uniform(*self.sigma)).clamp(0, 1)
+    def apply_to(self, x):
+        return (x + torch.randn_like(x) * _uniform(*self.span)).clamp(0, 1)
 
 
 def build_augment(strength: str = "strong", size: int = 224, config: AugmentConfig | None = None):

@@ -17,6 +17,7 @@ normalises them itself (``features.encoder_input``), so both encoders see the sa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,6 +149,53 @@ def clean_transform(size: int = 224):
     return v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True)])
 
 
+def resize_view(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) on any device -> (3, size, size): clean_transform's resize, for decoded tensors."""
+    return v2.functional.resize(image, [size, size], antialias=True)
+
+
+def jpeg_bytes_or_view(path, size: int) -> torch.Tensor:
+    """For decoding on the model's device: a plain JPEG (RGB or grey, upright EXIF) comes back as its
+    file bytes, uint8 (N,); anything else as its clean view uint8 (3, size, size), made here with the
+    book's loader (EXIF rotation, CMYK, PNG: cases the device decoder does not handle like it)."""
+    import io
+
+    from PIL import Image
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        data = b""  # missing or unreadable: the loader below raises the book's ImageLoadError
+    try:
+        if data[:2] == b"\xff\xd8":
+            with Image.open(io.BytesIO(data)) as im:  # reads the header only
+                if im.mode in ("RGB", "L") and int(im.getexif().get(0x0112, 1) or 1) == 1:
+                    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    except Exception:  # a damaged header: the loader below says what is wrong
+        pass
+    return clean_transform(size)(_load_rgb(path))
+
+
+def finish_views(items, size: int, device) -> torch.Tensor:
+    """Items of jpeg_bytes_or_view -> uint8 (B, 3, size, size) on ``device``, in order. The JPEG bytes
+    are decoded in one batched call on ``device`` (nvJPEG on CUDA, libjpeg-turbo on CPU, which gives
+    the pixels Pillow gives) and resized like clean_transform."""
+    import warnings
+
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    device = torch.device(device)
+    out = [t.to(device, non_blocking=True) if t.ndim == 3 else None for t in items]
+    todo = [i for i, t in enumerate(out) if t is None]
+    if todo:
+        with warnings.catch_warnings():  # torchvision 0.29 flags its image codecs as deprecated; they work
+            warnings.simplefilter("ignore")
+            decoded = decode_jpeg([items[i] for i in todo], mode=ImageReadMode.RGB, device=device)
+        for i, image in zip(todo, decoded):
+            out[i] = resize_view(image, size)
+    return torch.stack(out)
+
+
 def augment_for_province(province: str) -> str:
     """'strong' for Sindh and Punjab, 'mild' for every other province (spec 000 §11)."""
     return "strong" if province in STRONG_PROVINCES else "mild"
@@ -204,10 +252,11 @@ def _load_rgb(path):
 class ImageViewDataset(torch.utils.data.Dataset):
     """Images of a manifest, one view per item. An item is (row, strength, seed): row indexes
     ``paths``; strength 'none' gives the clean view, 'strong'/'mild' an augmented one drawn with
-    ``seed``. Returns (row, uint8 (3, size, size))."""
+    ``seed``. Returns (row, uint8 (3, size, size)). jpeg_bytes: clean views of plain JPEGs come back
+    as file bytes for finish_views to decode on the model's device (see jpeg_bytes_or_view)."""
 
-    def __init__(self, paths, size: int = 224, configs: dict | None = None):
-        self.paths = list(paths)
+    def __init__(self, paths, size: int = 224, configs: dict | None = None, jpeg_bytes: bool = False):
+        self.paths, self.size, self.jpeg_bytes = list(paths), size, jpeg_bytes
         configs = configs or {}
         self.pipelines = {s: build_augment(s, size, configs.get(s)) for s in ("strong", "mild")}
         self.clean = clean_transform(size)
@@ -217,6 +266,8 @@ class ImageViewDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         row, strength, seed = item
+        if strength == "none" and self.jpeg_bytes:
+            return row, jpeg_bytes_or_view(self.paths[row], self.size)
         image = _load_rgb(self.paths[row])
         if strength == "none":
             return row, self.clean(image)
@@ -229,3 +280,9 @@ def collate_views(batch):
     """[(row, uint8 (3, S, S))] -> (rows LongTensor (B,), images uint8 (B, 3, S, S))."""
     rows, images = zip(*batch)
     return torch.as_tensor(rows, dtype=torch.long), torch.stack(images)
+
+
+def collate_undecoded(batch):
+    """[(row, view or JPEG bytes)] -> (rows LongTensor (B,), list of items for finish_views)."""
+    rows, items = zip(*batch)
+    return torch.as_tensor(rows, dtype=torch.long), list(items)

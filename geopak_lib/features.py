@@ -28,7 +28,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import geo
-from .augment import ImageViewDataset, augment_for_province, augment_settings, collate_views, item_seed
+from .augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
+                      finish_views, item_seed)
 from .utils import atomic_write_bytes, pick_device
 
 CACHE_VERSION = 1
@@ -40,6 +41,20 @@ def encoder_input(images: torch.Tensor, preprocess) -> torch.Tensor:
     from .encoders import preprocess_batch
 
     return preprocess_batch(images, preprocess)
+
+
+def prefers_channels_last(encoder) -> bool:
+    """True for a convolutional encoder (more than one Conv2d; a ViT has one, its patch embedding):
+    channels-last weights made EfficientNet-Lite0 1.4x faster on CPU (docs/performance.md), and
+    convolutions with bf16 on GPU use it natively. The numbers change only at float rounding."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in encoder.modules()) > 1
+
+
+def resolve_decode(decode: str, device: torch.device) -> str:
+    """'auto' -> 'device' on CUDA (nvJPEG; measured in benchmarks/), 'workers' elsewhere."""
+    if decode not in ("auto", "device", "workers"):
+        raise ValueError(f"decode must be 'auto', 'device' or 'workers', got {decode!r}")
+    return ("device" if device.type == "cuda" else "workers") if decode == "auto" else decode
 
 
 def view_size(*encoders) -> int:
@@ -126,30 +141,41 @@ class FeatureCache:
     def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, cache_root="cache",
                       views: int = 2, batch_size: int = 64, num_workers: int = 0, device="auto",
                       augment_configs: dict | None = None, seed: int = 0, dtype: str = "float16",
-                      chunk_batches: int = 8, amp: str = "auto", progress: bool = True) -> "FeatureCache":
+                      chunk_batches: int = 8, amp: str = "auto", progress: bool = True,
+                      decode: str = "auto") -> "FeatureCache":
         """Open the cache for these inputs, building (or finishing) it first when needed.
 
         manifest: manifest.csv rows (id, image_path, split, province, sha1), in a fixed order.
         views: augmented views per training row (K). dtype: 'float16' halves the disk and RAM
         footprint at ~3 significant digits, plenty for frozen features; 'float32' for exactness.
         chunk_batches: progress is recorded every this many batches (resume granularity).
+        decode: where clean views' JPEGs are decoded: 'workers' (Pillow in the DataLoader workers),
+        'device' (one batched torchvision decode_jpeg on the encoders' device, nvJPEG on a GPU),
+        'auto' ('device' on CUDA). Augmented views are always made in the workers.
         """
         if views < 0 or batch_size < 1 or chunk_batches < 1:
             raise ValueError("views must be >= 0, batch_size and chunk_batches >= 1")
-        size = view_size(clip_encoder, scene_encoder)
-        key_inputs = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
-                      "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
-                      "n_rows": len(manifest), "views": int(views), "seed": int(seed), "dtype": dtype,
-                      "augment": augment_settings(size, augment_configs)}
-        key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:24]
-        path = Path(cache_root) / key
+        path, key, key_inputs = cache_location(manifest, clip_encoder, scene_encoder, cache_root, views, seed, dtype,
+                                               augment_configs)
         if (path / "complete.json").exists():
             return cls(path)
         path.mkdir(parents=True, exist_ok=True)
         _atomic_json(path / "key.json", {"key": key, **key_inputs})
-        _build(path, key, manifest, clip_encoder, scene_encoder, size, views, batch_size, num_workers,
-               pick_device(device), augment_configs, seed, np.dtype(dtype), chunk_batches, amp, progress)
+        _build(path, key, manifest, clip_encoder, scene_encoder, key_inputs["augment"]["size"], views, batch_size,
+               num_workers, pick_device(device), augment_configs, seed, np.dtype(dtype), chunk_batches, amp, progress,
+               decode)
         return cls(path)
+
+
+def cache_location(manifest, clip_encoder, scene_encoder, cache_root, views, seed, dtype, augment_configs=None):
+    """(folder, key, what the key hashes) of the cache for these inputs (see the module docstring)."""
+    size = view_size(clip_encoder, scene_encoder)
+    key_inputs = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
+                  "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
+                  "n_rows": len(manifest), "views": int(views), "seed": int(seed), "dtype": str(dtype),
+                  "augment": augment_settings(size, augment_configs)}
+    key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:24]
+    return Path(cache_root) / key, key, key_inputs
 
 
 def _slot_items(manifest: pd.DataFrame, views: int, seed: int) -> list:
@@ -190,7 +216,9 @@ def _open_arrays(path: Path, n_slots: int, dims: tuple, dtype, fresh: bool):
 
 
 def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, num_workers, device,
-           augment_configs, seed, dtype, chunk_batches, amp, progress):
+           augment_configs, seed, dtype, chunk_batches, amp, progress, decode="auto", shard=(0, 1)):
+    """Compute the features into path/{clip,scene}.npy. shard (rank, world): only batches i with
+    i % world == rank (distributed.build_cache_distributed merges the parts)."""
     started = time.time()
     items = _slot_items(manifest, views, seed)
     state = path / "progress.json"
@@ -198,27 +226,33 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
     modes = {e: e.training for e in (clip_enc, scene_enc)}
     clip_enc.to(device).eval()
     scene_enc.to(device).eval()
+    channels_last = [e for e in (clip_enc, scene_enc) if prefers_channels_last(e)]
+    for e in channels_last:
+        e.to(memory_format=torch.channels_last)
     with torch.inference_mode():  # probe the output widths on one blank image
         blank = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
         dims = tuple(int(e(encoder_input(blank, e.preprocess)).shape[-1]) for e in (clip_enc, scene_enc))
     clip_arr, scene_arr = _open_arrays(path, len(items), dims, dtype, fresh=done == 0)
     # Batches start at multiples of batch_size from 0, so a resumed build sees the same batches.
-    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(done, len(items), batch_size)]
-    dataset = _SlotDataset(ImageViewDataset(manifest["image_path"].tolist(), size, augment_configs), items)
+    batches = [list(range(s, min(s + batch_size, len(items)))) for s in range(done, len(items), batch_size)
+               if (s // batch_size) % shard[1] == shard[0]]
+    on_device = resolve_decode(decode, device) == "device"
+    dataset = _SlotDataset(ImageViewDataset(manifest["image_path"].tolist(), size, augment_configs, on_device), items)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
-                                         collate_fn=collate_views, pin_memory=device.type == "cuda")
+                                         collate_fn=collate_undecoded if on_device else collate_views,
+                                         pin_memory=device.type == "cuda" and not on_device)
     use_amp = (amp == "bf16") or (amp == "auto" and device.type == "cuda")
     bar = tqdm(total=len(items), initial=done, desc="features", unit="img", disable=not progress)
     try:
         for i, (slots, images) in enumerate(loader):
-            images = images.to(device, non_blocking=True)
+            images = finish_views(images, size, device) if on_device else images.to(device, non_blocking=True)
             with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
                 fc = clip_enc(encoder_input(images, clip_enc.preprocess)).float().cpu().numpy()
                 fs = scene_enc(encoder_input(images, scene_enc.preprocess)).float().cpu().numpy()
             lo, hi = int(slots[0]), int(slots[-1]) + 1  # batches are contiguous slot ranges
             clip_arr[lo:hi], scene_arr[lo:hi] = fc, fs
             bar.update(hi - lo)
-            if (i + 1) % chunk_batches == 0 or hi == len(items):
+            if (i + 1) % chunk_batches == 0 or i + 1 == len(batches):
                 clip_arr.flush()
                 scene_arr.flush()
                 _atomic_json(state, {"key": key, "done": hi})  # only after the data is on disk
@@ -226,6 +260,8 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
         bar.close()
         for e, was_training in modes.items():
             e.train(was_training)
+        for e in channels_last:
+            e.to(memory_format=torch.contiguous_format)
     del clip_arr, scene_arr
     _atomic_json(path / "complete.json", {
         "key": key, "views": views, "n_slots": len(items), "dims": list(dims),

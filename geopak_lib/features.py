@@ -50,6 +50,14 @@ def prefers_channels_last(encoder) -> bool:
     return sum(isinstance(m, torch.nn.Conv2d) for m in encoder.modules()) > 1
 
 
+def channels_last(*encoders) -> list:
+    """Put the encoders that prefer it (prefers_channels_last) in channels-last layout; -> those."""
+    moved = [e for e in encoders if e is not None and prefers_channels_last(e)]
+    for e in moved:
+        e.to(memory_format=torch.channels_last)
+    return moved
+
+
 def resolve_decode(decode: str, device: torch.device) -> str:
     """'auto' -> 'device' on CUDA (nvJPEG; measured in benchmarks/), 'workers' elsewhere."""
     if decode not in ("auto", "device", "workers"):
@@ -226,9 +234,7 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
     modes = {e: e.training for e in (clip_enc, scene_enc)}
     clip_enc.to(device).eval()
     scene_enc.to(device).eval()
-    channels_last = [e for e in (clip_enc, scene_enc) if prefers_channels_last(e)]
-    for e in channels_last:
-        e.to(memory_format=torch.channels_last)
+    moved = channels_last(clip_enc, scene_enc)
     with torch.inference_mode():  # probe the output widths on one blank image
         blank = torch.zeros(1, 3, size, size, dtype=torch.uint8, device=device)
         dims = tuple(int(e(encoder_input(blank, e.preprocess)).shape[-1]) for e in (clip_enc, scene_enc))
@@ -260,7 +266,7 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
         bar.close()
         for e, was_training in modes.items():
             e.train(was_training)
-        for e in channels_last:
+        for e in moved:
             e.to(memory_format=torch.contiguous_format)
     del clip_arr, scene_arr
     _atomic_json(path / "complete.json", {

@@ -23,7 +23,7 @@ from .checkpoints import (CSV_COLUMNS, TrainLog, build_model_from_checkpoint, ch
                           latest_epoch_checkpoint, load_checkpoint, prune_epoch_checkpoints, restore_rng,
                           save_checkpoint)
 from .constants import NUM_PROVINCES
-from .features import baseline_errors, baseline_predictions  # noqa: F401  (re-exported for notebooks)
+from .features import baseline_errors, baseline_predictions, channels_last  # noqa: F401  (re-exported for notebooks)
 from .losses import GeopakLoss
 from .sampler import SHARE_PRESETS, ProvinceBalancedSampler
 from .train_eval import (_Accumulator, _batches, _forward, _loss_terms, _predictions, autocast_enabled,  # noqa: F401
@@ -277,6 +277,8 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
     if len(data.rows("train")) == 0 or len(val_rows) == 0:
         raise ValueError("training needs rows with split 'train' and 'val' in the manifest")
     model.to(device)
+    if cfg.source != "cache":  # encoders run every step: conv encoders train faster channels-last
+        channels_last(model.clip_encoder, model.scene_encoder)
     loss_fn = (loss_fn or make_loss(model, data, top_provinces=cfg.top_provinces, top_cells=cfg.top_cells)).to(device)
     opt, sched = make_optimizer(configure_trainable(model, cfg), cfg)
     ckpt_dir = Path(run_dir) / "checkpoints" / f"phase{cfg.phase}"

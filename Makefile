@@ -18,7 +18,7 @@ help:
 	@echo "make test                  run all tests (library + smoke book)"
 	@echo "make test-fast             library tests only (skips the smoke book)"
 	@echo "make lab                   open the notebooks in JupyterLab with the project's kernel"
-	@echo "make benchmark             run the speed benchmarks (figures and commands: docs/performance.md)"
+	@echo "make benchmark [ARGS=...]  run the speed benchmarks (ARGS=--record adds them to docs/performance.md)"
 
 # torch and torchvision come from this machine's disk via pip (uv does not look there); the
 # rest installs with uv in seconds. The stamp makes the step run once per requirements change.
@@ -46,8 +46,10 @@ test-fast: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter-lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks/00_data_audit.ipynb
 
+# CPU: the small profile, under 15 minutes on 2 cores; a GPU machine runs the full profile.
+# ARGS=--record appends the figures to docs/performance.md; ARGS=--help lists the options.
 benchmark: $(STAMP)
-	$(TESTENV) $(BIN)/python benchmarks/bench_geocells.py --n 100000 --seed 0
+	$(TESTENV) $(BIN)/python -m benchmarks.run_all $(ARGS)
 
 clean:
 	rm -rf runs reports/*/ .pytest_cache

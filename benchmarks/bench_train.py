@@ -1,0 +1,143 @@
+"""Training steps, images/s: phase 1 on the feature cache against the naive baseline (the published
+pattern: Pillow decode in a plain DataLoader, both frozen encoders on every step, then the heads),
+and phase 2 (top blocks unfrozen, augmentation live) against the same step fed from pre-decoded
+tensors, and against the naive pattern. Our steps are the trainer's own (train._train_epoch)."""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+import numpy as np
+import torch
+
+from geopak_lib import train as trainer
+from geopak_lib.augment import ImageViewDataset, augment_for_province, build_augment, collate_views, item_seed
+from geopak_lib.data import load_rgb
+from geopak_lib.encoders import preprocess_batch
+from geopak_lib.features import channels_last, encoder_input, view_size
+from geopak_lib.train import PhaseConfig, configure_trainable, make_loss, make_optimizer
+
+from .common import sync
+
+
+def _epoch(model, data, cfg, device, batches_fn=None) -> float:
+    """Seconds of one trainer epoch (cfg.batches_per_epoch steps); batches_fn replaces the data path."""
+    loss_fn = make_loss(model, data).to(device)
+    opt, sched = make_optimizer(configure_trainable(model, cfg), cfg)
+    patch = mock.patch.object(trainer, "_batches", batches_fn) if batches_fn else mock.patch.object(trainer, "_batches", trainer._batches)
+    with patch:
+        sync(device)
+        t0 = time.perf_counter()
+        trainer._train_epoch(model, loss_fn, data, cfg, 1, opt, sched, device, progress=False)
+        sync(device)
+    return time.perf_counter() - t0
+
+
+def phase1_cached(model, data, batch: int, steps: int, device) -> dict:
+    """Phase 1 on the cache (data.cache set): the trainer's epoch of ``steps`` batches."""
+    cfg = PhaseConfig.for_phase(1, batch_size=batch, batches_per_epoch=steps, epochs=1)
+    _epoch(model, data, PhaseConfig.for_phase(1, batch_size=batch, batches_per_epoch=2, epochs=1), device)  # warm-up
+    seconds = _epoch(model, data, cfg, device)
+    return {"batch": batch, "steps": steps, "seconds": round(seconds, 2), "items_per_s": round(batch * steps / seconds, 2)}
+
+
+class NaiveImages(torch.utils.data.Dataset):
+    """The published pattern: Pillow decode, then one torchvision transform per encoder."""
+
+    def __init__(self, table, clip, scene, augment: bool):
+        self.paths, self.prov = table["image_path"].tolist(), table["province"].tolist()
+        self.pre = (clip.preprocess, scene.preprocess)
+        self.size = view_size(clip, scene)
+        self.aug = {s: build_augment(s, self.size) for s in ("strong", "mild")} if augment else None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = load_rgb(self.paths[i])
+        x = self.aug[augment_for_province(self.prov[i])](image) if self.aug else torch.from_numpy(
+            np.asarray(image).copy()).permute(2, 0, 1)
+        return i, *(preprocess_batch(x[None], p)[0] for p in self.pre)
+
+
+def naive(model, data, batch: int, steps: int, device, phase: int) -> dict:
+    """Phase 1 (frozen encoders under no_grad) or 2 (top unfrozen, augmented) the naive way: fp32,
+    contiguous layout, a plain shuffled DataLoader. Timed from asking the loader for a batch to the
+    end of the optimiser step, so decoding counts; the first step is an untimed warm-up."""
+    cfg = PhaseConfig.for_phase(phase, batch_size=batch, batches_per_epoch=steps, amp="off")
+    model.to(device)
+    for enc in (model.clip_encoder, model.scene_encoder):
+        enc.to(memory_format=torch.contiguous_format)
+    loss_fn = make_loss(model, data).to(device)
+    opt, _ = make_optimizer(configure_trainable(model, cfg), cfg)
+    train_rows = data.rows("train")
+    dataset = NaiveImages(data.table, model.clip_encoder, model.scene_encoder, phase >= 2)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, train_rows), batch_size=batch, shuffle=True,
+                                         num_workers=0, drop_last=True)
+    model.train()
+    seconds, done, batches = 0.0, 0, iter(())
+    while done < steps + 1:
+        t0 = time.perf_counter()
+        try:
+            rows, xc, xs = next(batches)
+        except StopIteration:
+            batches = iter(loader)  # a new epoch: starting the loader is not timed
+            continue
+        rows = rows.numpy()
+        if phase == 1:
+            with torch.no_grad():
+                fc, fs = model.clip_encoder(xc.to(device)), model.scene_encoder(xs.to(device))
+            out = model.forward_features(fc, fs)
+        else:
+            out = model(xc.to(device), xs.to(device))
+        terms = trainer._loss_terms(loss_fn, model, out, data.labels(rows, device), cfg, 1)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        sync(device)
+        if done:
+            seconds += time.perf_counter() - t0
+        done += 1
+    return {"batch": batch, "steps": steps, "seconds": round(seconds, 2), "items_per_s": round(batch * steps / seconds, 2),
+            "note": "fp32, contiguous, Pillow in a plain DataLoader; decode, encoders and step all timed"}
+
+
+def _predecoded(model, data, cfg, device):
+    """The trainer's batches read once, then served from memory: the same step without the data path."""
+    train_rows = data.rows("train")
+    sampler = trainer.ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
+                                              cfg.batches_per_epoch, cfg.shares, cfg.seed)
+    sampler.set_epoch(1)
+    row_batches = [train_rows[np.asarray(b)] for b in sampler]
+    ds = ImageViewDataset(data.table["image_path"].tolist(), view_size(model.clip_encoder, model.scene_encoder))
+    prov = data.table["province"].to_numpy()
+    memory = [(rows, collate_views([ds[(int(r), augment_for_province(prov[r]), item_seed(cfg.seed, 1, b, j))]
+                                    for j, r in enumerate(rows)])[1].to(device)) for b, rows in enumerate(row_batches)]
+
+    def batches(model, data, row_batches, cfg, epoch, train, device):
+        for rows, images in memory:
+            yield rows, (encoder_input(images, model.clip_encoder.preprocess),
+                         encoder_input(images, model.scene_encoder.preprocess))
+    return batches
+
+
+def phase2(model, data, batch: int, steps: int, device, workers=(0, 2)) -> dict:
+    """Phase-2 trainer epoch with live augmentation (for each DataLoader worker count) vs the same
+    epoch from pre-decoded tensors. data_path_cost = live seconds / pre-decoded seconds - 1."""
+    n = batch * steps
+    channels_last(model.clip_encoder, model.scene_encoder)  # as train_phase does for phases 2-3
+    cfgs = {w: PhaseConfig.for_phase(2, batch_size=batch, batches_per_epoch=steps, epochs=1, num_workers=w)
+            for w in workers}
+    first = cfgs[workers[0]]
+    _epoch(model, data, PhaseConfig.for_phase(2, batch_size=batch, batches_per_epoch=1, epochs=1), device)  # warm-up
+    pre = _epoch(model, data, first, device, _predecoded(model, data, first, device))
+    out = {"batch": batch, "steps": steps, "predecoded": {"seconds": round(pre, 2), "items_per_s": round(n / pre, 2)}}
+    for w, cfg in cfgs.items():
+        live = _epoch(model, data, cfg, device)
+        out[f"live_workers{w}"] = {"seconds": round(live, 2), "items_per_s": round(n / live, 2),
+                                   "data_path_cost": round(live / pre - 1, 4)}
+    best = min((k for k in out if k.startswith("live")), key=lambda k: out[k]["seconds"])
+    out["best_live"] = best
+    out["data_path_cost"] = out[best]["data_path_cost"]
+    return out

@@ -154,6 +154,53 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert again.best_epoch == resumed.best_epoch and len(again.history) == len(resumed.history)
 
 
+KILLED_CHILD = """
+import sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_train import cfg1, run
+
+def wait_to_be_killed(epoch, row):
+    if epoch == 2:
+        Path({marker!r}).write_text("epoch 2 saved")
+        time.sleep(120)
+
+run(Path({tmp!r}), cfg1(epochs=3), "b", callback=wait_to_be_killed)
+"""
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    marker = tmp_path / "marker"
+    code = KILLED_CHILD.format(tests=str(Path(__file__).parent), marker=str(marker), tmp=str(tmp_path))
+    child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert marker.exists(), f"the training process ended (code {child.poll()}) before epoch 2 was saved"
+        os.kill(child.pid, signal.SIGKILL)  # no cleanup, no finally blocks: a real kill
+        assert child.wait(30) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+    folder = tmp_path / "b/checkpoints/phase1"
+    assert not (folder / "epoch_3.pt").exists()
+    _, resumed = run(tmp_path, cfg1(epochs=3), "b", seed=7)  # another init: only the checkpoint can match
+    _, straight = run(tmp_path, cfg1(epochs=3), "a")
+    a = load_checkpoint(tmp_path / "a/checkpoints/phase1/epoch_3.pt")["model_state"]
+    b = load_checkpoint(folder / "epoch_3.pt")["model_state"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(straight.history.drop(columns="seconds"), resumed.history.drop(columns="seconds"))
+    assert "resumed phase 1 from epoch_2.pt" in (folder / "log.txt").read_text()
+
+
 def test_resume_refuses_changed_config(tmp_path):
     run(tmp_path, cfg1(epochs=1))
     with pytest.raises(ValueError, match="lr_heads"):

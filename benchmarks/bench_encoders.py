@@ -52,3 +52,17 @@ def encoder_bound(clip, scene, size: int, batch: int, device, repeats: int, amp:
     for enc in (clip, scene):
         enc.to(memory_format=torch.contiguous_format)
     return out
+
+
+def pair_rate(clip, scene, size: int, batch: int, device, repeats: int, layouts: dict, amp: str = "auto") -> float:
+    """Images/s of both encoders at ``batch`` in the given layouts ({'clip': name, 'scene': name},
+    the best of encoder_bound): the reference measured right next to a pipeline (run_all.paired)."""
+    use_amp = autocast_enabled(amp, device)
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    for name, enc in (("clip", clip), ("scene", scene)):
+        enc.to(device).eval().to(memory_format=LAYOUTS[layouts[name]])
+    try:
+        return rate(lambda: _forward([clip, scene], x, use_amp), batch, repeats, device)["items_per_s"]
+    finally:
+        for enc in (clip, scene):
+            enc.to(memory_format=torch.contiguous_format)

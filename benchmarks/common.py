@@ -90,6 +90,17 @@ def rate(fn, n_items: int, repeats: int, device: torch.device, warmup: int = 1) 
     return {"items_per_s": round(n_items / statistics.median(seconds), 2), "seconds": [round(s, 3) for s in seconds]}
 
 
+def paired(measure_a, measure_b, pairs: int) -> dict:
+    """Ratio a / b of two rates measured back to back, ``pairs`` times (a, b, a, b, ...); -> every
+    pair and the median ratio. On a shared machine the load drifts over minutes; two figures
+    taken seconds apart see the same load, so their ratio holds where separate figures would not."""
+    runs = []
+    for _ in range(max(1, pairs)):
+        a, b = measure_a(), measure_b()
+        runs.append({"a": round(a, 2), "b": round(b, 2), "ratio": round(a / b, 3)})
+    return {"pairs": runs, "ratio": round(statistics.median(r["ratio"] for r in runs), 3)}
+
+
 def build_encoders(profile: Profile):
     """Both encoders of the profile, frozen, eval mode (random-weight warnings silenced: expected here)."""
     from geopak_lib.encoders import build_encoder

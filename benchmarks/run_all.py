@@ -26,6 +26,7 @@ from geopak_lib.features import FeatureCache, view_size
 from geopak_lib.utils import pick_device, seed_everything
 
 from . import bench_encoders, bench_features, bench_inference, bench_train
+from . import common
 from .common import PROFILES, build_encoders, build_model, describe_machine, jpeg_dataset, machine_info
 
 TARGETS = {  # name: (figure key, comparison, threshold, what it means)
@@ -102,53 +103,78 @@ def run(args) -> dict:
                     f"{b[k]['channels_last']['items_per_s']:.1f} img/s (library uses {b[k]['library_layout']})"
                     for k in ("clip", "scene")))
 
+    pairs = 1 if profile.name == "quick" else 3
+    layouts = {k: b[k]["best_layout"] for k in ("clip", "scene")}
+
+    def reference(batch):  # the encoders alone at the pipeline's batch and at the bound's batch: the faster
+        return max(bench_encoders.pair_rate(clip, scene, size, bb, device, 1, layouts, "auto")
+                   for bb in sorted({batch, profile.batch}))
+
     f = res["extraction"] = bench_features.sweep(table, clip, scene, tmp / "cache", device, 64 if profile.name != "quick"
                                                  else profile.batch, quick=profile.name == "quick")
-    res["extraction_ratio"] = round(f["best"]["items_per_s"] / bound, 3)
     for r in f["runs"]:
         say(f"[extraction] batch {r['batch']:4d} workers {r['workers']} threads {r['threads']} decode {r['decode']:8s}: "
             f"{r['items_per_s']:.1f} img/s")
-    say(f"[extraction] best {f['best']['items_per_s']:.1f} img/s = {res['extraction_ratio']:.2f} x encoder bound")
+    fb = f["best"]
+    f["paired"] = common.paired(lambda: bench_features.extract_once(table, clip, scene, tmp / "cache", fb["batch"],
+                                                                    fb["workers"], fb["threads"], device,
+                                                                    fb["decode"])["items_per_s"],
+                                lambda: reference(fb["batch"]), pairs)
+    res["extraction_ratio"] = f["paired"]["ratio"]
+    say(f"[extraction] best setting, timed {pairs}x back to back with the encoders alone: "
+        + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in f["paired"]["pairs"])
+        + f" img/s; ratio {res['extraction_ratio']:.2f} of the encoder bound")
 
     model, data = build_model(profile, table, clip, scene)
     ckpt = _inference_checkpoint(args, profile, model, tmp)
     predictor = bench_inference.GeopakPredictor.from_checkpoint(ckpt, device=device, calibration=None)
     paths = table["image_path"].tolist()
-    settings = [(32, 2), (32, 0), (64, 2), (256, 2)] if profile.name != "quick" else [(8, 0)]
+    settings = [(32, 0), (32, 1), (32, 2), (64, 0), (256, 0)] if profile.name != "quick" else [(8, 0)]
     inf = res["inference"] = bench_inference.throughput(predictor, paths, device, settings)
     inf["checkpoint"] = str(ckpt)
-    res["inference_ratio"] = round(inf["best"]["items_per_s"] / bound, 3)
     for r in inf["runs"]:
         say(f"[inference] batch {r['batch']:4d} workers {r['workers']}: {r['items_per_s']:.1f} img/s")
-    say(f"[inference] best {inf['best']['items_per_s']:.1f} img/s = {res['inference_ratio']:.2f} x encoder bound "
-        f"(checkpoint {ckpt})")
+    ib = inf["best"]
+    inf["paired"] = common.paired(
+        lambda: bench_inference.throughput(predictor, paths, device, [(ib["batch"], ib["workers"])])["best"]["items_per_s"],
+        lambda: reference(ib["batch"]), pairs)
+    res["inference_ratio"] = inf["paired"]["ratio"]
+    say(f"[inference] best setting vs the encoders alone, {pairs}x: "
+        + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in inf["paired"]["pairs"])
+        + f" img/s; ratio {res['inference_ratio']:.2f} (checkpoint {ckpt})")
     if device.type == "cpu":
         lat = res["latency"] = bench_inference.latency(predictor, paths[0], device, 10 if profile.name != "quick" else 2)
         res["latency_s"] = lat["median_s"]
         say(f"[latency] one image on CPU: median {lat['median_s'] * 1000:.0f} ms, max {lat['max_s'] * 1000:.0f} ms")
-    del predictor
 
     cache = FeatureCache.build_or_load(table, clip, scene, cache_root=tmp / "train_cache", views=1,
-                                       batch_size=f["best"]["batch"], num_workers=f["best"]["workers"], device=device,
+                                       batch_size=fb["batch"], num_workers=fb["workers"], device=device,
                                        progress=False)
     data.cache = cache
-    p1 = res["phase1"] = bench_train.phase1_cached(model, data, profile.train_batch, profile.steps * 10, device)
-    n1 = res["phase1_naive"] = bench_train.naive(model, data, profile.train_batch, max(2, profile.steps // 5), device, 1)
-    res["phase1_speedup"] = round(p1["items_per_s"] / n1["items_per_s"], 1)
-    say(f"[phase 1] cached {p1['items_per_s']:.0f} img/s vs naive {n1['items_per_s']:.1f} img/s (batch "
-        f"{profile.train_batch}): {res['phase1_speedup']:.1f}x")
+    steps1, naive1 = profile.steps * 10, max(2, profile.steps // 5)
+    p1 = res["phase1"] = common.paired(
+        lambda: bench_train.phase1_cached(model, data, profile.train_batch, steps1, device)["items_per_s"],
+        lambda: bench_train.naive(model, data, profile.train_batch, naive1, device, 1)["items_per_s"], pairs)
+    res["phase1_speedup"] = p1["ratio"]
+    say(f"[phase 1] batch {profile.train_batch}, cached ({steps1} steps) / naive ({naive1} steps), {pairs}x: "
+        + ", ".join(f"{r['a']:.0f} / {r['b']:.1f}" for r in p1["pairs"]) + f" img/s; speed-up {p1['ratio']:.1f}x")
     data.cache = None
     steps2 = max(2, profile.steps // 3)
-    p2 = res["phase2"] = bench_train.phase2(model, data, profile.phase2_batch, steps2, device,
-                                            (0, 2) if profile.name != "quick" else (0,))
+    p2, live = bench_train.phase2(model, data, profile.phase2_batch, steps2, device,
+                                  (0, 1, 2) if profile.name != "quick" else (0,), pairs)
+    res["phase2"] = p2
     res["phase2_data_path_cost"] = p2["data_path_cost"]
-    n2 = res["phase2_naive"] = bench_train.naive(model, data, profile.phase2_batch, max(2, steps2 // 2), device, 2)
-    best_live = p2[p2["best_live"]]["items_per_s"]
-    res["phase2_speedup"] = round(best_live / n2["items_per_s"], 2)
-    say(f"[phase 2] pre-decoded {p2['predecoded']['items_per_s']:.1f} img/s; live "
-        + ", ".join(f"{k.removeprefix('live_')} {p2[k]['items_per_s']:.1f} img/s (+{100 * p2[k]['data_path_cost']:.0f}%)"
-                    for k in p2 if k.startswith("live_"))
-        + f"; naive {n2['items_per_s']:.1f} img/s: {res['phase2_speedup']:.2f}x")
+    n2 = res["phase2_naive"] = common.paired(
+        live, lambda: bench_train.naive(model, data, profile.phase2_batch, max(2, steps2 // 2), device, 2)["items_per_s"],
+        pairs)
+    res["phase2_speedup"] = n2["ratio"]
+    say(f"[phase 2] batch {profile.phase2_batch}, live data path by DataLoader workers: "
+        + ", ".join(f"{w}: {r:.1f}" for w, r in p2["live_by_workers"].items())
+        + f" img/s; live (workers {p2['best_workers']}) / pre-decoded, {pairs}x: "
+        + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in p2["paired"]["pairs"])
+        + f" img/s: data path +{100 * p2['data_path_cost']:.0f}%")
+    say("[phase 2] ours (live) / naive: " + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in n2["pairs"])
+        + f" img/s; speed-up {n2['ratio']:.2f}x")
 
     if not args.skip_geocells:
         from . import bench_geocells
@@ -183,28 +209,43 @@ def check_targets(res: dict, device) -> dict:
     return out
 
 
+def _pairs(p: dict, fmt: str = ".1f") -> str:
+    return ", ".join(f"{r['a']:{fmt}} / {r['b']:{fmt}}" for r in p["pairs"])
+
+
 def markdown(res: dict) -> str:
     """A dated section for docs/performance.md: machine, figures, targets, command."""
     m0, m1 = res["machine_start"], res["machine_end"]
+    b, f, inf, p2 = res["encoder_bound"], res["extraction"], res["inference"], res["phase2"]
+    fb, ib = f["best"], inf["best"]
     lines = [f"## {res['date'][:10]}: benchmark suite, profile {res['profile']['name']} ({res['date'][11:16]})", "",
              f"Machine: {describe_machine(m0)} at the start, {m1['loadavg'][0]:.2f} at the end. "
-             f"Command: `{res['command']}`.", "", "| figure | value |", "| --- | --- |"]
-    b = res["encoder_bound"]
-    lines.append(f"| encoder bound, both encoders, batch {b['batch']} | {b['both']['items_per_s']:.1f} img/s |")
-    lines.append(f"| encoder bound, both encoders, best batch ({b['best']['batch']}; the ratios use this) | "
-                 f"{b['best']['items_per_s']:.1f} img/s |")
-    lines.append(f"| feature extraction from JPEG, best of the sweep | {res['extraction']['best']['items_per_s']:.1f} img/s "
-                 f"(batch {res['extraction']['best']['batch']}, workers {res['extraction']['best']['workers']}, "
-                 f"threads {res['extraction']['best']['threads']}, decode {res['extraction']['best']['decode']}) |")
-    lines.append(f"| batch inference from JPEG, best | {res['inference']['best']['items_per_s']:.1f} img/s "
-                 f"(batch {res['inference']['best']['batch']}, workers {res['inference']['best']['workers']}) |")
+             f"Command: `{res['command']}`. Ratios are medians of measurements taken back to back "
+             "(pipeline / reference, img/s, listed).", "",
+             "| figure | value |", "| --- | --- |",
+             f"| encoder bound, both encoders, batch {b['batch']} | {b['both']['items_per_s']:.1f} img/s "
+             f"(clip {b['clip']['best_layout']}, scene {b['scene']['best_layout']}) |",
+             "| encoder bound by batch | " + ", ".join(f"{k}: {v['items_per_s']:.1f}" for k, v in b["by_batch"].items())
+             + " img/s |",
+             "| feature extraction sweep (batch, workers, threads, decode: img/s) | "
+             + "; ".join(f"{r['batch']}, {r['workers']}, {r['threads']}, {r['decode']}: {r['items_per_s']:.1f}"
+                         for r in f["runs"]) + " |",
+             f"| feature extraction, chosen setting ({fb['batch']}, {fb['workers']}, {fb['threads']}, {fb['decode']}) "
+             f"/ encoders alone | {_pairs(f['paired'])} img/s |",
+             "| batch inference sweep (batch, workers: img/s) | "
+             + "; ".join(f"{r['batch']}, {r['workers']}: {r['items_per_s']:.1f}" for r in inf["runs"]) + " |",
+             f"| batch inference, chosen setting ({ib['batch']}, {ib['workers']}) / encoders alone | "
+             f"{_pairs(inf['paired'])} img/s |"]
     if "latency" in res:
-        lines.append(f"| single-image latency (CPU) | {1000 * res['latency']['median_s']:.0f} ms |")
-    lines.append(f"| phase 1: cached / naive | {res['phase1']['items_per_s']:.0f} / {res['phase1_naive']['items_per_s']:.1f} img/s |")
-    p2 = res["phase2"]
-    lines.append(f"| phase 2: pre-decoded / live (best) / naive | {p2['predecoded']['items_per_s']:.1f} / "
-                 f"{p2[p2['best_live']]['items_per_s']:.1f} / {res['phase2_naive']['items_per_s']:.1f} img/s "
-                 f"(speed-up {res['phase2_speedup']:.2f}x) |")
+        lines.append(f"| single-image latency of the predictor (CPU), model loaded | median "
+                     f"{1000 * res['latency']['median_s']:.0f} ms, max {1000 * res['latency']['max_s']:.0f} ms |")
+    lines += [f"| phase 1, batch {res['profile']['train_batch']}: on the cache / naive | {_pairs(res['phase1'], '.0f')} "
+              "img/s |",
+              f"| phase 2, batch {p2['batch']}: live data path by DataLoader workers | "
+              + ", ".join(f"{w}: {r:.1f}" for w, r in p2["live_by_workers"].items()) + " img/s |",
+              f"| phase 2: live (workers {p2['best_workers']}) / pre-decoded | {_pairs(p2['paired'])} img/s |",
+              f"| phase 2: ours (live) / naive | {_pairs(res['phase2_naive'])} img/s "
+              f"(speed-up {res['phase2_speedup']:.2f}x) |"]
     if "geocells" in res:
         g = res["geocells"]
         lines.append(f"| geocells (HDBSCAN), {g['n']:,} points | {g['wall_s']:.1f} s, {g['n_cells']} cells |")

@@ -190,7 +190,8 @@ def make_optimizer(groups: dict, cfg: PhaseConfig):
         if ps and lrs[k] == 0:
             for p in ps:
                 p.requires_grad_(False)  # lr 0 means frozen: no wasted backward
-    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
+    # foreach: one kernel per op over all tensors; on CPU torch defaults to a loop over tensors
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay, foreach=True)
     total = cfg.epochs * cfg.batches_per_epoch
     warm = int(round(cfg.warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))

@@ -39,7 +39,7 @@ class AugmentConfig:
     brightness: float = 0.15
     contrast: float = 0.15
     saturation: float = 0.15
-    hue: float = 0.02
+    hue: float = 0.0  # off: hue carries land cover (green crops vs brown desert); docs/decisions/training.md
     gamma_p: float = 0.3
     gamma_range: tuple = (0.85, 1.2)
     haze_p: float = 0.1
@@ -58,7 +58,7 @@ class AugmentConfig:
             return AugmentConfig()
         if strength == "strong":
             return AugmentConfig(crop_scale=(0.55, 1.0), brightness=0.3, contrast=0.3,
-                                 saturation=0.3, hue=0.04, gamma_p=0.5, gamma_range=(0.7, 1.4),
+                                 saturation=0.3, gamma_p=0.5, gamma_range=(0.7, 1.4),
                                  haze_p=0.3, haze_strength=(0.1, 0.4), season_p=0.3,
                                  season_strength=(0.1, 0.3), blur_p=0.3, blur_sigma=(0.1, 1.2),
                                  noise_p=0.3, noise_sigma=(0.01, 0.04))

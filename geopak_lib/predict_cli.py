@@ -7,6 +7,7 @@ Exit codes: 0 every file predicted; 1 some files could not be read (their rows s
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def add_parser(subparsers, func):
                    help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--geojson", help="also write a GeoJSON FeatureCollection of points here")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
-    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes (default 2; 0 = none)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-decoding worker processes (default: none on a CPU, where workers compete with the "
+                        "model for the cores and measured slower; up to 8 on a GPU; docs/performance.md)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (GPU if any)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 geography-safe views (no flips); 5x slower")
@@ -100,7 +103,7 @@ def run(args) -> int:
     from .predict import GeopakPredictor
 
     err = lambda msg: print(f"geopak predict: {msg}", file=sys.stderr)  # noqa: E731
-    if args.batch_size < 1 or args.top < 1 or args.workers < 0:
+    if args.batch_size < 1 or args.top < 1 or (args.workers is not None and args.workers < 0):
         err("--batch-size and --top must be >= 1, --workers >= 0")
         return 2
     files, missing = find_images(args.inputs)
@@ -114,7 +117,10 @@ def run(args) -> int:
         return 2
     for w in predictor.warnings:
         err(f"warning: {w}")
-    workers = args.workers if len(files) > args.batch_size else 0  # a pool costs more than a batch
+    workers = args.workers
+    if workers is None:
+        workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if predictor.device.type == "cuda" else 0
+    workers = workers if len(files) > args.batch_size else 0  # a pool costs more than a batch
     records = predictor.predict_many(files, args.batch_size, progress=not args.no_progress, num_workers=workers)
     records += [{"image": m, "error": "file not found"} for m in missing]
     table = results_table(records, args.top)

@@ -1,9 +1,14 @@
-"""Two processes on gloo over localhost (what torchrun starts) give what one process gives: the
-feature cache built by two ranks equals the one-process cache, and two DDP phase-2 steps equal one
-process accumulating the same two half-batches' mean gradient."""
+"""Two processes on gloo over localhost give what one process gives: the feature cache built by
+``torchrun -m geopak_lib.distributed cache`` (the real launch path) equals notebook 02's
+one-process cache and has its key, and two DDP phase-2 steps equal one process accumulating the
+same two half-batches' mean gradient."""
 
+import os
 import socket
-from dataclasses import dataclass
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,32 +17,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from PIL import Image
-from torch import nn
+import yaml
 
-from geopak_lib import distributed
+from geopak_lib import distributed, features
+from geopak_lib.encoders import build_encoder
 from geopak_lib.features import FeatureCache
+from geopak_lib.utils import seed_everything
 
+REPO = Path(__file__).resolve().parent.parent
+SPECS = {"clip_spec": "open_clip:ViT-S-32:none@32", "scene_spec": "timm:tf_efficientnet_lite0@32"}
 PROVINCES4 = ["Sindh", "Punjab", "Balochistan", "Khyber Pakhtunkhwa"]
-
-
-@dataclass
-class Pre:
-    image_size: int
-    mean: tuple = (0.5, 0.5, 0.5)
-    std: tuple = (0.25, 0.25, 0.25)
-
-
-class TinyEncoder(nn.Module):
-    def __init__(self, dim, size, spec):
-        super().__init__()
-        torch.manual_seed(dim)
-        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                                 nn.Linear(16, dim))
-        self.dim, self.spec, self.preprocess = dim, spec, Pre(size)
-        self.weight_status, self.is_random = "random init (test)", True
-
-    def forward(self, x):
-        return self.net(x)
 
 
 def _table(folder, n=14):
@@ -46,7 +35,9 @@ def _table(folder, n=14):
     rows = []
     for i in range(n):
         path = folder / f"{i}.jpg"
-        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path, quality=90)
+        pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        if not path.exists():  # written once: ranks that call this later must not rewrite what others read
+            Image.fromarray(pixels).save(path, quality=90)
         prov = PROVINCES4[i % 4]
         rows.append({"id": f"s{i}", "image_path": str(path), "sha1": f"h{i}", "province": prov,
                      "split": "train" if i < 10 else "val", "latitude": 25.0 + i * 0.3, "longitude": 67.0 + i * 0.2})
@@ -73,12 +64,6 @@ def _entry(rank, world, port, fn, args):
         dist.destroy_process_group()
 
 
-def _cache_worker(rank, table, root):
-    cache = distributed.build_cache_distributed(table, TinyEncoder(5, 16, "tiny:a"), TinyEncoder(3, 12, "tiny:b"),
-                                                root, views=1, batch_size=4, device="cpu", dtype="float32")
-    np.save(root / f"seen_by_rank{rank}.npy", np.asarray(cache.clip))
-
-
 def test_shard_is_distributed_sampler_slicing():
     assert distributed.shard(range(7), 0, 2) == [0, 2, 4, 6]
     assert distributed.shard(range(7), 1, 2) == [1, 3, 5]
@@ -86,26 +71,74 @@ def test_shard_is_distributed_sampler_slicing():
         distributed.shard(range(7), 2, 2)
 
 
-def test_two_rank_cache_equals_one_process_cache(tmp_path):
-    table = _table(tmp_path / "img")
-    one = FeatureCache.build_or_load(table, TinyEncoder(5, 16, "tiny:a"), TinyEncoder(3, 12, "tiny:b"),
-                                     tmp_path / "one", views=1, batch_size=4, device="cpu", dtype="float32",
-                                     progress=False)
-    _launch(_cache_worker, table, tmp_path / "two")
-    two = FeatureCache(next(p for p in (tmp_path / "two").iterdir() if p.is_dir()))
-    assert two.path.name == one.path.name  # same key
-    assert len(one) == 14 and one.clip.shape[0] == 14 + 10  # 24 slots = 6 batches, 3 per rank
-    np.testing.assert_array_equal(two.clip, one.clip)
-    np.testing.assert_array_equal(two.scene, one.scene)
-    for rank in (0, 1):  # both ranks open the merged cache
-        np.testing.assert_array_equal(np.load(tmp_path / "two" / f"seen_by_rank{rank}.npy"), one.clip)
-    assert [p.name for p in two.path.iterdir() if p.name.startswith("part")] == []
+def _run_and_profile(tmp_path, manifest=True):
+    """A run folder (manifest.csv of 14 JPEGs: 10 train, 4 val) and a profile in the book's format
+    with tiny real encoders (random weights, built offline)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if manifest:
+        _table(tmp_path / "img").to_csv(run / "manifest.csv", index=False)
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump({
+        "common": {"run_dir": str(run), "seed": 3, "device": "cpu"},
+        "notebooks": {"02_phase0_province": {**SPECS, "cache_dir": str(tmp_path / "cache"), "cache_views": 1,
+                                             "cache_batch_size": 4}}}))
+    return run, profile
+
+
+def test_torchrun_two_ranks_build_the_cache_notebook_02_then_finds(tmp_path, monkeypatch):
+    run, profile = _run_and_profile(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "geopak_lib.distributed", "cache", "--profile", str(profile)], cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "built by 2 process(es)" in done.stdout
+    # reference: notebook 02's own cells, in one process (seed first, then the encoders)
+    seed_everything(3)
+    manifest = pd.read_csv(run / "manifest.csv", dtype={"id": str})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-weights warnings
+        clip, scene = build_encoder(SPECS["clip_spec"]), build_encoder(SPECS["scene_spec"])
+    one = FeatureCache.build_or_load(manifest, clip, scene, cache_root=tmp_path / "one", views=1, batch_size=4,
+                                     num_workers=0, device="cpu", seed=3, progress=False)
+    built = [p for p in (tmp_path / "cache").iterdir()]
+    assert [p.name for p in built] == [one.path.name]  # same key, hence the notebook's cache
+    assert str(built[0].resolve()) in done.stdout
+    two = FeatureCache(built[0])
+    assert len(two) == 14 and two.clip.shape[0] == 14 + 10  # 24 slots = 6 batches of 4, 3 per rank
+    np.testing.assert_allclose(two.clip, one.clip, rtol=2e-3, atol=1e-3)  # float16 storage
+    np.testing.assert_allclose(two.scene, one.scene, rtol=2e-3, atol=1e-3)
+    assert two.meta["parts"] == 2 and not [p for p in two.path.iterdir() if p.name.startswith("part")]
+    # notebook 02's call finds it complete: same folder, nothing rebuilt
+    monkeypatch.setattr(features, "_build", lambda *a, **k: pytest.fail("the cache was rebuilt"))
+    again = FeatureCache.build_or_load(manifest, clip, scene, cache_root=tmp_path / "cache", views=1, batch_size=4,
+                                       num_workers=0, device="cpu", seed=3)
+    assert again.path == built[0]
+
+
+def test_missing_manifest_is_a_clear_message_and_exit_code_2(tmp_path, monkeypatch, capsys):
+    run, profile = _run_and_profile(tmp_path, manifest=False)
+    monkeypatch.chdir(tmp_path)  # main() moves to the repository root, as the book does
+    assert distributed.main(["cache", "--profile", str(profile)]) == 2  # returned, not raised: no traceback
+    err = capsys.readouterr().err
+    assert f"{run / 'manifest.csv'} not found: run notebooks 00-01 first" in err
+    assert f"geopak book {profile} --only 00_data_audit,01_geocells" in err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_misspelled_profile_key_and_help(tmp_path, capsys):
+    _, profile = _run_and_profile(tmp_path, manifest=False)
+    profile.write_text(profile.read_text().replace("cache_views", "cache_view"))
+    assert distributed.main(["cache", "--profile", str(profile)]) == 2
+    assert "key 'cache_view' (section notebooks.02_phase0_province)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        distributed.main(["cache", "--help"])
+    assert exit_.value.code == 0
+    assert "torchrun --standalone --nproc_per_node 4 -m geopak_lib.distributed cache" in capsys.readouterr().out
 
 
 def _phase2_setup(tmp_path):
-    import warnings
-
-    from geopak_lib.encoders import build_encoder
     from geopak_lib.model import GeopakModel, ModelConfig
     from geopak_lib.train import PhaseConfig, TrainData, make_loss
 
@@ -148,10 +181,12 @@ def _ddp_worker(rank, tmp_path):
 def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
     from geopak_lib.train_eval import _batches, _loss_terms
 
+    _table(tmp_path / "img")  # the images, before the ranks read them
     _launch(_ddp_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     # reference: one process, same start, each step = mean of the two half-batch gradients
     model, data, cfg, loss_fn, batches = _phase2_setup(tmp_path)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     opt = _sgd(model, cfg)
     model.train()
     model.clip_encoder.eval()
@@ -167,7 +202,7 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
             (_loss_terms(loss_fn, model, out, data.labels(rows, "cpu"), cfg, 1)["total"] / 2).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-    want, start, changed = model.state_dict(), _phase2_setup(tmp_path)[0].state_dict(), []
+    want, changed = model.state_dict(), []
     for name, value in want.items():
         for r in (0, 1):
             torch.testing.assert_close(ranks[r]["state"][name], value, atol=1e-5, rtol=1e-4)

@@ -140,6 +140,7 @@ def phase2(model, data, batch: int, steps: int, device, workers=(0, 2), pairs: i
     channels_last(model.clip_encoder, model.scene_encoder)
     _epoch(model, data, PhaseConfig.for_phase(2, batch_size=batch, batches_per_epoch=1, epochs=1), device)  # warm-up
     memory = _predecoded(model, data, cfgs[workers[0]], device)
+    _epoch(model, data, cfgs[workers[0]], device, memory)  # warm-up: the allocator settles in a first full epoch
 
     def predecoded():
         channels_last(model.clip_encoder, model.scene_encoder)

@@ -91,12 +91,15 @@ def rate(fn, n_items: int, repeats: int, device: torch.device, warmup: int = 1) 
 
 
 def paired(measure_a, measure_b, pairs: int) -> dict:
-    """Ratio a / b of two rates measured back to back, ``pairs`` times (a, b, a, b, ...); -> every
+    """Ratio a / b of two rates measured back to back, ``pairs`` times (a b, b a, a b, ...); -> every
     pair and the median ratio. On a shared machine the load drifts over minutes; two figures
     taken seconds apart see the same load, so their ratio holds where separate figures would not."""
     runs = []
-    for _ in range(max(1, pairs)):
-        a, b = measure_a(), measure_b()
+    for i in range(max(1, pairs)):
+        if i % 2:  # a b, b a, a b, ...: a drift in one direction favours neither side
+            b, a = measure_b(), measure_a()
+        else:
+            a, b = measure_a(), measure_b()
         runs.append({"a": round(a, 2), "b": round(b, 2), "ratio": round(a / b, 3)})
     return {"pairs": runs, "ratio": round(statistics.median(r["ratio"] for r in runs), 3)}
 

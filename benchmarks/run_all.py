@@ -151,7 +151,7 @@ def run(args) -> dict:
                                        batch_size=fb["batch"], num_workers=fb["workers"], device=device,
                                        progress=False)
     data.cache = cache
-    steps1, naive1 = profile.steps * 10, max(2, profile.steps // 5)
+    steps1, naive1 = profile.steps * 5, max(2, profile.steps // 5)
     p1 = res["phase1"] = common.paired(
         lambda: bench_train.phase1_cached(model, data, profile.train_batch, steps1, device)["items_per_s"],
         lambda: bench_train.naive(model, data, profile.train_batch, naive1, device, 1)["items_per_s"], pairs)
@@ -161,7 +161,7 @@ def run(args) -> dict:
     data.cache = None
     steps2 = max(2, profile.steps // 3)
     p2, live = bench_train.phase2(model, data, profile.phase2_batch, steps2, device,
-                                  (0, 1, 2) if profile.name != "quick" else (0,), pairs)
+                                  (0, 1, 2) if profile.name != "quick" else (0,), 5 if pairs > 1 else 1)
     res["phase2"] = p2
     res["phase2_data_path_cost"] = p2["data_path_cost"]
     n2 = res["phase2_naive"] = common.paired(

@@ -149,7 +149,8 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
     params = [p for g in opt.param_groups for p in g["params"]]
     use_amp, losses = autocast_enabled(cfg.amp, device), []
     mine = [np.asarray(shard(b, rank, world)) for b in row_batches]
-    for rows, inputs in _batches(model, data, mine, cfg, epoch, True, device):
+    places = [shard(range(len(b)), rank, world) for b in row_batches]  # augmentation seeds: global positions
+    for rows, inputs in _batches(model, data, mine, cfg, epoch, True, device, positions=places):
         terms = step(inputs, data.labels(rows, device), use_amp)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()  # DDP all-reduces (averages) the gradients here

@@ -47,7 +47,7 @@ def add_parser(subparsers, func):
                    help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--geojson", help="also write a GeoJSON FeatureCollection of points here")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-decoding worker processes (default: none on a CPU, where workers compete with the "
                         "model for the cores and measured slower; up to 8 on a GPU; docs/performance.md)")

@@ -31,8 +31,12 @@ def _float_outputs(out: dict) -> dict:
             for k, t in out.items()}
 
 
-def _batches(model, data: TrainData, row_batches, cfg: PhaseConfig, epoch: int, train: bool, device):
-    """Yield (rows (B,), inputs) where inputs feed _forward: cached features or encoder images."""
+def _batches(model, data: TrainData, row_batches, cfg: PhaseConfig, epoch: int, train: bool, device,
+             positions=None):
+    """Yield (rows (B,), inputs) where inputs feed _forward: cached features or encoder images.
+
+    positions: each row's place in its global batch (default 0..B-1), which seeds its augmentation;
+    distributed ranks holding slices of one batch pass theirs, so no two ranks draw the same view."""
     if cfg.source == "cache":
         rng = np.random.default_rng([cfg.seed, epoch, 7])  # view choice: deterministic per epoch
         for rows in row_batches:
@@ -41,8 +45,10 @@ def _batches(model, data: TrainData, row_batches, cfg: PhaseConfig, epoch: int, 
         return
     dataset = ImageViewDataset(data.table["image_path"].tolist(), view_size(model.clip_encoder, model.scene_encoder))
     prov = data.table["province"].to_numpy()
-    items = [[(int(r), augment_for_province(prov[r]) if train else "none", item_seed(cfg.seed, epoch, b, j))
-              for j, r in enumerate(rows)] for b, rows in enumerate(row_batches)]
+    if positions is None:
+        positions = [range(len(rows)) for rows in row_batches]
+    items = [[(int(r), augment_for_province(prov[r]) if train else "none", item_seed(cfg.seed, epoch, b, int(j)))
+              for j, r in zip(pos, rows)] for b, (rows, pos) in enumerate(zip(row_batches, positions))]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=items, num_workers=cfg.num_workers,
                                          collate_fn=collate_views)
     for rows, images in loader:

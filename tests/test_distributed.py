@@ -191,8 +191,10 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
     model.train()
     model.clip_encoder.eval()
     model.scene_encoder.eval()
-    halves = [list(_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg, 1, True, "cpu"))
-              for r in (0, 1)]
+    # each half's augmentation is seeded by the rows' places in the global batch (r, r + 2, ...): with
+    # places counted within the half, rank 1 would repeat rank 0's views and this comparison would fail
+    halves = [list(_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg, 1, True, "cpu",
+                            positions=[list(range(len(b)))[r::2] for b in batches])) for r in (0, 1)]
     params = [p for g in opt.param_groups for p in g["params"]]
     for step in range(len(batches)):
         opt.zero_grad()

@@ -170,7 +170,7 @@ def run(args) -> dict:
     res["phase2_speedup"] = n2["ratio"]
     say(f"[phase 2] batch {profile.phase2_batch}, live data path by DataLoader workers: "
         + ", ".join(f"{w}: {r:.1f}" for w, r in p2["live_by_workers"].items())
-        + f" img/s; live (workers {p2['best_workers']}) / pre-decoded, {pairs}x: "
+        + f" img/s; live (workers {p2['best_workers']}) / pre-decoded, {len(p2['paired']['pairs'])}x: "
         + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in p2["paired"]["pairs"])
         + f" img/s: data path +{100 * p2['data_path_cost']:.0f}%")
     say("[phase 2] ours (live) / naive: " + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in n2["pairs"])

@@ -7,7 +7,8 @@ phase-2 training steps against the naive baseline, batch inference and single-im
 
 Every figure is printed with the machine it ran on (load average included) and written to
 benchmarks/results/run_<profile>_<time>.json; --record appends a dated section to
-docs/performance.md. Ratios compare figures measured in the same run.
+docs/performance.md. Each ratio is the median of pipeline and reference timed back to back (a b, b a, ...),
+so a load that drifts during the run favours neither side.
 """
 
 from __future__ import annotations

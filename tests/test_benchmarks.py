@@ -4,7 +4,6 @@ GPU path uses give the views Pillow gives; bf16 autocast runs the encoder bound.
 here: speed is measured by the benchmarks, not by timed tests."""
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -15,14 +14,8 @@ from benchmarks import run_all
 from benchmarks.bench_encoders import encoder_bound
 from geopak_lib.augment import ImageViewDataset, clean_transform, finish_views, jpeg_bytes_or_view, resize_view
 from geopak_lib.data import load_rgb
+from geopak_lib.encoders import Preprocess
 from geopak_lib.features import FeatureCache, prefers_channels_last, resolve_decode
-
-
-@dataclass
-class Pre:
-    image_size: int
-    mean: tuple = (0.5, 0.5, 0.5)
-    std: tuple = (0.25, 0.25, 0.25)
 
 
 class TinyEncoder(torch.nn.Module):
@@ -33,7 +26,7 @@ class TinyEncoder(torch.nn.Module):
         torch.manual_seed(dim)
         self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3), torch.nn.AdaptiveAvgPool2d(2),
                                        torch.nn.Flatten(), torch.nn.Linear(16, dim))
-        self.dim, self.spec, self.preprocess = dim, spec, Pre(size)
+        self.dim, self.spec, self.preprocess = dim, spec, Preprocess(size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
         self.weight_status, self.is_random = "random init (test)", True
 
     def forward(self, x):

@@ -23,7 +23,8 @@ from .checkpoints import (CSV_COLUMNS, TrainLog, build_model_from_checkpoint, ch
                           latest_epoch_checkpoint, load_checkpoint, prune_epoch_checkpoints, restore_rng,
                           save_checkpoint)
 from .constants import NUM_PROVINCES
-from .features import baseline_errors, baseline_predictions, channels_last  # noqa: F401  (re-exported for notebooks)
+from .features import baseline_errors, baseline_predictions  # noqa: F401  (re-exported for notebooks)
+from .features import channels_last
 from .losses import GeopakLoss
 from .sampler import SHARE_PRESETS, ProvinceBalancedSampler
 from .train_eval import (_Accumulator, _batches, _forward, _loss_terms, _predictions, autocast_enabled,  # noqa: F401

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from geopak_lib.features import encoder_input, prefers_channels_last
-from geopak_lib.train_eval import autocast_enabled
+from geopak_lib.training.cache import encoder_input, prefers_channels_last
+from geopak_lib.training.passes import autocast_enabled
 
 from .common import rate
 

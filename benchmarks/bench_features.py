@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from geopak_lib.features import FeatureCache
+from geopak_lib.training.cache import FeatureCache
 
 
 def extract_once(table, clip, scene, root: Path, batch: int, workers: int, threads: int, device,

@@ -23,7 +23,7 @@ import pandas as pd
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.geo import km_to_deg
-from geopak_lib.geocells import REFERENCE_CELLS, GeocellConfig, build_geocells
+from geopak_lib.data.geocells import REFERENCE_CELLS, GeocellConfig, build_geocells
 
 # Published sample counts per province (spec 001, "Dataset Stats"), total 90,515.
 PUBLISHED_COUNTS = {"Sindh": 65221, "Punjab": 8459, "Khyber Pakhtunkhwa": 5344,

@@ -8,7 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
-from geopak_lib.predict import GeopakPredictor
+from geopak_lib.evaluation.predictor import GeopakPredictor
 
 from .common import sync
 
@@ -23,7 +23,7 @@ def demo_checkpoint(repo_root: Path = Path(".")) -> Path | None:
 
 def save_model_checkpoint(model, path: Path) -> Path:
     """An untrained checkpoint of ``model`` (same size, so the same speed as a trained one)."""
-    from geopak_lib.checkpoints import checkpoint_state, save_checkpoint
+    from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 
     state = checkpoint_state(model, None, None, {"phase": 1}, 0, {}, [], {}, 0, False, {}, {})
     save_checkpoint(state, path)

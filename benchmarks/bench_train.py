@@ -12,12 +12,12 @@ from unittest import mock
 import numpy as np
 import torch
 
-from geopak_lib import train as trainer
-from geopak_lib.augment import ImageViewDataset, augment_for_province, build_augment, collate_views, item_seed
-from geopak_lib.data import load_rgb
-from geopak_lib.encoders import preprocess_batch
-from geopak_lib.features import channels_last, encoder_input, view_size
-from geopak_lib.train import PhaseConfig, configure_trainable, make_loss, make_optimizer
+from geopak_lib.training import trainer
+from geopak_lib.data.augment import ImageViewDataset, augment_for_province, build_augment, collate_views, item_seed
+from geopak_lib.data.validate import load_rgb
+from geopak_lib.model.encoders import preprocess_batch
+from geopak_lib.training.cache import channels_last, encoder_input, view_size
+from geopak_lib.training.trainer import PhaseConfig, configure_trainable, make_loss, make_optimizer
 
 from .common import paired, sync
 

@@ -106,7 +106,7 @@ def paired(measure_a, measure_b, pairs: int) -> dict:
 
 def build_encoders(profile: Profile):
     """Both encoders of the profile, frozen, eval mode (random-weight warnings silenced: expected here)."""
-    from geopak_lib.encoders import build_encoder
+    from geopak_lib.model.encoders import build_encoder
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -123,7 +123,7 @@ def jpeg_dataset(root, n_images: int, image_size: int) -> pd.DataFrame:
     """n_images demo JPEGs in ``root`` (built once, reused) -> a manifest-like table: id, image_path,
     split (80% train, 10% val, 10% test, interleaved), province, province_id, latitude, longitude."""
     from geopak_lib.constants import PROVINCE_ID
-    from geopak_lib.demo import build_demo_dataset
+    from geopak_lib.book.demo import build_demo_dataset
 
     root = Path(root) / f"demo_{n_images}_{image_size}"
     samples = pd.read_csv(build_demo_dataset(root, n_images=n_images, image_size=image_size), dtype={"id": str})
@@ -161,8 +161,8 @@ def synthetic_cells(table: pd.DataFrame, n_cells: int, seed: int = 0) -> tuple[p
 
 def build_model(profile: Profile, table: pd.DataFrame, clip, scene):
     """(GeopakModel with both encoders, TrainData without a cache) on a synthetic geocell table."""
-    from geopak_lib.model import GeopakModel, ModelConfig
-    from geopak_lib.train import TrainData
+    from geopak_lib.model.geopak import GeopakModel, ModelConfig
+    from geopak_lib.training.trainer import TrainData
 
     cells, cell_of = synthetic_cells(table, profile.n_cells)
     model = GeopakModel(ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim), cells, clip, scene)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from geopak_lib.features import FeatureCache, view_size
+from geopak_lib.training.cache import FeatureCache, view_size
 from geopak_lib.utils import pick_device, seed_everything
 
 from . import bench_encoders, bench_features, bench_inference, bench_train

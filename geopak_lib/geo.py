@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from .constants import EARTH_RADIUS_KM, PROVINCES, UTM_ZONE
+from geopak_lib.constants import EARTH_RADIUS_KM, PROVINCES, UTM_ZONE
 
 KM_PER_DEG_LAT = np.pi * EARTH_RADIUS_KM / 180.0  # ~111.195 km per degree of latitude
 
@@ -115,8 +115,8 @@ BORDER_TOLERANCE_KM = 10.0
 
 @lru_cache(maxsize=1)
 def province_geojson() -> dict:
-    """The shipped geoBoundaries ADM1 GeoJSON (public domain; see geopak_lib/data/README.md)."""
-    return json.loads(resources.files("geopak_lib").joinpath("data", BOUNDARIES_FILE).read_text())
+    """The shipped geoBoundaries ADM1 GeoJSON (public domain; see geopak_lib/assets/README.md)."""
+    return json.loads(resources.files("geopak_lib").joinpath("assets", BOUNDARIES_FILE).read_text())
 
 
 @lru_cache(maxsize=1)

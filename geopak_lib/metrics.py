@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import geo
-from .constants import NUM_PROVINCES, PROVINCE_SHORT, PROVINCES
+from geopak_lib import geo
+from geopak_lib.constants import NUM_PROVINCES, PROVINCE_SHORT, PROVINCES
 
 THRESHOLDS_KM = (1, 5, 25, 200, 750)
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from geopak_lib.augment import (AugmentConfig, ImageViewDataset, assert_geography_safe, augment_for_province,
+from geopak_lib.data.augment import (AugmentConfig, ImageViewDataset, assert_geography_safe, augment_for_province,
                                 build_augment, clean_transform, item_seed)
 
 FORBIDDEN_NAMES = {"RandomHorizontalFlip", "RandomVerticalFlip", "RandomPerspective", "ElasticTransform"}

@@ -12,10 +12,10 @@ from PIL import Image
 
 from benchmarks import run_all
 from benchmarks.bench_encoders import encoder_bound
-from geopak_lib.augment import ImageViewDataset, clean_transform, finish_views, jpeg_bytes_or_view, resize_view
-from geopak_lib.data import load_rgb
-from geopak_lib.encoders import Preprocess
-from geopak_lib.features import FeatureCache, prefers_channels_last, resolve_decode
+from geopak_lib.data.augment import ImageViewDataset, clean_transform, finish_views, jpeg_bytes_or_view, resize_view
+from geopak_lib.data.validate import load_rgb
+from geopak_lib.model.encoders import Preprocess
+from geopak_lib.training.cache import FeatureCache, prefers_channels_last, resolve_decode
 
 
 class TinyEncoder(torch.nn.Module):

@@ -3,8 +3,8 @@
 import nbformat
 import pytest
 
-from geopak_lib import book
-from geopak_lib.book import ProfileError, check_profile, load_profile
+from geopak_lib.book import runner as book
+from geopak_lib.book.runner import ProfileError, check_profile, load_profile
 
 
 def _notebook(path, params_src):

@@ -8,8 +8,8 @@ default parameters, which are the smoke settings.
 import pandas as pd
 import pytest
 
-from geopak_lib.book import REPO_ROOT, load_profile, notebook_paths, run_book
-from geopak_lib.report import external_references
+from geopak_lib.book.runner import REPO_ROOT, load_profile, notebook_paths, run_book
+from geopak_lib.book.report import external_references
 
 pytestmark = pytest.mark.book
 

@@ -1,4 +1,4 @@
-"""Tests for geopak_lib.data: image loading in every mode, and validation of good and bad rows."""
+"""Tests for geopak_lib.data.validate: image loading in every mode, and validation of good and bad rows."""
 
 import hashlib
 
@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from geopak_lib.constants import PROVINCE_ID
-from geopak_lib.data import (MANIFEST_COLUMNS, REJECT_POLICY, ImageLoadError, inspect_image, load_rgb,
+from geopak_lib.data.validate import (MANIFEST_COLUMNS, REJECT_POLICY, ImageLoadError, inspect_image, load_rgb,
                              policy_table, read_table, validate_dataset, write_validation)
 from geopak_lib.geo import locate_province, province_shapes
 

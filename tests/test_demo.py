@@ -1,4 +1,4 @@
-"""Tests for geopak_lib.demo: schema, determinism, geography of locations and crops, rebuild rules."""
+"""Tests for geopak_lib.book.demo: schema, determinism, geography of locations and crops, rebuild rules."""
 
 import hashlib
 import json
@@ -10,7 +10,8 @@ import pytest
 import shapely
 from PIL import Image
 
-from geopak_lib import demo
+from geopak_lib.book import demo
+from geopak_lib.data import places
 from geopak_lib.constants import PROVINCES, SPEC_SHARES
 from geopak_lib.geo import haversine_km, locate_province, province_shapes
 
@@ -65,11 +66,11 @@ def test_locations_inside_their_province_polygon(locs3000):
 
 
 def test_jitter_distances_match_haversine(locs3000):
-    towns = demo.pakistan_towns().drop_duplicates("name").set_index("name")
+    towns = places.pakistan_towns().drop_duplicates("name").set_index("name")
     t = towns.loc[locs3000["town"]]
     d = haversine_km(t["latitude"].to_numpy(), t["longitude"].to_numpy(),
                      locs3000["latitude"].to_numpy(), locs3000["longitude"].to_numpy())
-    same_name = locs3000["town"].map(demo.pakistan_towns()["name"].value_counts()) == 1
+    same_name = locs3000["town"].map(places.pakistan_towns()["name"].value_counts()) == 1
     np.testing.assert_allclose(d[same_name], locs3000["distance_km"][same_name], rtol=0.01, atol=0.02)
     town = locs3000["spread"] == "town"
     assert abs(town.mean() - demo.TOWN_SHARE) < 0.03
@@ -84,10 +85,10 @@ def test_sample_locations_deterministic():
 
 
 def test_pakistan_towns_filter_and_provinces():
-    big = demo.pakistan_towns(min_population=100_000)
+    big = places.pakistan_towns(min_population=100_000)
     assert big["population"].min() >= 100_000 and "Karachi" in set(big["name"])
     assert list(big.columns) == ["name", "latitude", "longitude", "population", "province"]
-    assert set(demo.pakistan_towns()["province"]) == set(PROVINCES)
+    assert set(places.pakistan_towns()["province"]) == set(PROVINCES)
 
 
 def test_sample_views_poor_share():

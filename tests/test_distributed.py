@@ -1,5 +1,5 @@
 """Two processes on gloo over localhost give what one process gives: the feature cache built by
-``torchrun -m geopak_lib.distributed cache`` (the real launch path) equals notebook 02's
+``torchrun -m geopak_lib.book.distributed_cli cache`` (the real launch path) equals notebook 02's
 one-process cache and has its key, and two DDP phase-2 steps equal one process accumulating the
 same two half-batches' mean gradient."""
 
@@ -19,9 +19,11 @@ import torch.multiprocessing as mp
 from PIL import Image
 import yaml
 
-from geopak_lib import distributed, features
-from geopak_lib.encoders import build_encoder
-from geopak_lib.features import FeatureCache
+from geopak_lib.book import distributed_cli
+from geopak_lib.training import distributed
+from geopak_lib.training import cache as features
+from geopak_lib.model.encoders import build_encoder
+from geopak_lib.training.cache import FeatureCache
 from geopak_lib.utils import seed_everything
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +91,7 @@ def _run_and_profile(tmp_path, manifest=True):
 def test_torchrun_two_ranks_build_the_cache_notebook_02_then_finds(tmp_path, monkeypatch):
     run, profile = _run_and_profile(tmp_path)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "geopak_lib.distributed", "cache", "--profile", str(profile)], cwd=REPO,
+                           "-m", "geopak_lib.book.distributed_cli", "cache", "--profile", str(profile)], cwd=REPO,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -120,7 +122,7 @@ def test_torchrun_two_ranks_build_the_cache_notebook_02_then_finds(tmp_path, mon
 def test_missing_manifest_is_a_clear_message_and_exit_code_2(tmp_path, monkeypatch, capsys):
     run, profile = _run_and_profile(tmp_path, manifest=False)
     monkeypatch.chdir(tmp_path)  # main() moves to the repository root, as the book does
-    assert distributed.main(["cache", "--profile", str(profile)]) == 2  # returned, not raised: no traceback
+    assert distributed_cli.main(["cache", "--profile", str(profile)]) == 2  # returned, not raised: no traceback
     err = capsys.readouterr().err
     assert f"{run / 'manifest.csv'} not found: run notebooks 00-01 first" in err
     assert f"geopak book {profile} --only 00_data_audit,01_geocells" in err
@@ -130,17 +132,17 @@ def test_missing_manifest_is_a_clear_message_and_exit_code_2(tmp_path, monkeypat
 def test_misspelled_profile_key_and_help(tmp_path, capsys):
     _, profile = _run_and_profile(tmp_path, manifest=False)
     profile.write_text(profile.read_text().replace("cache_views", "cache_view"))
-    assert distributed.main(["cache", "--profile", str(profile)]) == 2
+    assert distributed_cli.main(["cache", "--profile", str(profile)]) == 2
     assert "key 'cache_view' (section notebooks.02_phase0_province)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
-        distributed.main(["cache", "--help"])
+        distributed_cli.main(["cache", "--help"])
     assert exit_.value.code == 0
-    assert "torchrun --standalone --nproc_per_node 4 -m geopak_lib.distributed cache" in capsys.readouterr().out
+    assert "torchrun --standalone --nproc_per_node 4 -m geopak_lib.book.distributed_cli cache" in capsys.readouterr().out
 
 
 def _phase2_setup(tmp_path):
-    from geopak_lib.model import GeopakModel, ModelConfig
-    from geopak_lib.train import PhaseConfig, TrainData, make_loss
+    from geopak_lib.model.geopak import GeopakModel, ModelConfig
+    from geopak_lib.training.trainer import PhaseConfig, TrainData, make_loss
 
     table = _table(tmp_path / "img").assign(province_id=lambda t: t["province"].map(
         {"Sindh": 0, "Punjab": 1, "Khyber Pakhtunkhwa": 2, "Balochistan": 5}))
@@ -165,7 +167,7 @@ def _phase2_setup(tmp_path):
 def _sgd(model, cfg):
     """Plain SGD: Adam's first steps move every weight by ~lr whatever the gradient's size, so the
     float rounding of the all-reduce would flip near-zero gradients into lr-sized differences."""
-    from geopak_lib.train import configure_trainable
+    from geopak_lib.training.trainer import configure_trainable
 
     groups = configure_trainable(model, cfg)
     return torch.optim.SGD([p for ps in groups.values() for p in ps], lr=0.5)
@@ -179,7 +181,7 @@ def _ddp_worker(rank, tmp_path):
 
 
 def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
-    from geopak_lib.train_eval import _batches, _loss_terms
+    from geopak_lib.training.passes import _batches, _loss_terms
 
     _table(tmp_path / "img")  # the images, before the ranks read them
     _launch(_ddp_worker, tmp_path)

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from skimage import data as skdata
 
-from geopak_lib.encoders import (
+from geopak_lib.model.encoders import (
     LITE0_STATUS, Preprocess, RandomWeightsWarning, build_encoder, count_trainable, encoder_blocks, encoder_head,
     load_lite0_package, match_in_order, parse_spec, preprocess_batch, set_trainable_top_fraction)
 

@@ -10,9 +10,13 @@ import pytest
 import torch
 from scipy import stats
 
-from geopak_lib import eval_plots, evaluation, explain
-from geopak_lib.model import GeopakModel, ModelConfig
-from geopak_lib.report import external_references, map_html
+from geopak_lib.book import figures as eval_plots
+from geopak_lib.evaluation import frame as evaluation
+from geopak_lib.evaluation import explain
+from geopak_lib.book import provenance
+from geopak_lib.data import places
+from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.book.report import external_references, map_html
 
 matplotlib.use("Agg")  # tests only: no display
 
@@ -109,7 +113,7 @@ def test_province_centroids_and_method_table():
 
 def test_nearest_town_and_urban_rural():
     towns = pd.DataFrame({"name": ["T0", "T1"], "latitude": [0.0, 0.0], "longitude": [0.0, 1.0]})
-    name, d = evaluation.nearest_town([0.0, 0.0], [0.05, 0.8], towns)
+    name, d = places.nearest_town([0.0, 0.0], [0.05, 0.8], towns)
     assert name.tolist() == ["T0", "T1"]
     assert d == pytest.approx([0.05 * 111.195, 0.2 * 111.195], rel=1e-3)  # 1 degree of equator = 111.195 km
     u = evaluation.urban_rural([24.86, 28.0], [67.01, 64.0])  # central Karachi; the empty west of Balochistan
@@ -117,13 +121,13 @@ def test_nearest_town_and_urban_rural():
 
 
 def test_git_commit_and_manifest(tmp_path, monkeypatch):
-    assert re.fullmatch(r"[0-9a-f]{12}( \(\+ uncommitted changes\))?", evaluation.git_commit())
+    assert re.fullmatch(r"[0-9a-f]{12}( \(\+ uncommitted changes\))?", provenance.git_commit())
     monkeypatch.chdir(tmp_path)
-    assert evaluation.git_commit() == "unknown"
+    assert provenance.git_commit() == "unknown"
     manifest = pd.DataFrame({"id": ["a", "b"], "image_path": ["a", "b"], "split": ["train", "test"]})
     enc = {"clip_encoder": {"spec": "open_clip:X:none", "weight_status": "random", "is_random": True},
            "scene_encoder": {"spec": "timm:y", "weight_status": "package", "is_random": False}}
-    md = evaluation.run_manifest("runs/x", manifest, "c.pt", {"phase": 2, "epoch": 3, "encoders": enc})
+    md = provenance.run_manifest("runs/x", manifest, "c.pt", {"phase": 2, "epoch": 3, "encoders": enc})
     assert "Random weights" in md and "open_clip:X:none" in md and "train 1, val 0, test 1" in md
 
 

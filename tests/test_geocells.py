@@ -1,4 +1,4 @@
-"""Tests for geopak_lib.geocells: projection, per-cell maths, build invariants, merge/split, I/O."""
+"""Tests for geopak_lib.data.geocells: projection, per-cell maths, build invariants, merge/split, I/O."""
 
 import math
 
@@ -9,7 +9,7 @@ from pyproj import Transformer
 
 from geopak_lib.constants import PROVINCES, UTM_ZONE
 from geopak_lib.geo import from_utm, haversine_km, km_to_deg, to_utm
-from geopak_lib.geocells import (CELL_COLUMNS, GeocellConfig, _reassign_and_merge, assign_nearest_cells,
+from geopak_lib.data.geocells import (CELL_COLUMNS, GeocellConfig, _reassign_and_merge, assign_nearest_cells,
                                  build_geocells, cell_centre_radius, cell_distance_matrix_km,
                                  cells_per_province, load_geocells, neighbor_lists, province_cell_table,
                                  save_geocells, two_means, urban_cap_km)

@@ -9,9 +9,9 @@ import torch
 from pyproj import Geod
 
 from geopak_lib.geo import haversine_km
-from geopak_lib.inference import (argmax_predict, aux_predict, build_hypotheses, combine_hypotheses,
+from geopak_lib.model.inference import (argmax_predict, aux_predict, build_hypotheses, combine_hypotheses,
                                   mixture_predict, predict_batch)
-from geopak_lib.model import GeopakModel, ModelConfig
+from geopak_lib.model.geopak import GeopakModel, ModelConfig
 
 
 def make_cells():

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from geopak_lib.losses import (AuxLoss, GeocellLoss, GeopakLoss, OffsetLoss, ProvinceLoss, effective_number_weights,
+from geopak_lib.model.losses import (AuxLoss, GeocellLoss, GeopakLoss, OffsetLoss, ProvinceLoss, effective_number_weights,
                                offset_rampup, province_count_vector, smoothed_cell_targets)
 from geopak_lib.geo import haversine_km
-from geopak_lib.model import AUX_CENTER_DEG, GeopakModel, ModelConfig
+from geopak_lib.model.geopak import AUX_CENTER_DEG, GeopakModel, ModelConfig
 
 KM_PER_DEG_LAT = math.pi * 6371.0088 / 180
 E1 = math.exp(-1.0)

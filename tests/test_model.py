@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from geopak_lib.model import (AUX_CENTER_DEG, GeopakModel, ModelConfig, clamp_offset_km, validate_cells)
+from geopak_lib.model.geopak import (AUX_CENTER_DEG, GeopakModel, ModelConfig, clamp_offset_km, validate_cells)
 
 KM_PER_DEG_LAT = math.pi * 6371.0088 / 180  # 111.19508 km per degree of latitude
 

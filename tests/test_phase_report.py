@@ -3,9 +3,9 @@
 import numpy as np
 import pandas as pd
 
-from geopak_lib.checkpoints import CSV_COLUMNS
-from geopak_lib.phase_report import best_rows, outcome_table, province_confusion
-from geopak_lib.report import encoder_status_markdown
+from geopak_lib.training.checkpoints import CSV_COLUMNS
+from geopak_lib.book.phase_report import best_rows, outcome_table, province_confusion
+from geopak_lib.book.provenance import encoder_status_markdown
 
 
 def test_outcome_table_compares_medians():

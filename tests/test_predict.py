@@ -8,13 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from geopak_lib import cli
-from geopak_lib.checkpoints import checkpoint_state, save_checkpoint
-from geopak_lib.encoders import Preprocess, preprocess_batch
-from geopak_lib.model import GeopakModel, ModelConfig
-from geopak_lib.predict import (GeopakPredictor, calibration_path, final_checkpoint, merge_view_outputs,
+from geopak_lib.book import cli
+from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
+from geopak_lib.model.encoders import Preprocess, preprocess_batch
+from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.evaluation.predictor import (GeopakPredictor, calibration_path, final_checkpoint, merge_view_outputs,
                                 save_calibration, tta_views)
-from geopak_lib.predict_cli import results_table
+from geopak_lib.book.predict_cli import results_table
 
 CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
                       "center_lon": [68.0, 68.5, 74.3], "radius_km": [30.0, 20.0, 25.0],
@@ -40,7 +40,7 @@ SPECS = {"tiny:clip": (6, 16), "tiny:scene": (5, 12)}
 def ckpt(tmp_path, monkeypatch):
     """A phase-1 checkpoint of a tiny model with both encoders; encoders.build_encoder rebuilds the
     tiny ones from their specs (the real specs need open_clip/timm models, too slow for a unit test)."""
-    from geopak_lib import encoders
+    from geopak_lib.model import encoders
 
     monkeypatch.setattr(encoders, "build_encoder",
                         lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
@@ -71,7 +71,7 @@ def write_images(folder):
 
 def expected(model, path):
     """The mixture computed directly: resize the short side to 16, centre crop 16 x 16, forward."""
-    from geopak_lib.inference import mixture_predict
+    from geopak_lib.model.inference import mixture_predict
 
     img = Image.open(path).convert("RGB")
     w, h = img.size

@@ -9,7 +9,7 @@ import papermill
 import pytest
 import yaml
 
-from geopak_lib.book import PROFILE_SECTIONS, check_profile, load_profile, notebook_paths
+from geopak_lib.book.runner import PROFILE_SECTIONS, check_profile, load_profile, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ import folium.plugins
 import nbformat
 import pytest
 
-from geopak_lib.report import (ShowMap, export_html, external_references, inline_assets, map_html,
+from geopak_lib.book.report import (ShowMap, export_html, external_references, inline_assets, map_html,
                                offline_map, OfflineAssetError)
 
 
@@ -35,7 +35,7 @@ def test_show_map_iframe_is_self_contained():
 
 def test_export_html_hides_code_and_needs_no_network(tmp_path):
     nb = nbformat.v4.new_notebook()
-    src = "secret_code_marker = 1\nfrom geopak_lib.report import ShowMap, offline_map\nShowMap(offline_map())"
+    src = "secret_code_marker = 1\nfrom geopak_lib.book.report import ShowMap, offline_map\nShowMap(offline_map())"
     cell = nbformat.v4.new_code_cell(src)
     cell.outputs = [nbformat.v4.new_output("execute_result", {"text/html": ShowMap(offline_map())._repr_html_()},
                                            execution_count=1)]
@@ -62,7 +62,7 @@ def test_clean_outputs_drops_progress_bars_keeps_warnings():
     ]
     nb.cells = [cell]
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
-    from geopak_lib.report import clean_outputs
+    from geopak_lib.book.report import clean_outputs
     cleaned = clean_outputs(nb)
     assert "widgets" not in cleaned.metadata
     outs = cleaned.cells[0].outputs
@@ -75,7 +75,7 @@ def test_map_renders_in_headless_chromium_offline(tmp_path):
     """Leaflet must actually run: the DOM after scripts holds the relief layer and our circle."""
     import subprocess
 
-    from geopak_lib.report import save_map
+    from geopak_lib.book.report import save_map
     m = offline_map()
     folium.CircleMarker([24.86, 67.0], radius=6, color="#ff0000").add_to(m)
     page = save_map(m, tmp_path / "map.html")

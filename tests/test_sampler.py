@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from geopak_lib.constants import NUM_PROVINCES, PROVINCE_ID
-from geopak_lib.sampler import ProvinceBalancedSampler, batch_counts, share_weights
+from geopak_lib.training.sampler import ProvinceBalancedSampler, batch_counts, share_weights
 
 
 def _ids(counts):

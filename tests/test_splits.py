@@ -1,4 +1,4 @@
-"""Tests for geopak_lib.splits: block ids, block-disjoint stratified splits, the leak check."""
+"""Tests for geopak_lib.data.splits: block ids, block-disjoint stratified splits, the leak check."""
 
 import numpy as np
 import pandas as pd
@@ -6,7 +6,7 @@ import pytest
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.geo import KM_PER_DEG_LAT, haversine_km, locate_province
-from geopak_lib.splits import (block_ids, min_cross_split_distance_km, spatial_block_split,
+from geopak_lib.data.splits import (block_ids, min_cross_split_distance_km, spatial_block_split,
                                split_summary)
 
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from geopak_lib import train
-from geopak_lib.checkpoints import CSV_COLUMNS, build_model_from_checkpoint, load_checkpoint
+from geopak_lib.training import trainer as train
+from geopak_lib.training.checkpoints import CSV_COLUMNS, build_model_from_checkpoint, load_checkpoint
 from geopak_lib.geo import haversine_km
-from geopak_lib.model import GeopakModel, ModelConfig
-from geopak_lib.train import PhaseConfig, TrainData, train_phase, warmup_cosine
+from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.training.trainer import PhaseConfig, TrainData, train_phase, warmup_cosine
 
 SPEC_CSV = ["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
             "median_error_km", "mean_error_km", "p90_error_km", "sindh_acc", "punjab_acc", "kpk_acc", "ict_acc",
@@ -268,7 +268,7 @@ CLIP_SPEC, SCENE_SPEC = "timm:resnet18@32", "timm:tf_efficientnet_lite0@32"  # r
 def image_setup(tmp_path):
     """Synthetic data with real image files (colour = cell) and a model with two real encoders
     (resnet18 on random weights, EfficientNet-Lite0 on the packaged ImageNet weights), 32 px."""
-    from geopak_lib.encoders import RandomWeightsWarning, build_encoder
+    from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 
     cells, data = synthetic(n=60)
     colours = np.random.default_rng(0).integers(0, 255, (5, 3))

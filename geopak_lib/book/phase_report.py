@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .constants import PROVINCE_SHORT, PROVINCES
-from .metrics import summarize_errors
+from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
+from geopak_lib.metrics import summarize_errors
 
 LOSS_TERMS = ("loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux")
 PHASE_NAMES = {0: "phase 0 (province warm-up)", 1: "phase 1 (geography)", 2: "phase 2 (adaptation)",
@@ -103,7 +103,7 @@ def outcome_table(predictions: pd.DataFrame, baselines: pd.DataFrame, model_name
 
 def province_confusion(true, pred) -> pd.DataFrame:
     """Confusion counts as a labelled table: rows = true province, columns = predicted."""
-    from .metrics import confusion_matrix
+    from geopak_lib.metrics import confusion_matrix
 
     short = [PROVINCE_SHORT[p] for p in PROVINCES]
     cm = confusion_matrix(true, pred)

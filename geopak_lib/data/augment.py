@@ -244,7 +244,7 @@ def item_seed(seed: int, *keys: int) -> int:
 
 
 def _load_rgb(path):
-    from .data import load_rgb  # the one loader of the book: EXIF orientation, RGB, clear errors
+    from geopak_lib.data.validate import load_rgb  # the one loader of the book: EXIF orientation, RGB, clear errors
 
     return load_rgb(path)
 

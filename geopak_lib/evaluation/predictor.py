@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .constants import PROVINCES
-from .inference import mixture_predict
-from .metrics import error_radius
-from .utils import atomic_write_bytes, pick_device
+from geopak_lib.constants import PROVINCES
+from geopak_lib.model.inference import mixture_predict
+from geopak_lib.metrics import error_radius
+from geopak_lib.utils import atomic_write_bytes, pick_device
 
 TRAINING_NOTEBOOKS = "02_phase0_province ... 05_phase3_finetune"
 RADIUS_COVERAGE = 0.8  # the coverage of the reported radius_km
@@ -91,7 +91,7 @@ def load_calibration(checkpoint) -> tuple[dict | None, str]:
 def to_pil(image) -> Image.Image:
     """PIL image, numpy array (H, W[, 3|4]) uint8 or float in [0, 1], or a path -> RGB PIL image."""
     if isinstance(image, (str, Path)):
-        from .data import load_rgb
+        from geopak_lib.data.validate import load_rgb
 
         return load_rgb(image)
     if isinstance(image, Image.Image):
@@ -111,7 +111,7 @@ class ImageFiles(torch.utils.data.Dataset):
     """Files -> (index, uint8 (3, S, S) clean view or None, error message or "")."""
 
     def __init__(self, paths, size: int):
-        from .augment import clean_transform
+        from geopak_lib.data.augment import clean_transform
 
         self.paths, self.transform = [str(p) for p in paths], clean_transform(size)
 
@@ -200,7 +200,7 @@ class GeopakPredictor:
         self.device = next(model.parameters()).device
         self.tta, self.top_provinces, self.top_cells = tta, top_provinces, top_cells
         self.calibration, self.info, self.warnings = calibration, dict(info or {}), list(warnings)
-        from .features import channels_last, view_size
+        from geopak_lib.training.cache import channels_last, view_size
 
         self.image_size = view_size(model.clip_encoder, model.scene_encoder)
         channels_last(model.clip_encoder, model.scene_encoder)  # conv encoders: 1.7x on CPU, docs/performance.md
@@ -210,7 +210,7 @@ class GeopakPredictor:
                         top_provinces: int = 2, top_cells: int = 5) -> "GeopakPredictor":
         """Load a trained checkpoint (best.pt of phases 0-3). calibration: 'auto' (the file beside
         the checkpoint, if it matches), None (uncalibrated) or a dict."""
-        from .checkpoints import build_model_from_checkpoint, load_checkpoint
+        from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
 
         path = Path(path)
         if not path.is_file():
@@ -258,7 +258,7 @@ class GeopakPredictor:
     @torch.no_grad()
     def forward_images(self, images: torch.Tensor, tta: bool | None = None) -> dict:
         """uint8 (B, 3, S, S) -> model outputs (views merged when tta; default: self.tta), on CPU."""
-        from .features import encoder_input
+        from geopak_lib.training.cache import encoder_input
 
         m, tta = self.model, self.tta if tta is None else tta
         views = tta_views(images) if tta else [images]
@@ -322,7 +322,7 @@ class GeopakPredictor:
         ~80% of validation images when radius_calibrated), radius_calibrated, radius_coverage,
         radii_km {coverage: km}, spread_km, province_probs, alpha (fusion gate), hypotheses (list of
         province, cell_id, lat, lon, weight; best first)."""
-        from .augment import clean_transform
+        from geopak_lib.data.augment import clean_transform
 
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
@@ -339,15 +339,3 @@ class GeopakPredictor:
                 records[i].update(r)
         return records
 
-
-def add_predict_parser(subparsers, func):
-    """Register ``geopak predict`` (see predict_cli.py)."""
-    from .predict_cli import add_parser
-
-    return add_parser(subparsers, func)
-
-
-def main_predict(args) -> int:
-    from .predict_cli import run
-
-    return run(args)

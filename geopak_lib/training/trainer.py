@@ -19,15 +19,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoints import (CSV_COLUMNS, TrainLog, build_model_from_checkpoint, checkpoint_state, describe_epoch,  # noqa: F401
+from geopak_lib.training.checkpoints import (CSV_COLUMNS, TrainLog, build_model_from_checkpoint, checkpoint_state, describe_epoch,  # noqa: F401
                           latest_epoch_checkpoint, load_checkpoint, prune_epoch_checkpoints, restore_rng,
                           save_checkpoint)
-from .constants import NUM_PROVINCES
-from .features import baseline_errors, baseline_predictions  # noqa: F401  (re-exported for notebooks)
-from .features import channels_last
-from .losses import GeopakLoss
-from .sampler import SHARE_PRESETS, ProvinceBalancedSampler
-from .train_eval import (_Accumulator, _batches, _forward, _loss_terms, _predictions, autocast_enabled,  # noqa: F401
+from geopak_lib.constants import NUM_PROVINCES
+from geopak_lib.training.cache import baseline_errors, baseline_predictions  # noqa: F401  (re-exported for notebooks)
+from geopak_lib.training.cache import channels_last
+from geopak_lib.model.losses import GeopakLoss
+from geopak_lib.training.sampler import SHARE_PRESETS, ProvinceBalancedSampler
+from geopak_lib.training.passes import (_Accumulator, _batches, _forward, _loss_terms, _predictions, autocast_enabled,  # noqa: F401
                          epoch_metrics, evaluate, predict_rows, selection_score)
 
 # Spec values per phase (000 §10, 003 §1.1); everything else is a PhaseConfig default.
@@ -162,7 +162,7 @@ def configure_trainable(model, cfg: PhaseConfig) -> dict:
     if cfg.phase >= 2:
         if any(e is None for e in encoders.values()):
             raise ValueError(f"phase {cfg.phase} fine-tunes the encoders: build the model with both encoders")
-        from .encoders import set_trainable_top_fraction
+        from geopak_lib.model.encoders import set_trainable_top_fraction
 
         set_trainable_top_fraction(model.clip_encoder, cfg.clip_unfreeze)
         set_trainable_top_fraction(model.scene_encoder, cfg.scene_unfreeze)
@@ -270,7 +270,7 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
     and loaded into ``model`` before returning. callback(epoch, val_row) runs after each epoch.
     params: the profile's parameters, stored in every checkpoint.
     """
-    from .utils import pick_device
+    from geopak_lib.utils import pick_device
 
     device = pick_device(device)
     if cfg.source == "cache" and data.cache is None:

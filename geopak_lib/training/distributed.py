@@ -2,7 +2,7 @@
 DistributedDataParallel, launched by ``torchrun``. The notebooks do not use this module; on one
 device they run as they are. How to launch, and what each rank does: docs/distributed.md.
 
-    torchrun --standalone --nproc_per_node 4 -m geopak_lib.distributed cache --profile demo
+    torchrun --standalone --nproc_per_node 4 -m geopak_lib.book.distributed_cli cache --profile demo
     torchrun --standalone --nproc_per_node 4 my_script.py   # my_script calls init_from_env() first
 
 Feature cache: batch i of the cache's slot batches goes to rank i % world (DistributedSampler's
@@ -14,21 +14,17 @@ is sliced the same way (rank r takes positions r, r + world, ...); DDP averages 
 
 from __future__ import annotations
 
-import argparse
-import ast
 import json
 import os
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import features
-from .utils import pick_device
+from geopak_lib.training import cache as features
+from geopak_lib.utils import pick_device
 
 
 def rank_world() -> tuple[int, int]:
@@ -112,7 +108,7 @@ class _LossStep(torch.nn.Module):
         self.model, self.loss_fn, self.cfg, self.epoch = model, loss_fn, cfg, epoch
 
     def forward(self, inputs, labels, use_amp: bool):
-        from .train_eval import _float_outputs, _loss_terms
+        from geopak_lib.training.passes import _float_outputs, _loss_terms
 
         device = labels["lat"].device
         with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
@@ -131,8 +127,8 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from .train import configure_trainable, make_optimizer
-    from .train_eval import _batches, autocast_enabled
+    from geopak_lib.training.trainer import configure_trainable, make_optimizer
+    from geopak_lib.training.passes import _batches, autocast_enabled
 
     rank, world = rank_world()
     if opt is None:
@@ -161,118 +157,3 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
             sched.step()
         losses.append(float(terms["total"].detach()))
     return losses
-
-
-# --- command line: `torchrun ... -m geopak_lib.distributed cache --profile demo` -----------------
-
-CLI_DESCRIPTION = """\
-Build notebook 02's feature cache with the work split over several processes (one per GPU), then
-run the book as usual: notebook 02 finds the cache complete and skips the build.
-
-  torchrun --standalone --nproc_per_node 4 -m geopak_lib.distributed cache --profile demo
-  geopak book demo --start 02_phase0_province
-
-The parameters are notebook 02's, as `geopak book PROFILE` passes them (the notebook's defaults
-overlaid by the profile's common and 02_phase0_province keys), and the encoders are built after
-the same seed_everything(seed), so the cache key is the one notebook 02 computes. Rank r encodes
-batches r, r + N, ... into its own part folder; rank 0 merges them. NCCL on CUDA (one GPU per
-rank, LOCAL_RANK), gloo on CPU. Without torchrun it runs as one process. Rank 0 prints the cache
-path and size. Exit code 0: cache complete; 2: bad profile, encoder spec or missing manifest.
-More: docs/distributed.md.
-"""
-NOTEBOOK = "02_phase0_province"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m geopak_lib.distributed", description=CLI_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-    p = sub.add_parser("cache", help="build notebook 02's feature cache over all ranks",
-                       description=CLI_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", required=True, help="profile name in params/ (smoke, demo, full) or a YAML path")
-    p.add_argument("--device", help="cpu, cuda or auto (default: the profile's device)")
-    p.add_argument("--decode", default="auto", choices=("auto", "device", "workers"),
-                   help="where clean views' JPEGs are decoded (default auto: on the GPU with CUDA)")
-    p.add_argument("--progress", action="store_true", help="show a progress bar on rank 0")
-    return parser
-
-
-def notebook_parameters(profile_name: str, notebook: str = NOTEBOOK) -> dict:
-    """The values `geopak book` runs ``notebook`` with: its parameters cell's defaults overlaid by
-    the profile's common and per-notebook keys. Keys the notebook does not declare raise
-    book.ProfileError, as in the book (only this notebook's keys are checked here)."""
-    from .book import REPO_ROOT, Profile, check_profile, declared_parameters, load_profile
-
-    prof = load_profile(profile_name)
-    path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
-    check_profile(Profile(prof.name, prof.path, prof.common, {notebook: prof.notebooks.get(notebook)}), [path])
-    # the parameters cell holds literals only (house rule 2), so its source evaluates safely
-    defaults = {k: ast.literal_eval(v) for k, v in declared_parameters(path).items()}
-    return {**defaults, **prof.parameters_for(notebook)}
-
-
-def main(argv=None) -> int:
-    """Entry point (see CLI_DESCRIPTION). Returns the exit code."""
-    from .book import REPO_ROOT, ProfileError
-
-    args = _parser().parse_args(argv)
-    prog = "geopak_lib.distributed cache"
-    try:
-        params = notebook_parameters(args.profile)
-    except ProfileError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    os.chdir(REPO_ROOT)  # the book runs notebooks from the root; run_dir, cache_dir are relative to it
-    manifest_path = Path(params["run_dir"]) / "manifest.csv"
-    if not manifest_path.is_file():  # checked before joining the group, so every rank stops here alike
-        print(f"{prog}: {manifest_path} not found: run notebooks 00-01 first "
-              f"(geopak book {args.profile} --only 00_data_audit,01_geocells)", file=sys.stderr)
-        return 2
-    return _cache(params, manifest_path, args.device or params["device"], args.decode, args.progress, prog)
-
-
-def notebook_inputs(params: dict, manifest_path) -> tuple:
-    """Notebook 02's set-up cell: seed_everything(seed) first (random-init encoders then get the
-    notebook's weights, hence its cache key), the manifest, then the clip and scene encoders.
-    -> (manifest, clip_encoder, scene_encoder)."""
-    import pandas as pd
-
-    from .encoders import build_encoder
-    from .utils import seed_everything
-
-    seed_everything(params["seed"])
-    manifest = pd.read_csv(manifest_path, dtype={"id": str})
-    clip_encoder = build_encoder(params["clip_spec"], params["clip_weights"] or None)
-    scene_encoder = build_encoder(params["scene_spec"], params["scene_weights"] or None)
-    return manifest, clip_encoder, scene_encoder
-
-
-def _cache(params: dict, manifest_path: Path, device: str, decode: str, progress: bool, prog: str) -> int:
-    """Notebook 02's cache call, with the build spread over the ranks."""
-    grouped = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun with several processes
-    rank, world, device = init_from_env(device) if grouped else (0, 1, pick_device(device))
-    started = time.time()
-    try:
-        try:
-            manifest, clip_encoder, scene_encoder = notebook_inputs(params, manifest_path)
-        except (FileNotFoundError, ValueError) as e:  # a weights file or an encoder spec: say which
-            print(f"{prog}: {e}", file=sys.stderr)
-            return 2
-        cache = build_cache_distributed(manifest, clip_encoder, scene_encoder, cache_root=params["cache_dir"],
-                                        views=params["cache_views"], batch_size=params["cache_batch_size"],
-                                        num_workers=params["num_workers"], device=device, seed=params["seed"],
-                                        decode=decode, progress=progress)
-    finally:
-        if grouped:
-            dist.destroy_process_group()
-    if rank == 0:
-        size_mb = sum(f.stat().st_size for f in cache.path.iterdir()) / 1e6
-        found = (cache.path / "complete.json").stat().st_mtime < started  # complete before this run began
-        how = "found complete, nothing built" if found else f"built by {world} process(es)"
-        print(f"cache {cache.path.resolve()}: {len(cache)} images, {cache.clip.shape[0]} slots, clip "
-              f"{cache.clip_dim}-d, scene {cache.scene_dim}-d, {size_mb:.1f} MB ({how})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

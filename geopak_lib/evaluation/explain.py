@@ -13,14 +13,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .constants import PROVINCES
+from geopak_lib.constants import PROVINCES
 
 GREY = 128  # uint8 fill of an occluded square: mid-grey, close to every encoder's mean input
 
 
 def load_views(paths, size: int) -> torch.Tensor:
     """Clean evaluation views of image files: uint8 (B, 3, size, size)."""
-    from .predict import ImageFiles
+    from geopak_lib.evaluation.predictor import ImageFiles
 
     files = ImageFiles(paths, size)
     views = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .constants import NUM_PROVINCES, PROVINCE_ID
+from geopak_lib.constants import NUM_PROVINCES, PROVINCE_ID
 
 SHARE_PRESETS = ("equal", "spec003")
 

@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import geo
-from .constants import NUM_PROVINCES, OFFSET_SCALE, PROVINCES
+from geopak_lib import geo
+from geopak_lib.constants import NUM_PROVINCES, OFFSET_SCALE, PROVINCES
 
 # Centre and half-extent of Pakistan's bounding box (shipped polygons), degrees (lat, lon).
 # The aux head predicts coordinates normalised by these, so it starts at the centre.
@@ -262,7 +262,7 @@ class GeopakModel(nn.Module):
 
     def hypotheses(self, outputs: dict, top_provinces: int = 2, top_cells: int = 5) -> dict:
         """Mixture hypotheses (cell ids, weights); see inference.build_hypotheses."""
-        from .inference import build_hypotheses
+        from geopak_lib.model.inference import build_hypotheses
 
         return build_hypotheses(self, outputs, top_provinces, top_cells)
 

@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .constants import PROVINCE_SHORT, PROVINCES
-from .metrics import confusion_matrix
-from .report import PROVINCE_COLORS, offline_map
+from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
+from geopak_lib.metrics import confusion_matrix
+from geopak_lib.book.report import PROVINCE_COLORS, offline_map
 
 ERROR_BUCKETS = ((25, "#1a9850", "≤ 25 km"), (100, "#91cf60", "25–100 km"), (200, "#fee08b", "100–200 km"),
                  (750, "#fc8d59", "200–750 km"), (np.inf, "#d73027", "> 750 km"))
@@ -166,7 +166,7 @@ def hypotheses_map(result: dict, truth=None, heat: bool = True) -> folium.Map:
 
 def describe_prediction(result: dict, truth=None) -> str:
     """Markdown summary of one predictor result; with truth (lat, lon), the error too."""
-    from .metrics import error_km
+    from geopak_lib.metrics import error_km
 
     radius = (f"{result['radius_km']:.0f} km ({100 * result['radius_coverage']:.0f}% radius, calibrated on validation)"
               if result["radius_calibrated"] else f"{result['radius_km']:.0f} km (uncalibrated: run 06_evaluation)")
@@ -180,7 +180,7 @@ def describe_prediction(result: dict, truth=None) -> str:
 
 def image_figure(path, title: str = ""):
     """The image itself, small, as a figure."""
-    from .data import load_rgb
+    from geopak_lib.data.validate import load_rgb
 
     fig, ax = plt.subplots(figsize=(3.2, 3.2))
     ax.imshow(load_rgb(path))

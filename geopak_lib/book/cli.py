@@ -6,9 +6,13 @@ Each subcommand calls the same library functions the notebooks use.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
+
+from geopak_lib.book import predict_cli
+from geopak_lib.book.demo import build_demo_dataset
+from geopak_lib.book.runner import main_book
+from geopak_lib.data.validate import validate_dataset, write_validation
 
 DESCRIPTION = """\
 GEOPAK book: province-aware hierarchical image geolocation for Pakistan.
@@ -24,8 +28,6 @@ Run `geopak SUBCOMMAND --help` for the options of each.
 
 
 def _cmd_demo(args) -> int:
-    from .demo import build_demo_dataset
-
     csv = build_demo_dataset(Path(args.out), n_images=args.n, seed=args.seed, poor_share=args.poor_share,
                              image_size=args.image_size, overwrite=args.overwrite)
     print(f"demo dataset: {csv}")
@@ -33,8 +35,6 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from .data import validate_dataset, write_validation
-
     table = Path(args.table)
     if not table.exists():
         print(f"geopak validate: dataset table {table} does not exist", file=sys.stderr)
@@ -53,15 +53,7 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_book(args) -> int:
-    from .book import main_book
-
     return main_book(args)
-
-
-def _cmd_predict(args) -> int:
-    from .predict import main_predict
-
-    return main_predict(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")
     p.set_defaults(func=_cmd_book)
 
-    if importlib.util.find_spec("geopak_lib.predict") is not None:
-        from .predict import add_predict_parser
-
-        add_predict_parser(sub, _cmd_predict)
+    predict_cli.add_parser(sub, predict_cli.run)
     return parser
 
 

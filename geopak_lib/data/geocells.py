@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .constants import PROVINCE_ID, PROVINCES, UTM_ZONE
-from .geo import from_utm, haversine_km, to_utm
-from .utils import atomic_write_bytes
+from geopak_lib.constants import PROVINCE_ID, PROVINCES, UTM_ZONE
+from geopak_lib.geo import from_utm, haversine_km, to_utm
+from geopak_lib.utils import atomic_write_bytes
 
 CELL_COLUMNS = ["cell_id", "province_id", "province", "center_lat", "center_lon", "radius_km",
                 "neighbor_cell_ids", "n_samples"]

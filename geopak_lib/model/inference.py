@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import geo
+from geopak_lib import geo
 
 
 def cell_conditional_probs(model, outputs: dict) -> torch.Tensor:

@@ -100,7 +100,7 @@ def geojson(table: pd.DataFrame) -> dict:
 
 
 def run(args) -> int:
-    from .predict import GeopakPredictor
+    from geopak_lib.evaluation.predictor import GeopakPredictor
 
     err = lambda msg: print(f"geopak predict: {msg}", file=sys.stderr)  # noqa: E731
     if args.batch_size < 1 or args.top < 1 or (args.workers is not None and args.workers < 0):

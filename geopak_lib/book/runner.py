@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_SECTIONS = {"common", "notebooks"}
 NOTEBOOK_RE = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
 
@@ -114,7 +114,7 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .report import export_html
+    from geopak_lib.book.report import export_html
 
     profile = load_profile(profile_name)
     notebooks = notebook_paths()

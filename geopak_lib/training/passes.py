@@ -10,12 +10,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .augment import ImageViewDataset, augment_for_province, collate_views, item_seed
-from .checkpoints import CSV_COLUMNS
-from .constants import PROVINCE_SHORT, PROVINCES
-from .features import encoder_input, view_size
-from .inference import mixture_predict
-from .metrics import error_km, per_class_accuracy, summarize_errors
+from geopak_lib.data.augment import ImageViewDataset, augment_for_province, collate_views, item_seed
+from geopak_lib.training.checkpoints import CSV_COLUMNS
+from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
+from geopak_lib.training.cache import encoder_input, view_size
+from geopak_lib.model.inference import mixture_predict
+from geopak_lib.metrics import error_km, per_class_accuracy, summarize_errors
 
 
 def autocast_enabled(amp: str, device: torch.device) -> bool:
@@ -168,8 +168,8 @@ def evaluate(model, data: TrainData, split: str = "test", source: str = "cache",
     """Per-sample predictions on ``split``: id, province_id, province_pred, alpha, confidence,
     pred_lat/lon, error_km, oracle (true cell + offset) lat/lon and error_km, spread_km, labels.
     source 'cache' (frozen encoders) or 'images' (encoders inside the model)."""
-    from .train import PhaseConfig  # train imports this module; import here to avoid a cycle
-    from .utils import pick_device
+    from geopak_lib.training.trainer import PhaseConfig  # train imports this module; import here to avoid a cycle
+    from geopak_lib.utils import pick_device
 
     device = pick_device(device)
     cfg = PhaseConfig(phase=1 if source == "cache" else 2, eval_batch_size=batch_size, top_provinces=top_provinces,

@@ -1,0 +1,1 @@
+"""Data: images, validation, spatial splits, geocells, augmentation and the run folder."""

@@ -1,0 +1,1 @@
+"""Evaluation: baselines, the predictions frame, calibration, explanations and the predictor."""

@@ -1,0 +1,1 @@
+"""The model: encoders, the GEOPAK module, inference (the mixture) and the losses."""

@@ -1,0 +1,1 @@
+"""Training: phase config, feature cache, sampler, batch passes, trainer, checkpoints, distributed."""

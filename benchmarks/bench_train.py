@@ -1,7 +1,7 @@
 """Training steps, images/s: phase 1 on the feature cache against the naive baseline (the published
 pattern: Pillow decode in a plain DataLoader, both frozen encoders on every step, then the heads),
 and phase 2 (top blocks unfrozen, augmentation live) against the same step fed from pre-decoded
-tensors, and against the naive pattern. Our steps are the trainer's own (train._train_epoch)."""
+tensors, and against the naive pattern. Our steps are the trainer's own (trainer.train_epoch)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ import torch
 
 from geopak_lib.training import trainer
 from geopak_lib.data.augment import ImageViewDataset, augment_for_province, build_augment, collate_views, item_seed
-from geopak_lib.data.validate import load_rgb
+from geopak_lib.data.images import load_rgb
 from geopak_lib.model.encoders import preprocess_batch
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
-from geopak_lib.training.trainer import PhaseConfig, configure_trainable, make_loss, make_optimizer
+from geopak_lib.training.config import PhaseConfig, configure_trainable, make_optimizer
+from geopak_lib.training.inputs import make_loss
+from geopak_lib.training.passes import loss_terms
+from geopak_lib.training.sampler import ProvinceBalancedSampler
 
 from .common import paired, sync
 
@@ -26,11 +29,11 @@ def _epoch(model, data, cfg, device, batches_fn=None) -> float:
     """Seconds of one trainer epoch (cfg.batches_per_epoch steps); batches_fn replaces the data path."""
     loss_fn = make_loss(model, data).to(device)
     opt, sched = make_optimizer(configure_trainable(model, cfg), cfg)
-    patch = mock.patch.object(trainer, "_batches", batches_fn) if batches_fn else mock.patch.object(trainer, "_batches", trainer._batches)
+    patch = mock.patch.object(trainer, "batches", batches_fn) if batches_fn else mock.patch.object(trainer, "batches", trainer.batches)
     with patch:
         sync(device)
         t0 = time.perf_counter()
-        trainer._train_epoch(model, loss_fn, data, cfg, 1, opt, sched, device, progress=False)
+        trainer.train_epoch(model, loss_fn, data, cfg, 1, opt, sched, device, progress=False)
         sync(device)
     return time.perf_counter() - t0
 
@@ -92,7 +95,7 @@ def naive(model, data, batch: int, steps: int, device, phase: int) -> dict:
             out = model.forward_features(fc, fs)
         else:
             out = model(xc.to(device), xs.to(device))
-        terms = trainer._loss_terms(loss_fn, model, out, data.labels(rows, device), cfg, 1)
+        terms = loss_terms(loss_fn, model, out, data.labels(rows, device), cfg.pass_settings(), 1)
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -107,7 +110,7 @@ def naive(model, data, batch: int, steps: int, device, phase: int) -> dict:
 def _predecoded(model, data, cfg, device):
     """The trainer's batches read once, then served from memory: the same step without the data path."""
     train_rows = data.rows("train")
-    sampler = trainer.ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
+    sampler = ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
                                               cfg.batches_per_epoch, cfg.shares, cfg.seed)
     sampler.set_epoch(1)
     row_batches = [train_rows[np.asarray(b)] for b in sampler]

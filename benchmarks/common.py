@@ -162,7 +162,7 @@ def synthetic_cells(table: pd.DataFrame, n_cells: int, seed: int = 0) -> tuple[p
 def build_model(profile: Profile, table: pd.DataFrame, clip, scene):
     """(GeopakModel with both encoders, TrainData without a cache) on a synthetic geocell table."""
     from geopak_lib.model.geopak import GeopakModel, ModelConfig
-    from geopak_lib.training.trainer import TrainData
+    from geopak_lib.training.inputs import TrainData
 
     cells, cell_of = synthetic_cells(table, profile.n_cells)
     model = GeopakModel(ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim), cells, clip, scene)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from geopak_lib.training.cache import FeatureCache, view_size
+from geopak_lib.training.checkpoints import load_checkpoint
 from geopak_lib.utils import pick_device, seed_everything
 
 from . import bench_encoders, bench_features, bench_inference, bench_train
@@ -63,7 +64,7 @@ def _inference_checkpoint(args, profile, model, out: Path) -> Path:
         return Path(args.checkpoint)
     demo = bench_inference.demo_checkpoint() if profile.name == "small" else None
     if demo is not None:
-        enc = torch.load(demo, map_location="cpu", weights_only=False)["encoders"]
+        enc = load_checkpoint(demo)["encoders"]
         if (enc["clip_encoder"]["spec"], enc["scene_encoder"]["spec"]) == (profile.clip_spec, profile.scene_spec):
             return demo
     return bench_inference.save_model_checkpoint(model, out / "untrained_checkpoint.pt")

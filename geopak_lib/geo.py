@@ -12,7 +12,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from geopak_lib.constants import EARTH_RADIUS_KM, PROVINCES, UTM_ZONE
+from geopak_lib.constants import EARTH_RADIUS_KM, PROVINCES
 
 KM_PER_DEG_LAT = np.pi * EARTH_RADIUS_KM / 180.0  # ~111.195 km per degree of latitude
 
@@ -45,10 +45,6 @@ def km_to_deg(dnorth_km, deast_km, lat):
     return dnorth_km / KM_PER_DEG_LAT, deast_km / (KM_PER_DEG_LAT * cos)
 
 
-def deg_to_km(dlat, dlon, lat):
-    """Inverse of :func:`km_to_deg`: (dlat, dlon) degrees at ``lat`` to (north, east) km."""
-    cos = torch.cos(torch.deg2rad(lat)) if isinstance(lat, torch.Tensor) else np.cos(np.radians(lat))
-    return dlat * KM_PER_DEG_LAT, dlon * KM_PER_DEG_LAT * cos
 
 
 def utm_epsg(zone: int) -> int:
@@ -56,9 +52,6 @@ def utm_epsg(zone: int) -> int:
     return 32600 + int(zone)
 
 
-def utm_zone_for_lon(lon: float) -> int:
-    """Standard 6-degree UTM zone number containing longitude ``lon``."""
-    return int((lon + 180.0) // 6.0) + 1
 
 
 @lru_cache(maxsize=None)
@@ -82,9 +75,6 @@ def from_utm(x, y, zone: int):
     return np.asarray(lat), np.asarray(lon)
 
 
-def province_zone(province: str) -> int:
-    """The UTM zone used for ``province`` (see constants.UTM_ZONE)."""
-    return UTM_ZONE[province]
 
 
 def to_unit_vectors(lat, lon):
@@ -103,6 +93,16 @@ def from_unit_vectors(v):
         return torch.rad2deg(torch.atan2(z, torch.hypot(x, y))), torch.rad2deg(torch.atan2(y, x))
     x, y, z = v[..., 0], v[..., 1], v[..., 2]
     return np.degrees(np.arctan2(z, np.hypot(x, y))), np.degrees(np.arctan2(y, x))
+
+
+def spherical_mean(lat, lon, weights=None):
+    """Mean position on the sphere along the last axis: lat, lon (..., n) degrees -> (...,) each.
+
+    The normalised sum of unit vectors, so a set straddling a meridian averages correctly.
+    """
+    v = to_unit_vectors(np.asarray(lat, float), np.asarray(lon, float))
+    w = np.ones(v.shape[:-1]) if weights is None else np.asarray(weights, float)
+    return from_unit_vectors((w[..., None] * v).sum(-2))
 
 
 # --- province polygons -------------------------------------------------------------------

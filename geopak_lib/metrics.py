@@ -75,12 +75,6 @@ def province_accuracy_columns(true, pred) -> dict:
     return {f"{PROVINCE_SHORT[p]}_acc": float(a) for p, a in zip(PROVINCES, acc)}
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
 def nll(logits, labels, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of softmax(logits / T). logits (N, C), labels (N,)."""
     z = np.asarray(logits, float) / temperature
@@ -89,7 +83,17 @@ def nll(logits, labels, temperature: float = 1.0) -> float:
     return float(-logp[np.arange(len(z)), np.asarray(labels, int)].mean())
 
 
-def fit_temperature(logits, labels, bounds=(0.05, 20.0)) -> float:
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+
+
+def temperature_at_bound(t: float, bounds=TEMPERATURE_BOUNDS, rel: float = 0.02) -> bool:
+    """True when a fitted T lies within ``rel`` (in log scale: 2%) of an end of its search range:
+    the logits then carry (almost) no information about which class is right, or too much."""
+    lo, hi = np.log(bounds)
+    return bool(np.log(t) < lo + rel * (hi - lo) or np.log(t) > hi - rel * (hi - lo))
+
+
+def fit_temperature(logits, labels, bounds=TEMPERATURE_BOUNDS) -> float:
     """Temperature T minimising validation NLL of softmax(logits / T) (bounded 1-D search on log T).
 
     NLL is convex in 1/T, hence unimodal in log T, so a bounded scalar search finds the minimum.

@@ -1,7 +1,9 @@
-"""Small shared helpers: seeding, atomic writes, device choice."""
+"""Small shared helpers: seeding, atomic writes, device choice, streaming hashes, and two bits of
+array maths used across layers (a row softmax and L2 normalisation)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
@@ -12,11 +14,11 @@ import torch
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA). Call first in every notebook."""
+    """Seed python, numpy and torch (CPU and CUDA). Call first in every notebook. (String hashing
+    is seeded by PYTHONHASHSEED before the interpreter starts; the Makefile sets it for tests.)"""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -68,3 +70,25 @@ def use_project_root() -> Path:
             os.chdir(cand)
             return cand
     return here
+
+
+def file_sha256(path) -> str:
+    """sha256 hex digest of a file, streamed in 1 MiB blocks (CLIP weight files are ~600 MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def softmax(z) -> np.ndarray:
+    """Row-wise softmax of logits (N, C) -> probabilities (N, C), shifted for stability."""
+    z = np.asarray(z, float)
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def l2_normalize(a) -> np.ndarray:
+    """Rows of (N, D) scaled to unit length (a zero row stays zero), float32."""
+    a = np.asarray(a, np.float32)
+    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)

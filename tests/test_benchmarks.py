@@ -13,7 +13,7 @@ from PIL import Image
 from benchmarks import run_all
 from benchmarks.bench_encoders import encoder_bound
 from geopak_lib.data.augment import ImageViewDataset, clean_transform, finish_views, jpeg_bytes_or_view, resize_view
-from geopak_lib.data.validate import load_rgb
+from geopak_lib.data.images import load_rgb
 from geopak_lib.model.encoders import Preprocess
 from geopak_lib.training.cache import FeatureCache, prefers_channels_last, resolve_decode
 
@@ -107,9 +107,9 @@ def test_cache_built_with_device_decode_equals_worker_decode(tmp_path):
     table = pd.DataFrame({"id": [f"s{i}" for i in range(8)], "image_path": [str(p) for p in paths],
                           "split": ["train"] * 6 + ["val"] * 2, "province": ["Sindh"] * 8})
     kw = dict(views=1, batch_size=3, device="cpu", dtype="float32", progress=False)
-    a = FeatureCache.build_or_load(table, TinyEncoder(5, 16, "t:a"), TinyEncoder(3, 12, "t:b"), tmp_path / "a",
+    a = FeatureCache.build_or_load(table, TinyEncoder(5, 16, "t:a"), TinyEncoder(3, 12, "t:b"), cache_root=tmp_path / "a",
                                    decode="workers", **kw)
-    b = FeatureCache.build_or_load(table, TinyEncoder(5, 16, "t:a"), TinyEncoder(3, 12, "t:b"), tmp_path / "b",
+    b = FeatureCache.build_or_load(table, TinyEncoder(5, 16, "t:a"), TinyEncoder(3, 12, "t:b"), cache_root=tmp_path / "b",
                                    decode="device", num_workers=1, **kw)
     np.testing.assert_allclose(b.clip, a.clip, atol=1e-6)
     np.testing.assert_allclose(b.scene, a.scene, atol=1e-6)

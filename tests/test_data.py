@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from geopak_lib.constants import PROVINCE_ID
-from geopak_lib.data.validate import (MANIFEST_COLUMNS, REJECT_POLICY, ImageLoadError, inspect_image, load_rgb,
-                             policy_table, read_table, validate_dataset, write_validation)
+from geopak_lib.data.images import ImageLoadError, inspect_image, load_rgb
+from geopak_lib.data.validate import (MANIFEST_COLUMNS, REJECT_POLICY, policy_table, read_table, validate_dataset, write_validation)
 from geopak_lib.geo import locate_province, province_shapes
 
 KARACHI, LAHORE, PESHAWAR = (24.86, 67.01), (31.52, 74.36), (34.01, 71.58)

@@ -11,6 +11,7 @@ import shapely
 from PIL import Image
 
 from geopak_lib.book import demo
+from geopak_lib.geo import KM_PER_DEG_LAT
 from geopak_lib.data import places
 from geopak_lib.constants import PROVINCES, SPEC_SHARES
 from geopak_lib.geo import haversine_km, locate_province, province_shapes
@@ -104,7 +105,7 @@ def test_sample_views_poor_share():
 
 def test_window_box_by_hand():
     # 111.195 km = 1 degree of latitude; at lat 30 a degree of longitude is cos(30) as long.
-    km = demo.KM_PER_DEG_LAT
+    km = KM_PER_DEG_LAT
     box = demo.window_box(30.0, 70.0, km, 0.0, 0.0, px_per_deg=15.0)
     half_lon = 0.5 / np.cos(np.radians(30.0))
     np.testing.assert_allclose(box, [(12 - half_lon) * 15, 9.5 * 15, (12 + half_lon) * 15, 10.5 * 15])

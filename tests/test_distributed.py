@@ -113,7 +113,7 @@ def test_torchrun_two_ranks_build_the_cache_notebook_02_then_finds(tmp_path, mon
     np.testing.assert_allclose(two.scene, one.scene, rtol=2e-3, atol=1e-3)
     assert two.meta["parts"] == 2 and not [p for p in two.path.iterdir() if p.name.startswith("part")]
     # notebook 02's call finds it complete: same folder, nothing rebuilt
-    monkeypatch.setattr(features, "_build", lambda *a, **k: pytest.fail("the cache was rebuilt"))
+    monkeypatch.setattr(features, "build_slots", lambda *a, **k: pytest.fail("the cache was rebuilt"))
     again = FeatureCache.build_or_load(manifest, clip, scene, cache_root=tmp_path / "cache", views=1, batch_size=4,
                                        num_workers=0, device="cpu", seed=3)
     assert again.path == built[0]
@@ -142,7 +142,8 @@ def test_misspelled_profile_key_and_help(tmp_path, capsys):
 
 def _phase2_setup(tmp_path):
     from geopak_lib.model.geopak import GeopakModel, ModelConfig
-    from geopak_lib.training.trainer import PhaseConfig, TrainData, make_loss
+    from geopak_lib.training.config import PhaseConfig
+    from geopak_lib.training.inputs import TrainData, make_loss
 
     table = _table(tmp_path / "img").assign(province_id=lambda t: t["province"].map(
         {"Sindh": 0, "Punjab": 1, "Khyber Pakhtunkhwa": 2, "Balochistan": 5}))
@@ -167,7 +168,7 @@ def _phase2_setup(tmp_path):
 def _sgd(model, cfg):
     """Plain SGD: Adam's first steps move every weight by ~lr whatever the gradient's size, so the
     float rounding of the all-reduce would flip near-zero gradients into lr-sized differences."""
-    from geopak_lib.training.trainer import configure_trainable
+    from geopak_lib.training.config import configure_trainable
 
     groups = configure_trainable(model, cfg)
     return torch.optim.SGD([p for ps in groups.values() for p in ps], lr=0.5)
@@ -181,7 +182,7 @@ def _ddp_worker(rank, tmp_path):
 
 
 def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
-    from geopak_lib.training.passes import _batches, _loss_terms
+    from geopak_lib.training.passes import batches as pass_batches, loss_terms
 
     _table(tmp_path / "img")  # the images, before the ranks read them
     _launch(_ddp_worker, tmp_path)
@@ -195,7 +196,7 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
     model.scene_encoder.eval()
     # each half's augmentation is seeded by the rows' places in the global batch (r, r + 2, ...): with
     # places counted within the half, rank 1 would repeat rank 0's views and this comparison would fail
-    halves = [list(_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg, 1, True, "cpu",
+    halves = [list(pass_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg.pass_settings(), 1, True, "cpu",
                             positions=[list(range(len(b)))[r::2] for b in batches])) for r in (0, 1)]
     params = [p for g in opt.param_groups for p in g["params"]]
     for step in range(len(batches)):
@@ -203,7 +204,7 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
         for r in (0, 1):
             rows, inputs = halves[r][step]
             out = model(*inputs)
-            (_loss_terms(loss_fn, model, out, data.labels(rows, "cpu"), cfg, 1)["total"] / 2).backward()
+            (loss_terms(loss_fn, model, out, data.labels(rows, "cpu"), cfg.pass_settings(), 1)["total"] / 2).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
     want, changed = model.state_dict(), []

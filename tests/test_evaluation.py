@@ -12,7 +12,8 @@ from scipy import stats
 
 from geopak_lib.book import figures as eval_plots
 from geopak_lib.evaluation import frame as evaluation
-from geopak_lib.evaluation import explain
+from geopak_lib.evaluation import calibration, explain
+from geopak_lib.evaluation.baselines import province_centroids
 from geopak_lib.book import provenance
 from geopak_lib.data import places
 from geopak_lib.model.geopak import GeopakModel, ModelConfig
@@ -47,7 +48,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     labels = np.array([rng.choice(7, p=row) for row in p])  # labels drawn from softmax(z): calibrated at T = 1
     logits = 2.5 * z  # an over-confident model: the right temperature is 2.5
-    rep = evaluation.temperature_calibration(logits[:3000], labels[:3000], logits[3000:], labels[3000:])
+    rep = calibration.temperature_calibration(logits[:3000], labels[:3000], logits[3000:], labels[3000:])
     assert rep["temperature"] == pytest.approx(2.5, rel=0.08)
     assert rep["ece_after"] < 0.03 < rep["ece_before"] and rep["nll_after"] < rep["nll_before"]
     assert rep["bins_before"]["n"].sum() == 3000
@@ -57,7 +58,7 @@ def test_radius_scale_gives_the_stated_coverage_on_new_data():
     rng = np.random.default_rng(1)
     spread = rng.uniform(5, 200, 8000)
     err = (spread + 1.0) * np.abs(rng.normal(size=8000))  # error / (spread + 1) is half-normal
-    scales, table = evaluation.radius_calibration(spread[:4000], err[:4000], spread[4000:], err[4000:])
+    scales, table = calibration.radius_calibration(spread[:4000], err[:4000], spread[4000:], err[4000:])
     for c in (0.5, 0.8, 0.95):  # the half-normal quantile, from scipy
         assert scales[str(c)] == pytest.approx(stats.halfnorm.ppf(c), rel=0.05)
         assert table.loc[c, "test coverage"] == pytest.approx(c, abs=0.02)
@@ -101,8 +102,7 @@ def test_headline_by_hand():
 
 
 def test_province_centroids_and_method_table():
-    train = pd.DataFrame({"province_id": [0, 0], "latitude": [0.0, 0.0], "longitude": [10.0, 20.0]})
-    c = evaluation.province_centroids(train)
+    c = province_centroids([0.0, 0.0], [10.0, 20.0], [0, 0])
     assert c[0] == pytest.approx([0.0, 15.0]) and c[3] == pytest.approx([0.0, 15.0])  # no samples: overall
     f = pd.DataFrame({"a_error_km": [10.0, 30.0], "b_error_km": [1.0, 2.0]})
     base = pd.DataFrame({"method": ["train_centroid", "knn"], "median_km": [900.0, 5.0], "n": [2, 2]})

@@ -12,8 +12,9 @@ from PIL import Image
 from torch import nn
 
 from geopak_lib.data.augment import clean_transform
-from geopak_lib.training.cache import (FeatureCache, baseline_errors, baseline_predictions, encoder_input, knn_indices,
-                                 spherical_mean)
+from geopak_lib.evaluation.baselines import baseline_errors, baseline_predictions, knn_indices
+from geopak_lib.geo import spherical_mean
+from geopak_lib.training.cache import FeatureCache, encoder_input
 from geopak_lib.geo import haversine_km
 
 
@@ -71,7 +72,7 @@ def test_layout_and_clean_view_matches_direct_computation(manifest, tmp_path):
     assert cache.clip.shape == (12 + 2 * 8, 5) and cache.scene.shape == (28, 4)
     assert list(cache.ids) == manifest["id"].tolist() and cache.views == 2
     # row 9 (val), clean view, computed by hand
-    from geopak_lib.data.validate import load_rgb
+    from geopak_lib.data.images import load_rgb
 
     x = clean_transform(16)(load_rgb(manifest.image_path[9]))[None]  # view size = max(16, 12)
     with torch.no_grad():
@@ -180,7 +181,7 @@ def test_baselines_by_hand():
 
 
 def test_real_encoders_build_and_reuse(manifest, tmp_path):
-    from geopak_lib.data.validate import load_rgb
+    from geopak_lib.data.images import load_rgb
     from geopak_lib.model.encoders import build_encoder, preprocess_batch
 
     with pytest.warns(UserWarning, match="RANDOM"):

@@ -9,10 +9,10 @@ from pyproj import Transformer
 
 from geopak_lib.constants import PROVINCES, UTM_ZONE
 from geopak_lib.geo import from_utm, haversine_km, km_to_deg, to_utm
-from geopak_lib.data.geocells import (CELL_COLUMNS, GeocellConfig, _reassign_and_merge, assign_nearest_cells,
-                                 build_geocells, cell_centre_radius, cell_distance_matrix_km,
-                                 cells_per_province, load_geocells, neighbor_lists, province_cell_table,
-                                 save_geocells, two_means, urban_cap_km)
+from geopak_lib.data.cells import (CELL_COLUMNS, assign_nearest_cells, cell_distance_matrix_km, cells_per_province,
+                                   load_geocells, neighbor_lists, province_cell_table, save_geocells)
+from geopak_lib.data.geocells import (GeocellConfig, _reassign_and_merge, build_geocells, cell_centre_radius, two_means,
+                                      urban_cap_km)
 
 
 def blob(rng, lat, lon, n, sigma_km, province, prefix):

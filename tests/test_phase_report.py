@@ -1,10 +1,8 @@
 """What the phase notebooks show: the outcome table, best rows per phase, the random-weights banner."""
 
-import numpy as np
 import pandas as pd
 
-from geopak_lib.training.checkpoints import CSV_COLUMNS
-from geopak_lib.book.phase_report import best_rows, outcome_table, province_confusion
+from geopak_lib.book.phase_report import outcome_table, province_confusion
 from geopak_lib.book.provenance import encoder_status_markdown
 
 
@@ -16,20 +14,6 @@ def test_outcome_table_compares_medians():
     assert out["method"].tolist() == ["model", "train_centroid", "knn"]
     assert out.loc[0, "median_km"] == 3.0 and out.loc[0, "acc_5km"] == 2 / 3
     assert out["model beats it"].tolist()[1:] == [True, False]
-
-
-def test_best_rows_picks_balanced_acc_for_phase0_and_median_for_later(tmp_path):
-    def write(phase, rows):
-        d = tmp_path / "checkpoints" / f"phase{phase}"
-        d.mkdir(parents=True)
-        frame = pd.DataFrame([{c: np.nan for c in CSV_COLUMNS} | r for r in rows], columns=CSV_COLUMNS)
-        frame.to_csv(d / "losses.csv", index=False)
-    write(0, [{"epoch": 1, "split": "val", "balanced_acc": 0.4}, {"epoch": 2, "split": "val", "balanced_acc": 0.7},
-              {"epoch": 2, "split": "train", "balanced_acc": 0.99}])
-    write(1, [{"epoch": 1, "split": "val", "median_error_km": 50.0}, {"epoch": 2, "split": "val", "median_error_km": 80.0}])
-    out = best_rows(tmp_path)
-    assert out["best epoch"].tolist() == [2, 1]
-    assert out.loc[1, "val median km"] == 50.0
 
 
 def test_province_confusion_labels():

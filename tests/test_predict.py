@@ -12,8 +12,9 @@ from geopak_lib.book import cli
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 from geopak_lib.model.encoders import Preprocess, preprocess_batch
 from geopak_lib.model.geopak import GeopakModel, ModelConfig
-from geopak_lib.evaluation.predictor import (GeopakPredictor, calibration_path, final_checkpoint, merge_view_outputs,
-                                save_calibration, tta_views)
+from geopak_lib.evaluation.calibration import save_calibration
+from geopak_lib.evaluation.outputs import merge_view_outputs, tta_views
+from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.book.predict_cli import results_table
 
 CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
@@ -222,18 +223,6 @@ def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:  # argparse: a required option is missing
         cli.main(["predict", img])
     assert exc.value.code == 2
-
-
-def test_final_checkpoint_choice(tmp_path):
-    with pytest.raises(FileNotFoundError, match="training notebooks"):
-        final_checkpoint(tmp_path)
-    for p in (1, 2):
-        (tmp_path / "checkpoints" / f"phase{p}").mkdir(parents=True)
-        (tmp_path / "checkpoints" / f"phase{p}" / "best.pt").write_bytes(b"x")
-    assert final_checkpoint(tmp_path).parent.name == "phase2"
-    (tmp_path / "final_checkpoint.txt").write_text(str(tmp_path / "checkpoints" / "phase1" / "best.pt") + "\n")
-    assert final_checkpoint(tmp_path).parent.name == "phase1"
-    assert calibration_path(tmp_path / "a" / "best.pt").name == "best.calibration.json"
 
 
 def test_results_table_columns_for_failed_rows():

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from geopak_lib.book import predict_cli
 from geopak_lib.book.demo import build_demo_dataset
+from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import main_book
 from geopak_lib.data.validate import validate_dataset, write_validation
+from geopak_lib.evaluation.export import export_model
 
 DESCRIPTION = """\
 GEOPAK book: province-aware hierarchical image geolocation for Pakistan.
@@ -21,7 +23,8 @@ subcommands:
   demo       build the demo dataset (aerial and terrain crops from NASA imagery around real towns)
   validate   check a dataset (CSV/Parquet + image folder); write a manifest and a rejects table
   book       run the numbered notebooks headless with a profile from params/, render HTML reports
-  predict    predict lat/lon for images with a trained checkpoint
+  predict    predict lat/lon for images with a trained checkpoint or an exported model folder
+  export     write a checkpoint as a shareable model folder (safetensors + config.json + model card)
 
 Run `geopak SUBCOMMAND --help` for the options of each.
 """
@@ -54,6 +57,45 @@ def _cmd_validate(args) -> int:
 
 def _cmd_book(args) -> int:
     return main_book(args)
+
+
+EXPORT_DESCRIPTION = """\
+Write a trained checkpoint as one folder that `geopak predict --model DIR` and
+GeopakPredictor.from_pretrained(DIR) load with nothing else:
+
+  model.safetensors  the heads, plus the encoder tensors its spec cannot rebuild (fine-tuned blocks,
+                     random weights, local weight files); every encoder tensor with --include-encoders
+  config.json        model configuration, geocells, encoder specs and preprocessing, provinces, the
+                     calibration and test summary of 06_evaluation, and the sha256 of the weights
+  README.md          a model card: data, test figures per province, weight status, use, licences
+
+A calibration or summary made from another checkpoint is refused. Loading checks the sha256.
+
+example:
+  geopak export "$(cat runs/demo/final_checkpoint.txt)" --out shared_model/
+  geopak predict photos/ --model shared_model/ --out predictions.csv
+"""
+
+
+def _cmd_export(args) -> int:
+    checkpoint = Path(args.checkpoint)
+    try:
+        config = export_model(checkpoint, args.out, args.include_encoders)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"geopak export: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"geopak export: cannot write {args.out} ({exc.strerror})", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or (checkpoint.resolve().parents[2] if len(checkpoint.resolve().parents) > 2 else None)
+    (Path(args.out) / "README.md").write_text(model_card(config, run_dir), encoding="utf-8")
+    size = (Path(args.out) / "model.safetensors").stat().st_size / 1e6
+    print(f"model folder {args.out}: model.safetensors ({size:.1f} MB), config.json, README.md")
+    for slot, e in config["encoders"].items():
+        print(f"  {slot}: {e['spec']} ({e['weight_status']}); weights in file: {e['weights_in_file']}")
+    if config["calibration"] is None:
+        print("  no calibration beside the checkpoint: run 06_evaluation first for a calibrated radius_km")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_book)
 
     predict_cli.add_parser(sub, predict_cli.run)
+
+    p = sub.add_parser("export", help="write a checkpoint as a shareable model folder",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=EXPORT_DESCRIPTION)
+    p.add_argument("checkpoint", help="a best.pt, e.g. \"$(cat runs/demo/final_checkpoint.txt)\"")
+    p.add_argument("--out", required=True, help="folder to write (created; files in it are replaced)")
+    p.add_argument("--include-encoders", action="store_true",
+                   help="copy every encoder tensor, not only those its spec cannot rebuild")
+    p.add_argument("--run-dir", help="the run folder, for the model card's data section "
+                                     "(default: the folder three levels above the checkpoint)")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

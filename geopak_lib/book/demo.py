@@ -31,7 +31,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from geopak_lib.constants import PROVINCES, SPEC_SHARES
-from geopak_lib.geo import KM_PER_DEG_LAT, km_to_deg, locate_province
+from geopak_lib.geo import km_to_deg, locate_province
 from geopak_lib.data.places import MIN_POPULATION, pakistan_towns
 from geopak_lib.utils import atomic_write_bytes
 

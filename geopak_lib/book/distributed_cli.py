@@ -9,11 +9,15 @@ import ast
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch.distributed as dist
 
+from geopak_lib.book.runner import REPO_ROOT, Profile, ProfileError, check_profile, declared_parameters, load_profile
+from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.distributed import build_cache_distributed, init_from_env
+from geopak_lib.training.inputs import CACHE_PARAMETERS, build_encoders, cache_settings
 from geopak_lib.utils import pick_device
 
 # --- command line: `torchrun ... -m geopak_lib.book.distributed_cli cache --profile demo` ---
@@ -54,8 +58,6 @@ def notebook_parameters(profile_name: str, notebook: str = NOTEBOOK) -> dict:
     """The values `geopak book` runs ``notebook`` with: its parameters cell's defaults overlaid by
     the profile's common and per-notebook keys. Keys the notebook does not declare raise
     book.ProfileError, as in the book (only this notebook's keys are checked here)."""
-    from geopak_lib.book.runner import REPO_ROOT, Profile, check_profile, declared_parameters, load_profile
-
     prof = load_profile(profile_name)
     path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
     check_profile(Profile(prof.name, prof.path, prof.common, {notebook: prof.notebooks.get(notebook)}), [path])
@@ -66,8 +68,6 @@ def notebook_parameters(profile_name: str, notebook: str = NOTEBOOK) -> dict:
 
 def main(argv=None) -> int:
     """Entry point (see CLI_DESCRIPTION). Returns the exit code."""
-    from geopak_lib.book.runner import REPO_ROOT, ProfileError
-
     args = _parser().parse_args(argv)
     prog = "geopak_lib.book.distributed_cli cache"
     try:
@@ -85,19 +85,13 @@ def main(argv=None) -> int:
 
 
 def notebook_inputs(params: dict, manifest_path) -> tuple:
-    """Notebook 02's set-up cell: seed_everything(seed) first (random-init encoders then get the
-    notebook's weights, hence its cache key), the manifest, then the clip and scene encoders.
-    -> (manifest, clip_encoder, scene_encoder)."""
-    import pandas as pd
-
-    from geopak_lib.model.encoders import build_encoder
-    from geopak_lib.utils import seed_everything
-
-    seed_everything(params["seed"])
-    manifest = pd.read_csv(manifest_path, dtype={"id": str})
-    clip_encoder = build_encoder(params["clip_spec"], params["clip_weights"] or None)
-    scene_encoder = build_encoder(params["scene_spec"], params["scene_weights"] or None)
-    return manifest, clip_encoder, scene_encoder
+    """What notebook 02 builds its cache from, by the same library calls (build_encoders seeds
+    first, so random-init encoders get the notebook's weights and hence its cache key).
+    -> (manifest, clip_encoder, scene_encoder, CacheSettings)."""
+    manifest = RunDir(Path(manifest_path).parent).read_manifest()
+    clip_encoder, scene_encoder = build_encoders(params["seed"], params["clip_spec"], params["clip_weights"],
+                                                 params["scene_spec"], params["scene_weights"])
+    return manifest, clip_encoder, scene_encoder, cache_settings(**{k: params[k] for k in CACHE_PARAMETERS})
 
 
 def _cache(params: dict, manifest_path: Path, device: str, decode: str, progress: bool, prog: str) -> int:
@@ -107,14 +101,12 @@ def _cache(params: dict, manifest_path: Path, device: str, decode: str, progress
     started = time.time()
     try:
         try:
-            manifest, clip_encoder, scene_encoder = notebook_inputs(params, manifest_path)
+            manifest, clip_encoder, scene_encoder, settings = notebook_inputs(params, manifest_path)
         except (FileNotFoundError, ValueError) as e:  # a weights file or an encoder spec: say which
             print(f"{prog}: {e}", file=sys.stderr)
             return 2
-        cache = build_cache_distributed(manifest, clip_encoder, scene_encoder, cache_root=params["cache_dir"],
-                                        views=params["cache_views"], batch_size=params["cache_batch_size"],
-                                        num_workers=params["num_workers"], device=device, seed=params["seed"],
-                                        decode=decode, progress=progress)
+        cache = build_cache_distributed(manifest, clip_encoder, scene_encoder, replace(settings, decode=decode),
+                                        device, progress)
     finally:
         if grouped:
             dist.destroy_process_group()

@@ -14,6 +14,8 @@ import pandas as pd
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.metrics import confusion_matrix
 from geopak_lib.book.report import PROVINCE_COLORS, offline_map
+from geopak_lib.data.images import load_rgb
+from geopak_lib.metrics import error_km
 
 ERROR_BUCKETS = ((25, "#1a9850", "≤ 25 km"), (100, "#91cf60", "25–100 km"), (200, "#fee08b", "100–200 km"),
                  (750, "#fc8d59", "200–750 km"), (np.inf, "#d73027", "> 750 km"))
@@ -166,8 +168,6 @@ def hypotheses_map(result: dict, truth=None, heat: bool = True) -> folium.Map:
 
 def describe_prediction(result: dict, truth=None) -> str:
     """Markdown summary of one predictor result; with truth (lat, lon), the error too."""
-    from geopak_lib.metrics import error_km
-
     radius = (f"{result['radius_km']:.0f} km ({100 * result['radius_coverage']:.0f}% radius, calibrated on validation)"
               if result["radius_calibrated"] else f"{result['radius_km']:.0f} km (uncalibrated: run 06_evaluation)")
     text = (f"**{result['province']}** (confidence {result['confidence']:.2f}) at **{result['lat']:.4f}, "
@@ -180,8 +180,6 @@ def describe_prediction(result: dict, truth=None) -> str:
 
 def image_figure(path, title: str = ""):
     """The image itself, small, as a figure."""
-    from geopak_lib.data.validate import load_rgb
-
     fig, ax = plt.subplots(figsize=(3.2, 3.2))
     ax.imshow(load_rgb(path))
     ax.set_title(title, fontsize=9)

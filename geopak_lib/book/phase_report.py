@@ -1,24 +1,20 @@
 """What the training-phase notebooks (02-05) show: curves, gate histograms, phase comparisons,
 and the outcome table (the model's end-to-end error against the baselines).
 
-Every error figure here is the end-to-end mixture prediction unless a column says "oracle"
+Every error figure here is the end-to-end mixture prediction unless a column says "true cell"
 (the true cell fed in), which is a diagnostic and never a selection metric.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
-from geopak_lib.metrics import summarize_errors
+from geopak_lib.metrics import confusion_matrix, per_class_accuracy, summarize_errors
 
 LOSS_TERMS = ("loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux")
-PHASE_NAMES = {0: "phase 0 (province warm-up)", 1: "phase 1 (geography)", 2: "phase 2 (adaptation)",
-               3: "phase 3 (fine-tune)"}
 
 
 def loss_curves(history: pd.DataFrame, title: str = ""):
@@ -32,9 +28,9 @@ def loss_curves(history: pd.DataFrame, title: str = ""):
             part = h[h["split"] == split]
             if part[col].notna().any():
                 ax.plot(part["epoch"], part[col], style, ms=3, label=split)
-        if col == "median_error_km" and "oracle_median_km" in h:
+        if col == "median_error_km" and "true_cell_median_km" in h:
             v = h[h["split"] == "val"]
-            ax.plot(v["epoch"], v["oracle_median_km"], ":", color="grey", label="val, true cell (diagnostic)")
+            ax.plot(v["epoch"], v["true_cell_median_km"], ":", color="grey", label="val, true cell (diagnostic)")
         ax.set_title(col.replace("loss_", "loss: ").replace("_", " "), fontsize=9)
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
@@ -67,27 +63,6 @@ def alpha_histogram(alpha, title: str = "Fusion gate α on validation images"):
     return fig
 
 
-def best_rows(run_dir) -> pd.DataFrame:
-    """The best validation row of every phase that has run, from its losses.csv and log."""
-    rows = []
-    for phase in range(4):
-        csv = Path(run_dir) / "checkpoints" / f"phase{phase}" / "losses.csv"
-        if not csv.exists():
-            continue
-        h = pd.read_csv(csv)
-        v = h[h["split"] == "val"]
-        if not len(v):
-            continue
-        key = v["balanced_acc"].idxmax() if phase == 0 else v["median_error_km"].idxmin()
-        r = v.loc[key]
-        rows.append({"phase": PHASE_NAMES[phase], "best epoch": int(r["epoch"]),
-                     "val median km": r["median_error_km"], "val p90 km": r["p90_error_km"],
-                     "val province acc": r["province_acc"], "val balanced acc": r["balanced_acc"],
-                     "val median km, true cell (diagnostic)": r["oracle_median_km"],
-                     "mean α": r["alpha_mean"]})
-    return pd.DataFrame(rows)
-
-
 def outcome_table(predictions: pd.DataFrame, baselines: pd.DataFrame, model_name: str) -> pd.DataFrame:
     """The model's end-to-end errors beside the baselines (rows of features.baseline_errors).
 
@@ -103,8 +78,47 @@ def outcome_table(predictions: pd.DataFrame, baselines: pd.DataFrame, model_name
 
 def province_confusion(true, pred) -> pd.DataFrame:
     """Confusion counts as a labelled table: rows = true province, columns = predicted."""
-    from geopak_lib.metrics import confusion_matrix
-
     short = [PROVINCE_SHORT[p] for p in PROVINCES]
     cm = confusion_matrix(true, pred)
     return pd.DataFrame(cm, index=pd.Index(list(PROVINCES), name="true \\ predicted"), columns=short)
+
+
+def province_recall_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per true province: n and the share predicted right (recall), from a predictions frame."""
+    recall = per_class_accuracy(frame["province_id"], frame["province_pred"])
+    n = np.bincount(frame["province_id"].to_numpy(int), minlength=len(PROVINCES))
+    return pd.DataFrame({"n": n, "recall": recall}, index=pd.Index(list(PROVINCES), name="province"))
+
+
+def phase_comparison_plot(table: pd.DataFrame):
+    """Val and test median error, province accuracy and cell top-5 per phase (phase_comparison rows)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
+    for ax, (col, label) in zip(axes, (("median_km", "median error (km)"), ("province_acc", "province accuracy"),
+                                       ("cell_top5_acc", "true cell in top 5"))):
+        for split, style in (("val", "o-"), ("test", "s--")):
+            part = table[table["split"] == split]
+            ax.plot(part["phase"], part[col], style, label=split)
+        ax.set(xlabel="phase", ylabel=label, xticks=sorted(table["phase"].unique()))
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("What each phase adds (best checkpoint of each phase, end-to-end)")
+    fig.tight_layout()
+    return fig
+
+
+def phase_gains_markdown(table: pd.DataFrame, final_phase: int) -> str:
+    """One sentence per later phase: how its best checkpoint moved the median error on val and test
+    against the phase before it, in km, said plainly when it made things worse."""
+    med = table.pivot(index="phase", columns="split", values="median_km")
+    lines = []
+    for phase in [p for p in med.index if p >= 2 and p - 1 in med.index]:
+        dv, dt = med.loc[phase, "val"] - med.loc[phase - 1, "val"], med.loc[phase, "test"] - med.loc[phase - 1, "test"]
+        verb = "improves" if dv < 0 else ("changes nothing on" if dv == 0 else "worsens")
+        lines.append(f"- Phase {phase} {verb} validation: median {med.loc[phase - 1, 'val']:.1f} → "
+                     f"{med.loc[phase, 'val']:.1f} km ({dv:+.1f}); test {med.loc[phase - 1, 'test']:.1f} → "
+                     f"{med.loc[phase, 'test']:.1f} km ({dt:+.1f}).")
+    if 1 in med.index:
+        lines.insert(0, f"- Phase 1 (geography on frozen features): val median {med.loc[1, 'val']:.1f} km, "
+                        f"test {med.loc[1, 'test']:.1f} km.")
+    lines.append(f"\nThe final model is **phase {final_phase}** (lowest validation median; test not consulted).")
+    return "\n".join(lines)

@@ -13,12 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from geopak_lib.evaluation.predictor import GeopakPredictor
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km")
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 
 DESCRIPTION = """\
-Predict where in Pakistan each image was taken, with a trained GEOPAK checkpoint.
+Predict where in Pakistan each image was taken, with a trained GEOPAK checkpoint (--checkpoint,
+from the training notebooks) or an exported model folder (--model, from `geopak export`).
 
 IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched recursively for
 .jpg .jpeg .png .webp .bmp .tif .tiff files (any letter case).
@@ -29,11 +32,12 @@ once 06_evaluation has calibrated the checkpoint), hyp1_province, hyp1_lat, hyp1
 hyp1_weight, ... for the --top best hypotheses, and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
 
-Exit codes: 0 all files predicted; 1 some files failed; 2 missing/incompatible checkpoint or bad
-arguments.
+Exit codes: 0 all files predicted; 1 some files failed; 2 missing/incompatible checkpoint or
+model folder, a file that would run code, or bad arguments.
 
-example:
+examples:
   geopak predict photos/ --checkpoint "$(cat runs/demo/final_checkpoint.txt)" --out predictions.csv
+  geopak predict photos/ --model shared_model/ --out predictions.csv --geojson predictions.geojson
 """
 
 
@@ -43,8 +47,10 @@ def add_parser(subparsers, func):
     p = subparsers.add_parser("predict", help="predict lat/lon for images with a trained checkpoint",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders")
-    p.add_argument("--checkpoint", required=True,
-                   help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint",
+                       help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt")
+    which.add_argument("--model", help="a model folder written by `geopak export` (config.json + model.safetensors)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--geojson", help="also write a GeoJSON FeatureCollection of points here")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -100,8 +106,6 @@ def geojson(table: pd.DataFrame) -> dict:
 
 
 def run(args) -> int:
-    from geopak_lib.evaluation.predictor import GeopakPredictor
-
     err = lambda msg: print(f"geopak predict: {msg}", file=sys.stderr)  # noqa: E731
     if args.batch_size < 1 or args.top < 1 or (args.workers is not None and args.workers < 0):
         err("--batch-size and --top must be >= 1, --workers >= 0")
@@ -111,7 +115,10 @@ def run(args) -> int:
         err(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}")
         return 2
     try:
-        predictor = GeopakPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+        if args.model:
+            predictor = GeopakPredictor.from_pretrained(args.model, device=args.device, tta=args.tta)
+        else:
+            predictor = GeopakPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
     except (FileNotFoundError, ValueError) as exc:
         err(str(exc))
         return 2
@@ -126,7 +133,7 @@ def run(args) -> int:
     table = results_table(records, args.top)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6g")
+    table.to_csv(out, index=False, float_format="%.8g")  # lat/lon to ~1e-6 degrees (0.1 m)
     if args.geojson:
         Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
         Path(args.geojson).write_text(json.dumps(geojson(table), indent=1))

@@ -21,6 +21,7 @@ import folium
 import numpy as np
 
 from geopak_lib.geo import province_geojson
+from geopak_lib.constants import PROVINCES, SPEC_SHARES
 
 PAK_CENTER = (30.4, 69.4)
 RELIEF_BOUNDS = ((23.0, 60.0), (37.5, 78.0))  # (south, west), (north, east) degrees
@@ -227,8 +228,6 @@ def province_share_chart(counts, title: str = "Samples per province"):
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from geopak_lib.constants import PROVINCES, SPEC_SHARES
-
     counts = pd.Series(counts).reindex(PROVINCES, fill_value=0)
     share = counts / max(counts.sum(), 1)
     fig, ax = plt.subplots(figsize=(9, 3.6))
@@ -265,8 +264,6 @@ def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> foliu
     cells: geocell table (cell_id, province, center_lat, center_lon, radius_km, n_samples).
     samples: optional rows with latitude, longitude, province, cell_id (drawn as small dots).
     """
-    from geopak_lib.constants import PROVINCES
-
     m = offline_map()
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
                "#469990", "#800000", "#808000", "#000075"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from geopak_lib.book.report import export_html
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_SECTIONS = {"common", "notebooks"}
@@ -113,8 +114,6 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
-
-    from geopak_lib.book.report import export_html
 
     profile = load_profile(profile_name)
     notebooks = notebook_paths()

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from geopak_lib.data.images import exif_orientation, load_rgb  # the one loader of the book: EXIF, RGB, clear errors
+
 STRONG_PROVINCES = ("Sindh", "Punjab")
 MAX_ROTATION_DEG = 5.0  # a tilted camera is natural; more than this starts to invent geography
 FORBIDDEN = (v2.RandomHorizontalFlip, v2.RandomVerticalFlip, v2.RandomPerspective,
@@ -169,11 +171,11 @@ def jpeg_bytes_or_view(path, size: int) -> torch.Tensor:
     try:
         if data[:2] == b"\xff\xd8":
             with Image.open(io.BytesIO(data)) as im:  # reads the header only
-                if im.mode in ("RGB", "L") and int(im.getexif().get(0x0112, 1) or 1) == 1:
+                if im.mode in ("RGB", "L") and exif_orientation(im) == 1:
                     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
     except Exception:  # a damaged header: the loader below says what is wrong
         pass
-    return clean_transform(size)(_load_rgb(path))
+    return clean_transform(size)(load_rgb(path))
 
 
 def finish_views(items, size: int, device) -> torch.Tensor:
@@ -243,12 +245,6 @@ def item_seed(seed: int, *keys: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
-def _load_rgb(path):
-    from geopak_lib.data.validate import load_rgb  # the one loader of the book: EXIF orientation, RGB, clear errors
-
-    return load_rgb(path)
-
-
 class ImageViewDataset(torch.utils.data.Dataset):
     """Images of a manifest, one view per item. An item is (row, strength, seed): row indexes
     ``paths``; strength 'none' gives the clean view, 'strong'/'mild' an augmented one drawn with
@@ -268,7 +264,7 @@ class ImageViewDataset(torch.utils.data.Dataset):
         row, strength, seed = item
         if strength == "none" and self.jpeg_bytes:
             return row, jpeg_bytes_or_view(self.paths[row], self.size)
-        image = _load_rgb(self.paths[row])
+        image = load_rgb(self.paths[row])
         if strength == "none":
             return row, self.clean(image)
         with torch.random.fork_rng(devices=[]):  # keep the caller's RNG stream untouched

@@ -52,7 +52,7 @@ def _open(path, draft: bool = False) -> tuple[Image.Image, bytes, tuple[int, int
     return img, data, size
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
     """EXIF orientation tag (1..8; 1 = as stored)."""
     try:
         return int(img.getexif().get(0x0112, 1) or 1)
@@ -87,7 +87,7 @@ def load_rgb(path) -> Image.Image:
     corrupt or non-image file.
     """
     img, _, _ = _open(path)
-    if _orientation(img) != 1:
+    if exif_orientation(img) != 1:
         img = ImageOps.exif_transpose(img)
     return _to_rgb(img)
 
@@ -100,7 +100,7 @@ def inspect_image(path) -> tuple[int, int, str]:
     Raises :class:`ImageLoadError`.
     """
     img, data, (width, height) = _open(path, draft=True)
-    if _orientation(img) in (5, 6, 7, 8):  # 90-degree rotations swap the sides
+    if exif_orientation(img) in (5, 6, 7, 8):  # 90-degree rotations swap the sides
         width, height = height, width
     _to_rgb(img)  # same conversion as load_rgb, so a mode it cannot handle is caught here
     return width, height, hashlib.sha1(data).hexdigest()

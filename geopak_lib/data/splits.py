@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from geopak_lib.constants import EARTH_RADIUS_KM, PROVINCE_ID, PROVINCES
+from geopak_lib.data.validate import MANIFEST_COLUMNS  # canonical order, extra columns after
 
 SPLITS = ("train", "val", "test")
 # Projection centre (lat, lon) in degrees: roughly the middle of Pakistan. Distances from it are
@@ -96,8 +97,6 @@ def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_f
     out["split"] = out["block_id"].map(split_of)
     if buffer_km > 0:
         out.loc[_near_held_out(out, buffer_km), "split"] = "buffer"
-    from geopak_lib.data.validate import MANIFEST_COLUMNS  # canonical order, extra columns after
-
     cols = [c for c in MANIFEST_COLUMNS if c in out.columns]
     return out[cols + [c for c in out.columns if c not in cols]]
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from geopak_lib.constants import PROVINCE_ID, PROVINCES
 from geopak_lib.geo import KM_PER_DEG_LAT, locate_province, province_shapes
-from geopak_lib.data.images import JPEG_DRAFT_SIZE, ImageLoadError, inspect_image, load_rgb  # noqa: F401  (re-exported)
+from geopak_lib.data.images import ImageLoadError, inspect_image
+from geopak_lib.data.rundir import RunDir
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
 MANIFEST_COLUMNS = ("id", "image", "image_path", "latitude", "longitude", "province", "province_id",
@@ -302,10 +303,5 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
 
 def write_validation(result: ValidationResult, out_dir) -> dict[str, Path]:
     """Write manifest.csv, rejects.csv and fixes.csv into ``out_dir`` (atomically). Returns their paths."""
-    from geopak_lib.utils import atomic_write_bytes
-
-    out = {}
-    for name in ("manifest", "rejects", "fixes"):
-        out[name] = Path(out_dir) / f"{name}.csv"
-        atomic_write_bytes(out[name], getattr(result, name).to_csv(index=False).encode())
-    return out
+    run = RunDir(out_dir)
+    return {name: run.write_table(f"{name}.csv", getattr(result, name)) for name in ("manifest", "rejects", "fixes")}

@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from geopak_lib.constants import PROVINCES
+from geopak_lib.evaluation.outputs import ImageFiles
 
 GREY = 128  # uint8 fill of an occluded square: mid-grey, close to every encoder's mean input
 
 
 def load_views(paths, size: int) -> torch.Tensor:
     """Clean evaluation views of image files: uint8 (B, 3, size, size)."""
-    from geopak_lib.evaluation.predictor import ImageFiles
-
     files = ImageFiles(paths, size)
     views = []
     for i in range(len(files)):

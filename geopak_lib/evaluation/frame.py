@@ -8,8 +8,6 @@ they are shown. Plots and maps: eval_plots.py. Decisions: docs/decisions/evaluat
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
@@ -17,11 +15,15 @@ import torch
 from geopak_lib import geo
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
 from geopak_lib.data.places import nearest_town, pakistan_towns
-from geopak_lib.training.cache import manifest_hash, spherical_mean
-from geopak_lib.model.inference import argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points, mixture_predict
-from geopak_lib.metrics import (coverage, error_km, error_radius, expected_calibration_error, fit_radius_scale, fit_temperature,
-                      nll, per_class_accuracy, per_group_summary, reliability_bins, summarize_errors)
-from geopak_lib.evaluation.predictor import RADIUS_FLOOR_KM, outputs_to
+from geopak_lib.evaluation.baselines import province_centroids
+from geopak_lib.metrics import error_km, per_class_accuracy, per_group_summary, summarize_errors
+from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points,
+                                        mixture_predict, outputs_to)
+from geopak_lib.training.passes import PassSettings, model_outputs
+from geopak_lib.data.rundir import RunDir
+from geopak_lib.training.checkpoints import build_model_from_checkpoint
+from geopak_lib.training.selection import PHASE_NAMES
+from geopak_lib.utils import pick_device
 
 METHODS = {  # column prefix -> what the ablation table calls it
     "mixture": "GEOPAK mixture (top-2 provinces × top-5 cells)",
@@ -37,12 +39,24 @@ DIAGNOSTICS = {
 BASELINE_NAMES = {"train_centroid": "baseline: training-set centroid",
                   "province_centroid": "baseline: centroid of phase-1's predicted province",
                   "knn": "baseline: kNN on frozen features"}
-COVERAGES = (0.5, 0.8, 0.95)
 URBAN_MIN_POPULATION = 100_000
 URBAN_RADIUS_KM = 10.0
 
 
 # --- model outputs for a split ----------------------------------------------------------------
+
+def split_frame(model, data, split: str, source: str = "cache", batch_size: int = 256, device="cpu",
+                top_provinces: int = 2, top_cells: int = 5, num_workers: int = 0, progress: bool = False):
+    """predictions_frame for the ``split`` rows of data (a TrainData), the model run through the
+    trainer's own pass: source 'cache' (heads on frozen features) or 'images' (encoders inside)."""
+    device = pick_device(device)
+    model.to(device)
+    rows = data.rows(split)
+    settings = PassSettings(source=source, batch_size=batch_size, num_workers=num_workers)
+    outputs = model_outputs(model, data, rows, settings, device, progress)
+    return predictions_frame(model, outputs, data.table.iloc[rows], data.table.iloc[data.rows("train")],
+                             top_provinces, top_cells)
+
 
 def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False, batch_size: int = 64,
                   num_workers: int = 0, progress: bool = True) -> dict:
@@ -95,8 +109,8 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     f["spread_km"], f["alpha"] = np_(mix["spread_km"]), np_(out["alpha"])
     ranked = cell_ranking(model, out, 5)
     f["cell_pred"], f["cell_in_top5"] = ranked[:, 0], (ranked == f["cell_id"].to_numpy()[:, None]).any(1)
-    cents = province_centroids(train)
-    t_lat, t_lon = spherical_mean(train["latitude"].to_numpy(float), train["longitude"].to_numpy(float))
+    cents = province_centroids(train["latitude"], train["longitude"], train["province_id"])
+    t_lat, t_lon = geo.spherical_mean(train["latitude"].to_numpy(float), train["longitude"].to_numpy(float))
     pts = {"mixture": (mix["lat"], mix["lon"]), "train_centroid": (np.full(len(f), t_lat), np.full(len(f), t_lon)),
            "argmax": (arg["lat"], arg["lon"]), "aux": (aux["lat"], aux["lon"]),
            "province_centroid": (cents[f["province_pred"], 0], cents[f["province_pred"], 1]),
@@ -111,22 +125,6 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     for p in range(NUM_PROVINCES):
         f[f"logit_{p}"] = logits[:, p]
     return f
-
-
-def province_logits(frame: pd.DataFrame) -> np.ndarray:
-    return frame[[f"logit_{p}" for p in range(NUM_PROVINCES)]].to_numpy(float)
-
-
-def province_centroids(train: pd.DataFrame) -> np.ndarray:
-    """(7, 2) spherical mean (lat, lon) of each province's training samples; the overall training
-    centroid for a province without training samples."""
-    lat, lon = train["latitude"].to_numpy(float), train["longitude"].to_numpy(float)
-    out = np.tile(np.array(spherical_mean(lat, lon), float), (NUM_PROVINCES, 1))
-    for p in range(NUM_PROVINCES):
-        m = train["province_id"].to_numpy(int) == p
-        if m.any():
-            out[p] = spherical_mean(lat[m], lon[m])
-    return out
 
 
 # --- tables ------------------------------------------------------------------------------------
@@ -171,63 +169,29 @@ def urban_rural(lat, lon, min_population: int = URBAN_MIN_POPULATION,
     return pd.DataFrame({"town": name, "town_km": dist, "setting": np.where(dist <= radius_km, "urban", "rural")})
 
 
-# --- calibration ---------------------------------------------------------------------------------
-
-def _softmax(z):
-    z = np.asarray(z, float) - np.max(z, 1, keepdims=True)
-    return np.exp(z) / np.exp(z).sum(1, keepdims=True)
-
-
-def temperature_calibration(val_logits, val_labels, test_logits, test_labels, n_bins: int = 10) -> dict:
-    """Fit T on validation; ECE/NLL on test before (T = 1) and after. Returns temperature, ece_before,
-    ece_after, nll_before, nll_after, bins_before, bins_after (reliability_bins frames, test)."""
-    t = fit_temperature(val_logits, val_labels)
-    before, after = _softmax(test_logits), _softmax(np.asarray(test_logits, float) / t)
-    return {"temperature": t, "ece_before": expected_calibration_error(before, test_labels, n_bins),
-            "ece_after": expected_calibration_error(after, test_labels, n_bins),
-            "nll_before": nll(test_logits, test_labels), "nll_after": nll(test_logits, test_labels, t),
-            "bins_before": reliability_bins(before, test_labels, n_bins),
-            "bins_after": reliability_bins(after, test_labels, n_bins)}
-
-
-def radius_calibration(val_spread, val_err, test_spread, test_err, coverages=COVERAGES,
-                       floor_km: float = RADIUS_FLOOR_KM):
-    """Fit one radius scale per target coverage on validation; measure coverage on test.
-    Returns ({str(coverage): scale}, table: target, scale, val coverage, test coverage, median radius km)."""
-    scales, rows = {}, []
-    for c in coverages:
-        s = fit_radius_scale(val_spread, val_err, c, floor_km)
-        r_test = error_radius(test_spread, s, floor_km)
-        scales[str(c)] = s
-        rows.append({"target coverage": c, "scale": s,
-                     "val coverage": coverage(error_radius(val_spread, s, floor_km), val_err),
-                     "test coverage": coverage(r_test, test_err), "test median radius km": float(np.median(r_test))})
-    return scales, pd.DataFrame(rows).set_index("target coverage")
-
-
-def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES):
-    """Temperature (province confidence) and radius scales fitted on val, checked on test.
-    Returns (calibration dict for predict.save_calibration, temperature report, radius table)."""
-    temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
-    scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
-                                        coverages)
-    cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": "val", "n_val": len(val),
-           "test_ece_before": temp["ece_before"], "test_ece_after": temp["ece_after"],
-           "test_coverage": {str(c): float(v) for c, v in radius["test coverage"].items()}}
-    return cal, temp, radius
-
-
 def tta_comparison(plain: pd.DataFrame, tta: pd.DataFrame) -> pd.DataFrame:
     """Headline figures without and with test-time augmentation, same images."""
     return pd.DataFrame([{"predictor": "single view", **headline(plain)},
                          {"predictor": "TTA (5 views)", **headline(tta)}]).set_index("predictor")
 
 
-def province_names(ids) -> list[str]:
-    return [PROVINCES[int(i)] for i in ids]
-
-
-def read_baselines(run_dir) -> pd.DataFrame | None:
-    """baselines_test.csv written by 03_phase1_geography, or None."""
-    path = Path(run_dir) / "baselines_test.csv"
-    return pd.read_csv(path) if path.is_file() else None
+def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_workers: int = 0,
+                     progress: bool = False) -> pd.DataFrame:
+    """What each phase adds: the best checkpoint of every phase that has run, evaluated end to end
+    on val and test through the same path (images through the encoders). Rows (phase, split) with
+    median/p90 km, accuracy at 25/200 km, province accuracy and cell top-5 (fractions). Phase 0's
+    location figures come from untrained location heads."""
+    run, rows = RunDir(run_dir), []
+    for phase in range(4):
+        path = run.best_checkpoint(phase)
+        if not path.is_file():
+            continue
+        model = build_model_from_checkpoint(path, with_encoders=True)
+        for split in ("val", "test"):
+            h = headline(split_frame(model, data, split, "images", batch_size, device, num_workers=num_workers,
+                                     progress=progress))
+            rows.append({"phase": phase, "name": PHASE_NAMES[phase], "split": split, "n": h["n"],
+                         "median_km": h["median_km"], "p90_km": h["p90_km"], "acc_25km": h["acc_25km"],
+                         "acc_200km": h["acc_200km"], "province_acc": h["province_acc"],
+                         "cell_top5_acc": h["cell_top5_acc"]})
+    return pd.DataFrame(rows)

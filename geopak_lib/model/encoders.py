@@ -14,7 +14,6 @@ When no weights can be had the encoder runs on random weights with a loud warnin
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 import math
 import re
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from geopak_lib.utils import file_sha256
 
 log = logging.getLogger(__name__)
 SPEC_RE = re.compile(r"^(open_clip|timm):([^:@]+)(?::([^@]+))?(?:@(\d+))?$")  # a file with '@' goes in weights=
@@ -116,11 +117,7 @@ def _missing_file(spec: str, path: str, allow_random: bool) -> str:
 
 def file_status(path) -> str:
     """'file:<path> sha256=<first 16 hex digits>' (streamed: CLIP checkpoints are ~600 MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return f"file:{path} sha256={h.hexdigest()[:16]}"
+    return f"file:{path} sha256={file_sha256(path)[:16]}"
 
 
 def _open_clip_encoder(spec, model, source, size, weights, strict, allow_random) -> Encoder:

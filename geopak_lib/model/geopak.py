@@ -7,7 +7,6 @@ Decisions and their reasons: docs/decisions/model.md.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 
@@ -18,12 +17,13 @@ from torch import nn
 
 from geopak_lib import geo
 from geopak_lib.constants import NUM_PROVINCES, OFFSET_SCALE, PROVINCES
+from geopak_lib.data.cells import MODEL_CELL_COLUMNS, parse_id_list
+from geopak_lib.model.inference import build_hypotheses
 
 # Centre and half-extent of Pakistan's bounding box (shipped polygons), degrees (lat, lon).
 # The aux head predicts coordinates normalised by these, so it starts at the centre.
 AUX_CENTER_DEG = (30.37, 69.35)
 AUX_HALF_EXTENT_DEG = (6.64, 8.47)
-CELL_COLUMNS = ("cell_id", "province_id", "center_lat", "center_lon", "radius_km", "neighbor_cell_ids")
 
 
 @dataclass
@@ -133,12 +133,13 @@ def clamp_offset_km(raw: torch.Tensor, limit_km: torch.Tensor) -> torch.Tensor:
 
 def validate_cells(cells: pd.DataFrame) -> pd.DataFrame:
     """Check the geocell table (cell_id contiguous, grouped by province in PROVINCES order)."""
-    missing = [c for c in CELL_COLUMNS if c not in cells.columns]
+    missing = [c for c in MODEL_CELL_COLUMNS if c not in cells.columns]
     if missing:
-        raise ValueError(f"cells table lacks columns {missing}; it needs {list(CELL_COLUMNS)} (from 01_geocells)")
+        raise ValueError(f"cells table lacks columns {missing}; it needs {list(MODEL_CELL_COLUMNS)} (from 01_geocells)")
     if len(cells) == 0:
         raise ValueError("cells table is empty: the model needs at least one geocell")
     cells = cells.sort_values("cell_id").reset_index(drop=True)
+    cells["neighbor_cell_ids"] = [parse_id_list(v) for v in cells["neighbor_cell_ids"]]  # CSV, JSON or lists
     if not np.array_equal(cells["cell_id"].to_numpy(), np.arange(len(cells))):
         raise ValueError("cells.cell_id must be 0..N-1 without gaps; rebuild the geocells")
     pid = cells["province_id"].to_numpy()
@@ -161,8 +162,7 @@ def _json_ready(cells: pd.DataFrame) -> list[dict]:
     """Cells table -> list of plain-python records (neighbour ids as lists of int)."""
     out = []
     for rec in cells.to_dict("records"):
-        nb = rec["neighbor_cell_ids"]
-        rec["neighbor_cell_ids"] = [int(i) for i in (json.loads(nb) if isinstance(nb, str) else nb)]
+        rec["neighbor_cell_ids"] = parse_id_list(rec["neighbor_cell_ids"])
         out.append({k: (v.item() if isinstance(v, np.generic) else v) for k, v in rec.items()})
     return out
 
@@ -213,10 +213,6 @@ class GeopakModel(nn.Module):
                           ("aux_center", f32(AUX_CENTER_DEG)), ("aux_half_extent", f32(AUX_HALF_EXTENT_DEG))]:
             self.register_buffer(name, val, persistent=False)
 
-    @property
-    def num_cells(self) -> int:
-        return len(self.cells)
-
     def forward_features(self, clip_feat: torch.Tensor, scene_feat: torch.Tensor) -> dict:
         """clip_feat (B, clip_dim), scene_feat (B, scene_dim) -> dict of
         fused (B, D), alpha (B,), province_logits (B, 7), geocell_logits {province_id: (B, N_p)},
@@ -262,8 +258,6 @@ class GeopakModel(nn.Module):
 
     def hypotheses(self, outputs: dict, top_provinces: int = 2, top_cells: int = 5) -> dict:
         """Mixture hypotheses (cell ids, weights); see inference.build_hypotheses."""
-        from geopak_lib.model.inference import build_hypotheses
-
         return build_hypotheses(self, outputs, top_provinces, top_cells)
 
     def export_meta(self) -> dict:

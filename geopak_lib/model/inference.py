@@ -139,3 +139,24 @@ def predict_batch(model, clip_feat: torch.Tensor, scene_feat: torch.Tensor, top_
     finally:
         model.train(was_training)
     return {k: v.detach().cpu().numpy() for k, v in pred.items()}
+
+
+# --- outputs dicts: tensors, and geocell_logits as a dict of tensors ---------------------------
+
+def outputs_to(outputs: dict, device) -> dict:
+    """Move a model-outputs dict (tensors, and the geocell_logits dict of tensors) to ``device``."""
+    return {k: ({p: t.to(device) for p, t in v.items()} if isinstance(v, dict) else v.to(device))
+            for k, v in outputs.items()}
+
+
+def cat_outputs(parts: list[dict]) -> dict:
+    """Concatenate model-outputs dicts along the batch axis."""
+    first = parts[0]
+    return {k: ({p: torch.cat([o[k][p] for o in parts]) for p in first[k]} if isinstance(first[k], dict)
+                else torch.cat([o[k] for o in parts])) for k in first}
+
+
+def select_outputs(outputs: dict, index) -> dict:
+    """Rows ``index`` of a model-outputs dict."""
+    index = torch.as_tensor(np.asarray(index), dtype=torch.long)
+    return {k: ({p: t[index] for p, t in v.items()} if isinstance(v, dict) else v[index]) for k, v in outputs.items()}

@@ -6,7 +6,6 @@ sits on the same scale as a cross-entropy. Decisions: docs/decisions/model.md.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopak_lib import geo
+from geopak_lib.data.cells import parse_id_list
 from geopak_lib.constants import NUM_PROVINCES, PROVINCE_ID, PROVINCES, TAU_KM
 from geopak_lib.model.inference import build_hypotheses, hypothesis_points
 from geopak_lib.model.geopak import validate_cells
@@ -58,13 +58,6 @@ def province_count_vector(province_counts) -> np.ndarray:
     return out
 
 
-def _id_list(value) -> list[int]:
-    """neighbor_cell_ids as stored: a list/array, or a JSON string when read back from CSV."""
-    if isinstance(value, str):
-        value = json.loads(value)
-    return [int(i) for i in np.asarray(value, dtype=np.int64).ravel()]
-
-
 def smoothed_cell_targets(cells: pd.DataFrame, tau_by_province: dict | None = None) -> dict[int, torch.Tensor]:
     """Distance-aware soft targets per province (spec 000 §4.1), precomputed once.
 
@@ -81,7 +74,7 @@ def smoothed_cell_targets(cells: pd.DataFrame, tau_by_province: dict | None = No
         lat, lon = grp["center_lat"].to_numpy(float), grp["center_lon"].to_numpy(float)
         target = np.zeros((n, n))
         for i, nbrs in enumerate(grp["neighbor_cell_ids"]):
-            cols = sorted({i} | {j - start for j in _id_list(nbrs) if start <= j < start + n})
+            cols = sorted({i} | {j - start for j in parse_id_list(nbrs) if start <= j < start + n})
             target[i, cols] = np.exp(-geo.haversine_km(lat[i], lon[i], lat[cols], lon[cols]) / tau)
         out[int(pid)] = torch.as_tensor(target / target.sum(1, keepdims=True), dtype=torch.float32)
     return out

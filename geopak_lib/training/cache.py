@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +28,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from geopak_lib import geo
 from geopak_lib.data.augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
                       finish_views, item_seed)
 from geopak_lib.utils import atomic_write_bytes, pick_device
+from geopak_lib.model.encoders import preprocess_batch
 
 CACHE_VERSION = 1
 MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
@@ -38,8 +39,6 @@ MANIFEST_KEY_COLUMNS = ("id", "image_path", "sha1", "split", "province")
 
 def encoder_input(images: torch.Tensor, preprocess) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> float (B, 3, S, S) normalised for an encoder (encoders.preprocess_batch)."""
-    from geopak_lib.model.encoders import preprocess_batch
-
     return preprocess_batch(images, preprocess)
 
 
@@ -93,7 +92,36 @@ def manifest_hash(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(manifest[cols].astype(str).to_csv(index=False).encode()).hexdigest()
 
 
-def _atomic_json(path: Path, obj) -> None:
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything besides the encoders and the manifest that decides, or drives, a cache build.
+
+    views: augmented views per training row (K). dtype: 'float16' halves the disk and RAM
+    footprint at ~3 significant digits, plenty for frozen features; 'float32' for exactness.
+    chunk_batches: progress is recorded every this many batches (resume granularity).
+    decode: where clean views' JPEGs are decoded: 'workers' (Pillow in the DataLoader workers),
+    'device' (one batched torchvision decode_jpeg on the encoders' device, nvJPEG on a GPU),
+    'auto' ('device' on CUDA). Augmented views are always made in the workers. views, seed, dtype
+    and augment_configs enter the key; the others only change how fast it is built."""
+
+    cache_root: str | Path = "cache"
+    views: int = 2
+    batch_size: int = 64
+    num_workers: int = 0
+    seed: int = 0
+    dtype: str = "float16"
+    chunk_batches: int = 8
+    amp: str = "auto"
+    decode: str = "auto"
+    augment_configs: dict | None = None
+
+    def __post_init__(self):
+        if self.views < 0 or self.batch_size < 1 or self.chunk_batches < 1:
+            raise ValueError("views must be >= 0, batch_size and chunk_batches >= 1")
+        np.dtype(self.dtype)  # an unknown dtype fails here, not half-way through a build
+
+
+def atomic_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
 
@@ -146,44 +174,32 @@ class FeatureCache:
         return to(self.clip), to(self.scene)
 
     @classmethod
-    def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, cache_root="cache",
-                      views: int = 2, batch_size: int = 64, num_workers: int = 0, device="auto",
-                      augment_configs: dict | None = None, seed: int = 0, dtype: str = "float16",
-                      chunk_batches: int = 8, amp: str = "auto", progress: bool = True,
-                      decode: str = "auto") -> "FeatureCache":
+    def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, settings: CacheSettings | None = None,
+                      device="auto", progress: bool = True, **settings_kwargs) -> "FeatureCache":
         """Open the cache for these inputs, building (or finishing) it first when needed.
 
         manifest: manifest.csv rows (id, image_path, split, province, sha1), in a fixed order.
-        views: augmented views per training row (K). dtype: 'float16' halves the disk and RAM
-        footprint at ~3 significant digits, plenty for frozen features; 'float32' for exactness.
-        chunk_batches: progress is recorded every this many batches (resume granularity).
-        decode: where clean views' JPEGs are decoded: 'workers' (Pillow in the DataLoader workers),
-        'device' (one batched torchvision decode_jpeg on the encoders' device, nvJPEG on a GPU),
-        'auto' ('device' on CUDA). Augmented views are always made in the workers.
+        settings: a CacheSettings, or its fields as keywords (cache_root=..., views=...).
         """
-        if views < 0 or batch_size < 1 or chunk_batches < 1:
-            raise ValueError("views must be >= 0, batch_size and chunk_batches >= 1")
-        path, key, key_inputs = cache_location(manifest, clip_encoder, scene_encoder, cache_root, views, seed, dtype,
-                                               augment_configs)
+        settings = settings or CacheSettings(**settings_kwargs)
+        path, key, key_inputs = cache_location(manifest, clip_encoder, scene_encoder, settings)
         if (path / "complete.json").exists():
             return cls(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic_json(path / "key.json", {"key": key, **key_inputs})
-        _build(path, key, manifest, clip_encoder, scene_encoder, key_inputs["augment"]["size"], views, batch_size,
-               num_workers, pick_device(device), augment_configs, seed, np.dtype(dtype), chunk_batches, amp, progress,
-               decode)
+        atomic_json(path / "key.json", {"key": key, **key_inputs})
+        build_slots(path, key, manifest, clip_encoder, scene_encoder, settings, pick_device(device), progress)
         return cls(path)
 
 
-def cache_location(manifest, clip_encoder, scene_encoder, cache_root, views, seed, dtype, augment_configs=None):
+def cache_location(manifest, clip_encoder, scene_encoder, settings: CacheSettings):
     """(folder, key, what the key hashes) of the cache for these inputs (see the module docstring)."""
     size = view_size(clip_encoder, scene_encoder)
     key_inputs = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
                   "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
-                  "n_rows": len(manifest), "views": int(views), "seed": int(seed), "dtype": str(dtype),
-                  "augment": augment_settings(size, augment_configs)}
+                  "n_rows": len(manifest), "views": int(settings.views), "seed": int(settings.seed),
+                  "dtype": str(settings.dtype), "augment": augment_settings(size, settings.augment_configs)}
     key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_root) / key, key, key_inputs
+    return Path(settings.cache_root) / key, key, key_inputs
 
 
 def _slot_items(manifest: pd.DataFrame, views: int, seed: int) -> list:
@@ -223,10 +239,14 @@ def _open_arrays(path: Path, n_slots: int, dims: tuple, dtype, fresh: bool):
     return arrays
 
 
-def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, num_workers, device,
-           augment_configs, seed, dtype, chunk_batches, amp, progress, decode="auto", shard=(0, 1)):
+def build_slots(path, key, manifest, clip_enc, scene_enc, settings: CacheSettings, device, progress: bool = False,
+                shard=(0, 1)) -> None:
     """Compute the features into path/{clip,scene}.npy. shard (rank, world): only batches i with
     i % world == rank (distributed.build_cache_distributed merges the parts)."""
+    s = settings
+    views, batch_size, num_workers, seed, chunk_batches = s.views, s.batch_size, s.num_workers, s.seed, s.chunk_batches
+    augment_configs, dtype, amp, decode = s.augment_configs, np.dtype(s.dtype), s.amp, s.decode
+    size = view_size(clip_enc, scene_enc)
     started = time.time()
     items = _slot_items(manifest, views, seed)
     state = path / "progress.json"
@@ -261,7 +281,7 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
             if (i + 1) % chunk_batches == 0 or i + 1 == len(batches):
                 clip_arr.flush()
                 scene_arr.flush()
-                _atomic_json(state, {"key": key, "done": hi})  # only after the data is on disk
+                atomic_json(state, {"key": key, "done": hi})  # only after the data is on disk
     finally:
         bar.close()
         for e, was_training in modes.items():
@@ -269,92 +289,7 @@ def _build(path, key, manifest, clip_enc, scene_enc, size, views, batch_size, nu
         for e in moved:
             e.to(memory_format=torch.contiguous_format)
     del clip_arr, scene_arr
-    _atomic_json(path / "complete.json", {
+    atomic_json(path / "complete.json", {
         "key": key, "views": views, "n_slots": len(items), "dims": list(dims),
         "ids": manifest["id"].astype(str).tolist(), "split": manifest["split"].astype(str).tolist(),
         "build_seconds": round(time.time() - started, 2)})
-
-
-# --- baselines on the frozen features (outcome check; reused by the evaluation report) -------
-
-def spherical_mean(lat, lon, weights=None):
-    """Mean position on the sphere along the last axis: lat, lon (..., n) degrees -> (...,) each.
-
-    The normalised sum of unit vectors, so a set straddling a meridian averages correctly.
-    """
-    v = geo.to_unit_vectors(np.asarray(lat, float), np.asarray(lon, float))
-    w = np.ones(v.shape[:-1]) if weights is None else np.asarray(weights, float)
-    return geo.from_unit_vectors((w[..., None] * v).sum(-2))
-
-
-def knn_indices(train_feats: np.ndarray, query_feats: np.ndarray, k: int, chunk: int = 2048) -> np.ndarray:
-    """Cosine k nearest neighbours: (N, D), (Q, D) -> (Q, k) indices into train, nearest first."""
-    k = min(k, len(train_feats))
-    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    t, q = unit(np.asarray(train_feats, np.float32)), unit(np.asarray(query_feats, np.float32))
-    out = []
-    for s in range(0, len(q), chunk):
-        sim = q[s:s + chunk] @ t.T
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sim, part, 1), axis=1, kind="stable")
-        out.append(np.take_along_axis(part, order, 1))
-    return np.concatenate(out) if out else np.zeros((0, k), int)
-
-
-def joint_features(cache: FeatureCache, rows) -> np.ndarray:
-    """Clean-view features for kNN: L2-normalised clip and scene, concatenated (B, Dc + Ds).
-
-    Normalising each part first gives both encoders an equal say whatever their widths.
-    """
-    clip, scene = (np.asarray(a[np.asarray(rows)], np.float32) for a in (cache.clip, cache.scene))
-    unit = lambda a: a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    return np.concatenate([unit(clip), unit(scene)], 1)
-
-
-def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
-                         province_pred=None) -> pd.DataFrame:
-    """Per-sample predictions of three baselines on ``split``; table rows align with the cache.
-
-    train_centroid: the spherical mean of all training positions, for everyone.
-    province_centroid: the spherical mean of the training positions of the predicted province
-    (``province_pred`` (Q,) ids, e.g. the model's; default: the majority province of the k
-    nearest neighbours, so the baseline needs no model). knn: the spherical mean of the k
-    nearest training images' positions (cosine on joint_features).
-    Returns id, province_id, latitude, longitude, <method>_lat, <method>_lon, <method>_error_km.
-    """
-    if not np.array_equal(table["id"].astype(str).to_numpy(), cache.ids.astype(str)):
-        raise ValueError("table rows do not match the feature cache rows (ids differ); "
-                         "build the cache from the same manifest")
-    train, query = np.flatnonzero(table["split"] == "train"), np.flatnonzero(table["split"] == split)
-    if len(train) == 0:
-        raise ValueError("no training rows: baselines need split == 'train' samples")
-    lat, lon = table["latitude"].to_numpy(float), table["longitude"].to_numpy(float)
-    prov = table["province_id"].to_numpy(int)
-    nn_idx = train[knn_indices(joint_features(cache, train), joint_features(cache, query), k)]  # (Q, k)
-    if province_pred is None:
-        province_pred = np.array([np.bincount(prov[r], minlength=7).argmax() for r in nn_idx], int)
-    out = table.iloc[query][["id", "province_id", "latitude", "longitude"]].reset_index(drop=True)
-    c_lat, c_lon = spherical_mean(lat[train], lon[train])
-    preds = {"train_centroid": (np.full(len(query), c_lat), np.full(len(query), c_lon)),
-             "knn": spherical_mean(lat[nn_idx], lon[nn_idx])}
-    p_lat, p_lon = np.full(len(query), c_lat), np.full(len(query), c_lon)  # fallback: no such province
-    for p in np.unique(province_pred):
-        members = train[prov[train] == p]
-        if len(members):
-            p_lat[province_pred == p], p_lon[province_pred == p] = spherical_mean(lat[members], lon[members])
-    preds["province_centroid"] = (p_lat, p_lon)
-    for name, (plat, plon) in preds.items():
-        out[f"{name}_lat"], out[f"{name}_lon"] = plat, plon
-        out[f"{name}_error_km"] = geo.haversine_km(plat, plon, lat[query], lon[query])
-    return out
-
-
-def baseline_errors(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
-                    province_pred=None) -> pd.DataFrame:
-    """One row per baseline: method, n and the metrics.summarize_errors figures (km)."""
-    from geopak_lib.metrics import summarize_errors
-
-    pred = baseline_predictions(cache, table, split, k, province_pred)
-    rows = [{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}
-            for m in ("train_centroid", "province_centroid", "knn")]
-    return pd.DataFrame(rows)

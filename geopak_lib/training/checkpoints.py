@@ -5,13 +5,22 @@ them), optimiser, scheduler, epoch, metrics and history, RNG states (python, num
 sampler state, the geocell table and model config (``model.export_meta()``), the encoders' specs
 and weight status, the phase config and the profile's params. Files are written atomically
 (temp file + rename), so a crash mid-save leaves the previous file intact.
+
+Loading never runs code: files are read with ``torch.load(weights_only=True)``, which rebuilds
+tensors and plain values (dict, list, tuple, str, int, float, bool, None) and refuses anything
+else. Checkpoints are saved as exactly that (:func:`to_plain`). Files written before this rule
+hold numpy arrays (the numpy RNG state); the numpy array type alone is allowed on load, so they
+still open, and nothing else is. Decisions: docs/decisions/sharing.md.
 """
 
 from __future__ import annotations
 
 import io
+import pickle
+import pickletools
 import random
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +29,49 @@ import torch
 
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.utils import atomic_torch_save, atomic_write_bytes
+from geopak_lib.model import encoders  # module, so tests can stand tiny encoders in for real ones
+from geopak_lib.model.geopak import GeopakModel
 
 CKPT_FORMAT = "geopak-checkpoint-v1"
 # spec 003 §12.3 first, then our extra columns.
 CSV_COLUMNS = (["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
                 "median_error_km", "mean_error_km", "p90_error_km"]
                + [f"{PROVINCE_SHORT[p]}_acc" for p in PROVINCES]
-               + ["offset_weight", "lr", "province_acc", "balanced_acc", "oracle_median_km", "alpha_mean", "seconds"])
+               + ["offset_weight", "lr", "province_acc", "balanced_acc", "true_cell_median_km", "alpha_mean", "seconds"])
 ENCODER_SLOTS = ("clip_encoder", "scene_encoder")
 
 
+class UnsafeFileError(ValueError):
+    """A file that would run code when loaded (a pickle that imports functions or classes)."""
+
+
+# The numpy array type, which checkpoints written before to_plain hold (the numpy RNG state). Its
+# reconstruction builds an array from a dtype and bytes and runs no other code.
+LEGACY_SAFE_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType,
+                       getattr(np, "_core", np.core).multiarray._reconstruct]
+
+
+def to_plain(obj):
+    """Checkpoint content as tensors and plain values only (what weights_only loading accepts):
+    numpy arrays -> tensors, numpy scalars -> int/float/bool, paths -> str, containers recursed."""
+    if isinstance(obj, dict):
+        return {k: to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.array(obj, copy=True))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -39,7 +79,10 @@ def rng_state() -> dict:
 
 def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    if isinstance(n, dict):
+        n = (n["name"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    np.random.set_state(n)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,6 +104,7 @@ def checkpoint_state(model, optimizer, scheduler, phase_config: dict, epoch: int
     return {"format": CKPT_FORMAT, "phase": phase_config["phase"], "epoch": epoch, "metrics": metrics,
             "model_state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "optimizer_params": optimizer_param_names(model, optimizer) if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "history": history, "best": best, "epochs_since_best": epochs_since_best, "stopped": stopped,
             "rng": rng_state(), "sampler": sampler, "model_meta": model.export_meta(),
@@ -68,8 +112,54 @@ def checkpoint_state(model, optimizer, scheduler, phase_config: dict, epoch: int
             "phase_config": phase_config, "params": dict(params or {})}
 
 
+def optimizer_param_names(model, opt) -> list[str]:
+    """Names (model.named_parameters) of the optimiser's parameters, in its state_dict order, so a
+    later phase can match the saved moments to its own parameters."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
+
+
 def save_checkpoint(state: dict, path) -> None:
-    atomic_torch_save(state, path)
+    atomic_torch_save(to_plain(state), path)
+
+
+def pickle_globals(path) -> list[str] | None:
+    """The globals (module.name) a file's pickle would import, read with pickletools (nothing is
+    run); a torch zip file is asked through torch. None when the file is not a pickle at all."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not torch's zip format: read the opcodes of the bare pickle
+        pass
+    names, strings = [], []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:
+        return None
+    return names
+
+
+def safe_torch_load(path, what: str = "file"):
+    """torch.load that never runs code: tensors and plain values (and legacy numpy arrays) only.
+    A file that would import anything else is refused with the names it asks for."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(LEGACY_SAFE_GLOBALS), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Detected pickle protocol")  # a bare pickle: refused below
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        asks = pickle_globals(path)
+        if not asks:
+            raise  # no globals, or not a pickle: a damaged or foreign file, reported as unreadable
+        raise UnsafeFileError(f"{path}: refused to load this {what}: loading it would run code (it asks for "
+                              f"{', '.join(sorted(set(asks)))}). GEOPAK files hold only tensors and plain values; "
+                              "do not load files from a source you do not trust.") from None
 
 
 def load_checkpoint(path) -> dict:
@@ -79,7 +169,9 @@ def load_checkpoint(path) -> dict:
         raise FileNotFoundError(f"checkpoint {path} not found: run the notebook of that phase first "
                                 "(or check run_dir)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = safe_torch_load(path, "checkpoint")
+    except UnsafeFileError:
+        raise
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
                          "delete it and re-run that phase") from exc
@@ -93,14 +185,10 @@ def load_checkpoint(path) -> dict:
 def _rebuild_encoder(info: dict, has_weights: bool):
     """Encoder of ``info['spec']``; its weights come from the checkpoint when it holds them, so the
     random-weights warning of build_encoder would be false then, and the status is the saved one."""
-    import warnings
-
-    from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
-
     with warnings.catch_warnings():
         if has_weights:
-            warnings.simplefilter("ignore", RandomWeightsWarning)
-        encoder = build_encoder(info["spec"], None, strict=False)
+            warnings.simplefilter("ignore", encoders.RandomWeightsWarning)
+        encoder = encoders.build_encoder(info["spec"], None, strict=False)
     if has_weights:
         encoder.weight_status, encoder.is_random = info["weight_status"], info["is_random"]
     return encoder
@@ -113,8 +201,6 @@ def build_model_from_checkpoint(ckpt, with_encoders: bool = True, device="cpu"):
     weights and weight status when it holds them, else the weights build_encoder finds). False: heads only,
     for use on cached features.
     """
-    from geopak_lib.model.geopak import GeopakModel
-
     ckpt = load_checkpoint(ckpt) if isinstance(ckpt, (str, Path)) else ckpt
     state = ckpt["model_state"]
     encoders = {}
@@ -179,5 +265,5 @@ def describe_epoch(epoch: int, epochs: int, train: dict, val: dict) -> str:
     acc = ", ".join(f"{PROVINCE_SHORT[p]} {val[PROVINCE_SHORT[p] + '_acc']:.3f}" for p in PROVINCES)
     return (f"Epoch {epoch}/{epochs}:\n   Train Loss: {f(train)}\n   Val Loss:   {f(val)}\n"
             f"   Train Error: {e(train)}\n   Val Error:   {e(val)} (true cell fed in: "
-            f"{val['oracle_median_km']:.2f}km)\n   Val province acc: {val['province_acc']:.3f} "
+            f"{val['true_cell_median_km']:.2f}km)\n   Val province acc: {val['province_acc']:.3f} "
             f"(balanced {val['balanced_acc']:.3f}); {acc}")

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from geopak_lib.training import cache as features
+from geopak_lib.training.cache import CacheSettings, FeatureCache, atomic_json, build_slots, cache_location
+from geopak_lib.training.config import configure_trainable, make_optimizer
+from geopak_lib.training.passes import autocast_enabled, batches, float_outputs, loss_terms
 from geopak_lib.utils import pick_device
 
 
@@ -53,32 +54,25 @@ def shard(items, rank: int, world: int) -> list:
     return list(items)[rank::world]
 
 
-def build_cache_distributed(manifest, clip_encoder, scene_encoder, cache_root="cache", views: int = 2,
-                            batch_size: int = 64, num_workers: int = 0, device="auto", augment_configs=None,
-                            seed: int = 0, dtype: str = "float16", chunk_batches: int = 8, amp: str = "auto",
-                            decode: str = "auto", progress: bool = False) -> features.FeatureCache:
+def build_cache_distributed(manifest, clip_encoder, scene_encoder, settings: CacheSettings, device="auto",
+                            progress: bool = False) -> FeatureCache:
     """FeatureCache.build_or_load with the work split over the ranks; every rank calls it with the
     same arguments and gets the same cache back. Without a process group it is build_or_load."""
     rank, world = rank_world()
-    kwargs = dict(views=views, batch_size=batch_size, num_workers=num_workers, device=device,
-                  augment_configs=augment_configs, seed=seed, dtype=dtype, chunk_batches=chunk_batches, amp=amp,
-                  progress=progress, decode=decode)
     if world == 1:
-        return features.FeatureCache.build_or_load(manifest, clip_encoder, scene_encoder, cache_root, **kwargs)
-    path, key, key_inputs = features.cache_location(manifest, clip_encoder, scene_encoder, cache_root, views, seed,
-                                                    dtype, augment_configs)
+        return FeatureCache.build_or_load(manifest, clip_encoder, scene_encoder, settings, device, progress)
+    path, key, key_inputs = cache_location(manifest, clip_encoder, scene_encoder, settings)
     if not (path / "complete.json").exists():
         part = path / f"part{rank}of{world}"
         part.mkdir(parents=True, exist_ok=True)
         if not (part / "complete.json").exists():  # a part finished before an interruption is kept
-            features._build(part, key, manifest, clip_encoder, scene_encoder, key_inputs["augment"]["size"], views,
-                            batch_size, num_workers, pick_device(device), augment_configs, seed, np.dtype(dtype),
-                            chunk_batches, amp, progress and rank == 0, decode, shard=(rank, world))
+            build_slots(part, key, manifest, clip_encoder, scene_encoder, settings, pick_device(device),
+                        progress and rank == 0, shard=(rank, world))
         dist.barrier()
         if rank == 0:
-            _merge_parts(path, key, key_inputs, world, batch_size)
+            _merge_parts(path, key, key_inputs, world, settings.batch_size)
         dist.barrier()
-    return features.FeatureCache(path)
+    return FeatureCache(path)
 
 
 def _merge_parts(path, key, key_inputs, world: int, batch_size: int) -> None:
@@ -92,8 +86,8 @@ def _merge_parts(path, key, key_inputs, world: int, batch_size: int) -> None:
             out[lo:lo + batch_size] = arrays[i % world][lo:lo + batch_size]
         out.flush()
         del out, arrays
-    features._atomic_json(path / "key.json", {"key": key, **key_inputs})
-    features._atomic_json(path / "complete.json", {**meta, "parts": world})  # last: the cache is now readable
+    atomic_json(path / "key.json", {"key": key, **key_inputs})
+    atomic_json(path / "complete.json", {**meta, "parts": world})  # last: the cache is now readable
     for p in parts:
         shutil.rmtree(p)
 
@@ -108,12 +102,10 @@ class _LossStep(torch.nn.Module):
         self.model, self.loss_fn, self.cfg, self.epoch = model, loss_fn, cfg, epoch
 
     def forward(self, inputs, labels, use_amp: bool):
-        from geopak_lib.training.passes import _float_outputs, _loss_terms
-
         device = labels["lat"].device
         with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
-            out = _float_outputs(self.model(*inputs))
-        return _loss_terms(self.loss_fn, self.model, out, labels, self.cfg, self.epoch)
+            out = float_outputs(self.model(*inputs))
+        return loss_terms(self.loss_fn, self.model, out, labels, self.cfg.pass_settings(), self.epoch)
 
 
 def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int = 1, opt=None, sched=None) -> list:
@@ -127,8 +119,6 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
     """
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from geopak_lib.training.trainer import configure_trainable, make_optimizer
-    from geopak_lib.training.passes import _batches, autocast_enabled
 
     rank, world = rank_world()
     if opt is None:
@@ -146,7 +136,7 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
     use_amp, losses = autocast_enabled(cfg.amp, device), []
     mine = [np.asarray(shard(b, rank, world)) for b in row_batches]
     places = [shard(range(len(b)), rank, world) for b in row_batches]  # augmentation seeds: global positions
-    for rows, inputs in _batches(model, data, mine, cfg, epoch, True, device, positions=places):
+    for rows, inputs in batches(model, data, mine, cfg.pass_settings(), epoch, True, device, positions=places):
         terms = step(inputs, data.labels(rows, device), use_amp)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()  # DDP all-reduces (averages) the gradients here

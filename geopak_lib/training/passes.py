@@ -1,6 +1,9 @@
 """Passes of the model over rows, shared by training and evaluation: batches from the feature
 cache (phases 0-1) or from images (phases 2-3), bf16 autocast, per-sample predictions (the mixture
-and the true-cell diagnostic), epoch metrics for losses.csv and the selection score.
+and the true-cell diagnostic) and epoch metrics for losses.csv.
+
+How a pass reads and runs is a :class:`PassSettings`; ``PhaseConfig.pass_settings()`` makes the
+one of a training phase, and :func:`evaluate` builds its own, so nothing here knows the trainer.
 """
 
 from __future__ import annotations
@@ -8,14 +11,42 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
+from dataclasses import dataclass
+
 from tqdm.auto import tqdm
 
 from geopak_lib.data.augment import ImageViewDataset, augment_for_province, collate_views, item_seed
 from geopak_lib.training.checkpoints import CSV_COLUMNS
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.training.cache import encoder_input, view_size
-from geopak_lib.model.inference import mixture_predict
+from geopak_lib.model.inference import cat_outputs, mixture_predict
 from geopak_lib.metrics import error_km, per_class_accuracy, summarize_errors
+
+SOURCES = ("cache", "images")
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """Where a pass's inputs come from and how it runs.
+
+    source: 'cache' (frozen features; the model's heads only) or 'images' (decoded, augmented when
+    training, through the encoders). phase 0 trains and predicts the province only (the geocell and
+    offset heads are untrained then). offset_rampup: the offset loss ramps up over the first
+    epochs (phase 1); otherwise it has its full weight. seed: view choice and augmentation."""
+
+    source: str = "cache"
+    phase: int = 1
+    amp: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    batch_size: int = 256
+    top_provinces: int = 2
+    top_cells: int = 5
+    offset_rampup: bool = False
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
 
 def autocast_enabled(amp: str, device: torch.device) -> bool:
@@ -25,15 +56,15 @@ def autocast_enabled(amp: str, device: torch.device) -> bool:
     return amp == "bf16"
 
 
-def _float_outputs(out: dict) -> dict:
+def float_outputs(out: dict) -> dict:
     """Outputs back to float32 so the losses (haversine, softmax) never run in bf16."""
     return {k: ({p: v.float() for p, v in t.items()} if isinstance(t, dict) else t.float())
             for k, t in out.items()}
 
 
-def _batches(model, data: TrainData, row_batches, cfg: PhaseConfig, epoch: int, train: bool, device,
-             positions=None):
-    """Yield (rows (B,), inputs) where inputs feed _forward: cached features or encoder images.
+def batches(model, data, row_batches, cfg: PassSettings, epoch: int, train: bool, device, positions=None):
+    """Yield (rows (B,), inputs) where inputs feed :func:`forward`: cached features or encoder images.
+    data: a TrainData (table, labels and, for source 'cache', the feature cache).
 
     positions: each row's place in its global batch (default 0..B-1), which seeds its augmentation;
     distributed ranks holding slices of one batch pass theirs, so no two ranks draw the same view."""
@@ -57,13 +88,14 @@ def _batches(model, data: TrainData, row_batches, cfg: PhaseConfig, epoch: int, 
                              encoder_input(images, model.scene_encoder.preprocess))
 
 
-def _forward(model, cfg, inputs, device):
+def forward(model, cfg: PassSettings, inputs, device) -> dict:
+    """Model outputs in float32 (bf16 autocast inside where cfg.amp allows)."""
     with torch.autocast(device.type, torch.bfloat16, enabled=autocast_enabled(cfg.amp, device)):
         out = model.forward_features(*inputs) if cfg.source == "cache" else model(*inputs)
-    return _float_outputs(out)
+    return float_outputs(out)
 
 
-def _loss_terms(loss_fn, model, out, labels, cfg, epoch) -> dict:
+def loss_terms(loss_fn, model, out, labels, cfg: PassSettings, epoch: int) -> dict:
     """Phase 0: the province term alone (nothing else is trained). Later: every term; the offset
     ramp-up runs only where cfg.offset_rampup (phase 1), later phases use the full weight."""
     if cfg.phase == 0:
@@ -74,8 +106,9 @@ def _loss_terms(loss_fn, model, out, labels, cfg, epoch) -> dict:
 
 
 @torch.no_grad()
-def _predictions(model, out, rows, labels, cfg) -> dict:
-    """Per-sample numpy columns: province pred, mixture (lat, lon), true-cell 'oracle' point."""
+def predictions(model, out, rows, labels, cfg: PassSettings) -> dict:
+    """Per-sample numpy columns: province pred, mixture (lat, lon), and the true cell's point
+    (its centre + the offset head's answer there; a diagnostic, since it uses the label)."""
     res = {"row": np.asarray(rows), "province_pred": out["province_logits"].argmax(-1).cpu().numpy(),
            "alpha": out["alpha"].cpu().numpy()}
     if cfg.phase == 0:  # geocell and offset heads are untrained in phase 0: no positions
@@ -85,14 +118,14 @@ def _predictions(model, out, rows, labels, cfg) -> dict:
     safe = cid.clamp(min=0)
     off = model.offsets(out["fused"], safe)
     has = (cid >= 0).cpu().numpy()
-    o_lat = np.where(has, (model.cell_lat[safe] + off[:, 0]).cpu().numpy(), np.nan)
-    o_lon = np.where(has, (model.cell_lon[safe] + off[:, 1]).cpu().numpy(), np.nan)
+    tc_lat = np.where(has, (model.cell_lat[safe] + off[:, 0]).cpu().numpy(), np.nan)
+    tc_lon = np.where(has, (model.cell_lon[safe] + off[:, 1]).cpu().numpy(), np.nan)
     return {**res, "pred_lat": pred["lat"].cpu().numpy(), "pred_lon": pred["lon"].cpu().numpy(),
             "confidence": pred["confidence"].cpu().numpy(), "spread_km": pred["spread_km"].cpu().numpy(),
-            "oracle_lat": o_lat, "oracle_lon": o_lon}
+            "true_cell_lat": tc_lat, "true_cell_lon": tc_lon}
 
 
-class _Accumulator:
+class Accumulator:
     """Batch-size-weighted loss means and per-sample prediction columns of one pass."""
 
     def __init__(self):
@@ -108,7 +141,7 @@ class _Accumulator:
     def losses(self) -> dict:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
 
-    def frame(self, data: TrainData) -> pd.DataFrame:
+    def frame(self, data) -> pd.DataFrame:
         cols = {k: np.concatenate([c[k] for c in self.cols]) for k in self.cols[0]} if self.cols else {"row": []}
         df = pd.DataFrame(cols)
         t = data.table.iloc[df["row"].to_numpy(int)]
@@ -116,7 +149,7 @@ class _Accumulator:
             df[c] = t[c].to_numpy()
         if "pred_lat" in df:
             df["error_km"] = error_km(df["pred_lat"], df["pred_lon"], df["latitude"], df["longitude"])
-            df["oracle_error_km"] = error_km(df["oracle_lat"], df["oracle_lon"], df["latitude"], df["longitude"])
+            df["true_cell_error_km"] = error_km(df["true_cell_lat"], df["true_cell_lon"], df["latitude"], df["longitude"])
         return df
 
 
@@ -129,7 +162,7 @@ def epoch_metrics(frame: pd.DataFrame, losses: dict) -> dict:
     if "error_km" in frame:
         s = summarize_errors(frame["error_km"].to_numpy(float))
         row.update(median_error_km=s["median_km"], mean_error_km=s["mean_km"], p90_error_km=s["p90_km"],
-                   oracle_median_km=float(np.nanmedian(frame["oracle_error_km"])) if frame["oracle_error_km"].notna().any() else nan)
+                   true_cell_median_km=float(np.nanmedian(frame["true_cell_error_km"])) if frame["true_cell_error_km"].notna().any() else nan)
     recall = per_class_accuracy(frame["province_id"].to_numpy(int), frame["province_pred"].to_numpy(int))
     row.update({f"{PROVINCE_SHORT[p]}_acc": float(a) for p, a in zip(PROVINCES, recall)})
     ok = frame["province_id"].to_numpy() == frame["province_pred"].to_numpy()
@@ -140,40 +173,29 @@ def epoch_metrics(frame: pd.DataFrame, losses: dict) -> dict:
     return {c: row.get(c, nan) for c in CSV_COLUMNS[2:]}
 
 
-def selection_score(phase: int, metrics: dict) -> float:
-    """Lower is better. Phase 0: -balanced province accuracy; later: val median error of the mixture."""
-    v = -metrics["balanced_acc"] if phase == 0 else metrics["median_error_km"]
-    return float("inf") if v is None or not np.isfinite(v) else float(v)
-
-
-def predict_rows(model, data: TrainData, rows, cfg: PhaseConfig, device, loss_fn=None, epoch: int = 1,
+def predict_rows(model, data, rows, cfg: PassSettings, device, loss_fn=None, epoch: int = 1,
                  progress: bool = False):
     """Evaluate ``rows`` (clean views) -> (per-sample DataFrame, loss means; empty without loss_fn)."""
     model.eval()
-    acc = _Accumulator()
-    batches = [rows[s:s + cfg.eval_batch_size] for s in range(0, len(rows), cfg.eval_batch_size)]
+    acc = Accumulator()
+    row_batches = [rows[s:s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
     with torch.no_grad():
-        for r, inputs in tqdm(_batches(model, data, batches, cfg, epoch, False, device), total=len(batches),
+        for r, inputs in tqdm(batches(model, data, row_batches, cfg, epoch, False, device), total=len(row_batches),
                               desc="eval", leave=False, disable=not progress):
             labels = data.labels(r, device)
-            out = _forward(model, cfg, inputs, device)
-            terms = _loss_terms(loss_fn, model, out, labels, cfg, epoch) if loss_fn is not None else {}
-            acc.add(terms, _predictions(model, out, r, labels, cfg))
+            out = forward(model, cfg, inputs, device)
+            terms = loss_terms(loss_fn, model, out, labels, cfg, epoch) if loss_fn is not None else {}
+            acc.add(terms, predictions(model, out, r, labels, cfg))
     return acc.frame(data), acc.losses()
 
 
-def evaluate(model, data: TrainData, split: str = "test", source: str = "cache", batch_size: int = 256,
-             device="cpu", top_provinces: int = 2, top_cells: int = 5, num_workers: int = 0,
-             progress: bool = True) -> pd.DataFrame:
-    """Per-sample predictions on ``split``: id, province_id, province_pred, alpha, confidence,
-    pred_lat/lon, error_km, oracle (true cell + offset) lat/lon and error_km, spread_km, labels.
-    source 'cache' (frozen encoders) or 'images' (encoders inside the model)."""
-    from geopak_lib.training.trainer import PhaseConfig  # train imports this module; import here to avoid a cycle
-    from geopak_lib.utils import pick_device
-
-    device = pick_device(device)
-    cfg = PhaseConfig(phase=1 if source == "cache" else 2, eval_batch_size=batch_size, top_provinces=top_provinces,
-                      top_cells=top_cells, num_workers=num_workers, lr_clip=0, lr_scene=0)
-    model.to(device)
-    frame, _ = predict_rows(model, data, data.rows(split), cfg, device, progress=progress)
-    return frame.drop(columns=["row"])
+@torch.no_grad()
+def model_outputs(model, data, rows, cfg: PassSettings, device, progress: bool = False) -> dict:
+    """Model outputs (on CPU) for ``rows`` of data.table, clean views, in row order."""
+    model.eval()
+    row_batches = [rows[s:s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
+    parts = [{k: ({p: t.cpu() for p, t in v.items()} if isinstance(v, dict) else v.cpu())
+              for k, v in forward(model, cfg, inputs, device).items()}
+             for _, inputs in tqdm(batches(model, data, row_batches, cfg, 1, False, device), total=len(row_batches),
+                                   desc="outputs", leave=False, disable=not progress)]
+    return cat_outputs(parts)

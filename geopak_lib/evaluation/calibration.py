@@ -1,0 +1,108 @@
+"""Calibration, fitted on validation and checked on test: a temperature for the province
+probabilities and, per target coverage, a scale that turns the mixture's spread into an error
+radius. Saved beside the checkpoint it was fitted on (stamped with that file's sha256); the
+predictor reads it from there. Decisions: docs/decisions/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geopak_lib.constants import NUM_PROVINCES
+from geopak_lib.data.rundir import calibration_path, evaluation_path
+from geopak_lib.metrics import (coverage, error_radius, expected_calibration_error, fit_radius_scale, fit_temperature,
+                                nll, reliability_bins)
+from geopak_lib.utils import atomic_write_bytes, file_sha256, softmax
+
+RADIUS_COVERAGE = 0.8  # the coverage of the reported radius_km
+RADIUS_FLOOR_KM = 1.0
+COVERAGES = (0.5, 0.8, 0.95)
+
+
+def province_logits(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[f"logit_{p}" for p in range(NUM_PROVINCES)]].to_numpy(float)
+
+
+def temperature_calibration(val_logits, val_labels, test_logits, test_labels, n_bins: int = 10) -> dict:
+    """Fit T on validation; ECE/NLL on test before (T = 1) and after. Returns temperature, ece_before,
+    ece_after, nll_before, nll_after, bins_before, bins_after (reliability_bins frames, test)."""
+    t = fit_temperature(val_logits, val_labels)
+    before, after = softmax(test_logits), softmax(np.asarray(test_logits, float) / t)
+    return {"temperature": t, "ece_before": expected_calibration_error(before, test_labels, n_bins),
+            "ece_after": expected_calibration_error(after, test_labels, n_bins),
+            "nll_before": nll(test_logits, test_labels), "nll_after": nll(test_logits, test_labels, t),
+            "bins_before": reliability_bins(before, test_labels, n_bins),
+            "bins_after": reliability_bins(after, test_labels, n_bins)}
+
+
+def radius_calibration(val_spread, val_err, test_spread, test_err, coverages=COVERAGES,
+                       floor_km: float = RADIUS_FLOOR_KM):
+    """Fit one radius scale per target coverage on validation; measure coverage on test.
+    Returns ({str(coverage): scale}, table: target, scale, val coverage, test coverage, median radius km)."""
+    scales, rows = {}, []
+    for c in coverages:
+        s = fit_radius_scale(val_spread, val_err, c, floor_km)
+        r_test = error_radius(test_spread, s, floor_km)
+        scales[str(c)] = s
+        rows.append({"target coverage": c, "scale": s,
+                     "val coverage": coverage(error_radius(val_spread, s, floor_km), val_err),
+                     "test coverage": coverage(r_test, test_err), "test median radius km": float(np.median(r_test))})
+    return scales, pd.DataFrame(rows).set_index("target coverage")
+
+
+def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES):
+    """Temperature (province confidence) and radius scales fitted on val, checked on test.
+    Returns (calibration dict for predict.save_calibration, temperature report, radius table)."""
+    temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
+    scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
+                                        coverages)
+    cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": "val", "n_val": len(val),
+           "test_ece_before": temp["ece_before"], "test_ece_after": temp["ece_after"],
+           "test_coverage": {str(c): float(v) for c, v in radius["test coverage"].items()}}
+    return cal, temp, radius
+
+
+# --- records beside the checkpoint, stamped with its sha256 -------------------------------------
+
+def _write_stamped(path: Path, checkpoint, body: dict) -> Path:
+    body = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **body}
+    atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
+    return path
+
+
+def _read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | None, str]:
+    """(record or None, why); a record made from another checkpoint (sha256 differs) is not used."""
+    if not path.is_file():
+        return None, f"no {path.name} beside the checkpoint (run 06_evaluation to make one)"
+    body = json.loads(path.read_text())
+    if body.get("checkpoint_sha256") != file_sha256(checkpoint):
+        return None, f"{path.name} was {made} another checkpoint (sha256 differs); re-run 06_evaluation"
+    return body, f"{ok} ({path.name})"
+
+
+def save_calibration(checkpoint, calibration: dict) -> Path:
+    """Write ``calibration`` (temperature, radius_scales {coverage: scale}, ...; optionally a
+    ``tta`` block with the same keys) beside the checkpoint."""
+    return _write_stamped(calibration_path(checkpoint), checkpoint, {"radius_floor_km": RADIUS_FLOOR_KM, **calibration})
+
+
+def load_calibration(checkpoint) -> tuple[dict | None, str]:
+    """(calibration or None, why)."""
+    return _read_stamped(calibration_path(checkpoint), checkpoint, "fitted on", "calibrated on validation")
+
+
+def save_evaluation_summary(checkpoint, headline: dict, provinces: pd.DataFrame, extra: dict | None = None) -> Path:
+    """06's test headline and per-province table beside the checkpoint (an export's model card
+    quotes exactly these)."""
+    body = {"split": "test", "headline": {k: float(v) for k, v in headline.items()},
+            "per_province": json.loads(provinces.reset_index().to_json(orient="records")), **(extra or {})}
+    return _write_stamped(evaluation_path(checkpoint), checkpoint, body)
+
+
+def load_evaluation_summary(checkpoint) -> tuple[dict | None, str]:
+    """(summary or None, why)."""
+    return _read_stamped(evaluation_path(checkpoint), checkpoint, "made from", "evaluated on the test split")

@@ -1,0 +1,152 @@
+"""A trained model as one folder to hand to someone: ``model.safetensors`` (weights; safetensors
+cannot hold code) and ``config.json`` (everything else, plain JSON). The model card (README.md)
+is written by the app (geopak_lib/book/model_card.py). Decisions: docs/decisions/sharing.md.
+
+What the weights file holds: every head, plus those encoder tensors that cannot be rebuilt from
+the encoder's spec on another machine: tensors that differ from what ``build_encoder(spec)``
+gives here (fine-tuned top blocks, a random-weight encoder, weights from a local file). With
+``include_encoders`` every encoder tensor is copied. ``config.json`` records each weight file's
+sha256, and loading refuses a file whose bytes differ.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from geopak_lib.constants import PROVINCES
+from geopak_lib.evaluation.calibration import load_calibration, load_evaluation_summary
+from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
+from geopak_lib.model.geopak import GeopakModel
+from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
+from geopak_lib.utils import atomic_write_bytes, file_sha256
+
+MODEL_FORMAT = "geopak-model-v1"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class ModelFolderError(ValueError):
+    """A model folder that is incomplete, altered or of another format."""
+
+
+def _fresh_encoder(spec: str):
+    """The encoder a user gets from its spec on this machine (quietly: its status is checked by the caller)."""
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            return build_encoder(spec, None, strict=False)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def preprocess_info(encoder) -> dict:
+    """An encoder's input preprocessing as plain values (size in pixels, mean/std per channel)."""
+    pre = encoder.preprocess
+    return {"image_size": int(pre.image_size), "mean": [float(v) for v in pre.mean],
+            "std": [float(v) for v in pre.std], "interpolation": str(getattr(pre, "interpolation", ""))}
+
+
+def exported_tensors(state: dict, encoders: dict, fresh: dict, include_encoders: bool = False) -> tuple[dict, dict]:
+    """(tensors to write, {slot: 'all' | 'spec' | 'n tensors'}) from a checkpoint's model_state;
+    fresh: {slot: the encoder its spec builds here}."""
+    out = {k: v.contiguous() for k, v in state.items() if k.split(".")[0] not in ENCODER_SLOTS}
+    how = {}
+    for slot in ENCODER_SLOTS:
+        mine = {k: v for k, v in state.items() if k.startswith(slot + ".")}
+        if not mine:
+            continue
+        if include_encoders or encoders[slot].get("is_random"):
+            changed = mine
+        else:
+            built = fresh[slot].state_dict()
+            changed = {k: v for k, v in mine.items()
+                       if k[len(slot) + 1:] not in built or not torch.equal(built[k[len(slot) + 1:]], v)}
+        out.update({k: v.contiguous() for k, v in changed.items()})
+        how[slot] = "all" if len(changed) == len(mine) else ("spec" if not changed else f"{len(changed)} tensors")
+    return out, how
+
+
+def export_model(checkpoint, out_dir, include_encoders: bool = False) -> dict:
+    """Write model.safetensors and config.json for ``checkpoint`` into out_dir; -> the config.
+
+    The calibration and evaluation summary beside the checkpoint go in when they were made from
+    this very checkpoint (sha256); one made from another checkpoint is an error, not skipped."""
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    ckpt = load_checkpoint(checkpoint)
+    if any(ckpt["encoders"].get(s) is None for s in ENCODER_SLOTS):
+        raise ValueError(f"{checkpoint} holds heads only (trained without encoders): it cannot read images")
+    records = {}
+    for name, loader in (("calibration", load_calibration), ("evaluation", load_evaluation_summary)):
+        record, why = loader(checkpoint)
+        if record is None and "another checkpoint" in why:
+            raise ValueError(f"refusing to export {checkpoint}: its {name} file {why}")
+        records[name] = record
+    fresh = {s: _fresh_encoder(ckpt["encoders"][s]["spec"]) for s in ENCODER_SLOTS}
+    tensors, how = exported_tensors(ckpt["model_state"], ckpt["encoders"], fresh, include_encoders)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+    model = GeopakModel.from_meta(ckpt["model_meta"])
+    config = {"format": MODEL_FORMAT, "provinces": list(PROVINCES), "model": ckpt["model_meta"],
+              "encoders": {s: {**ckpt["encoders"][s], "weights_in_file": how.get(s, "spec")} for s in ENCODER_SLOTS},
+              "preprocess": {s: preprocess_info(fresh[s]) for s in ENCODER_SLOTS},
+              "source": {"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
+                         "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"), "params": ckpt.get("params", {})},
+              "prediction": {"top_provinces": 2, "top_cells": 5}, "n_cells": len(model.cells),
+              "calibration": records["calibration"], "evaluation": records["evaluation"],
+              "weights": {WEIGHTS_FILE: {"sha256": file_sha256(out_dir / WEIGHTS_FILE), "tensors": len(tensors)}}}
+    atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=1, default=str).encode())
+    return config
+
+
+def read_model_folder(folder) -> dict:
+    """config.json of an exported model, after checking its format and every weight file's sha256."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ModelFolderError(f"{folder} is not an exported GEOPAK model: no config.json "
+                               "(make one with `geopak export CHECKPOINT --out DIR`)")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{cfg_path} is not valid JSON ({exc})") from None
+    if config.get("format") != MODEL_FORMAT:
+        raise ModelFolderError(f"{cfg_path}: format {config.get('format')!r}, expected {MODEL_FORMAT!r}")
+    for name, entry in config.get("weights", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise ModelFolderError(f"{path} is missing: the model folder is incomplete")
+        if file_sha256(path) != entry["sha256"]:
+            raise ModelFolderError(f"{path} does not match the sha256 in config.json: the file was changed or "
+                                   "damaged after export; get the folder again from its source")
+    return config
+
+
+def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:
+    """(GeopakModel with both encoders, config) from an exported folder; encoders are rebuilt from
+    their specs, then given the exported tensors."""
+    config = read_model_folder(folder)
+    tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
+    encoders = {}
+    for slot in ENCODER_SLOTS:
+        info = config["encoders"][slot]
+        enc = _fresh_encoder(info["spec"])
+        if info.get("is_random") and info.get("weights_in_file") != "all":
+            raise ModelFolderError(f"{folder}: {slot} runs on random weights, but its weights are not in the file")
+        enc.weight_status, enc.is_random = info["weight_status"], info["is_random"]
+        encoders[slot] = enc
+    model = GeopakModel.from_meta(config["model"], encoders["clip_encoder"], encoders["scene_encoder"])
+    own = model.state_dict()
+    heads = [k for k in own if k.split(".")[0] not in ENCODER_SLOTS]
+    missing = [k for k in heads if k not in tensors]
+    unknown = [k for k in tensors if k not in own]
+    if missing or unknown:
+        raise ModelFolderError(f"{folder}: weights do not fit the model in config.json "
+                               f"(missing {missing[:3]}, unexpected {unknown[:3]})")
+    model.load_state_dict(tensors, strict=False)
+    return model.to(device).eval(), config

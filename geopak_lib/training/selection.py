@@ -1,0 +1,94 @@
+"""Which epoch, and which phase, is kept: the one rule for the best epoch of a phase and for the
+final model of a run. Every choice is made on validation, never on test.
+
+- Best epoch of a phase (:func:`selection_score`): phase 0 by balanced province accuracy, later
+  phases by the end-to-end validation median error of the mixture. Epoch 0 (the weights the
+  phase started from) is a candidate, so a phase never returns something worse than its start.
+- Final model of a run (:func:`select_final_checkpoint`): the phase 1-3 best.pt with the lowest
+  validation median; on a tie the earlier phase (fewer moving parts). Phase 0 only when no later
+  phase has run (its location heads are untrained).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geopak_lib.data.rundir import RunDir
+
+PHASE_NAMES = {0: "phase 0 (province warm-up)", 1: "phase 1 (geography)", 2: "phase 2 (adaptation)",
+               3: "phase 3 (fine-tune)"}
+TRAINING_NOTEBOOKS = "02_phase0_province ... 05_phase3_finetune"
+
+
+def selection_score(phase: int, metrics: dict) -> float:
+    """Lower is better. Phase 0: -balanced province accuracy; later: val median error of the mixture."""
+    v = -metrics["balanced_acc"] if phase == 0 else metrics["median_error_km"]
+    return float("inf") if v is None or not np.isfinite(v) else float(v)
+
+
+def best_val_row(phase: int, losses: pd.DataFrame) -> pd.Series | None:
+    """The validation row of losses.csv that selection_score ranks first (earliest on a tie)."""
+    val = losses[losses["split"] == "val"]
+    if not len(val):
+        return None
+    scores = [selection_score(phase, r) for r in val.to_dict("records")]
+    return val.iloc[int(np.argmin(scores))]
+
+
+def phase_summary(run_dir) -> pd.DataFrame:
+    """One row per phase that has run: validation figures at its start (epoch 0, before any step)
+    and at its best epoch, so a reader sees what the phase added."""
+    run, rows = RunDir(run_dir), []
+    for phase in range(4):
+        losses = run.losses(phase)
+        best = best_val_row(phase, losses) if losses is not None else None
+        if best is None:
+            continue
+        val = losses[losses["split"] == "val"]
+        start = val[val["epoch"] == 0]
+        s = start.iloc[0] if len(start) else pd.Series(dtype=float)
+        rows.append({"phase": PHASE_NAMES[phase], "best epoch": int(best["epoch"]),
+                     "start val median km": s.get("median_error_km", np.nan),
+                     "val median km": best["median_error_km"], "val p90 km": best["p90_error_km"],
+                     "start val province acc": s.get("province_acc", np.nan),
+                     "val province acc": best["province_acc"], "val balanced acc": best["balanced_acc"],
+                     "val median km, true cell (diagnostic)": best["true_cell_median_km"],
+                     "mean α": best["alpha_mean"]})
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class FinalChoice:
+    """The final model: its checkpoint, phase, validation median and why it was chosen."""
+
+    checkpoint: Path
+    phase: int
+    val_median_km: float
+    reason: str
+
+
+def select_final_checkpoint(run_dir) -> FinalChoice:
+    """The final model of a run (see the module docstring for the rule)."""
+    run = RunDir(run_dir)
+    found = {}
+    for phase in range(4):
+        losses, ckpt = run.losses(phase), run.best_checkpoint(phase)
+        best = best_val_row(phase, losses) if losses is not None and ckpt.is_file() else None
+        if best is not None:
+            found[phase] = float(best["median_error_km"])
+    later = {p: km for p, km in found.items() if p >= 1 and np.isfinite(km)}
+    if later:
+        phase = min(later, key=lambda p: (later[p], p))
+        others = ", ".join(f"phase {p} {km:.1f} km" for p, km in sorted(later.items()) if p != phase)
+        reason = (f"lowest validation median error among phases 1-3 ({later[phase]:.1f} km"
+                  + (f"; {others})" if others else ")"))
+        return FinalChoice(run.best_checkpoint(phase), phase, later[phase], reason)
+    if 0 in found:
+        return FinalChoice(run.best_checkpoint(0), 0, found[0],
+                           "only phase 0 has run: its location heads are untrained")
+    raise FileNotFoundError(f"no trained model in {run.path}: no checkpoints/phase*/best.pt with its losses.csv; "
+                            f"run the training notebooks {TRAINING_NOTEBOOKS}")

@@ -66,3 +66,14 @@ def test_a_phase_without_its_checkpoint_is_not_chosen(tmp_path):
     write_phase(tmp_path, 1, [val(1, median_error_km=60.0)])
     write_phase(tmp_path, 2, [val(1, median_error_km=10.0)], checkpoint=False)
     assert select_final_checkpoint(tmp_path).phase == 1
+
+
+def test_phase_start_check_compares_the_figure_each_phase_is_chosen_on():
+    from geopak_lib.training.selection import phase_start_check
+
+    assert phase_start_check(1, {"median_error_km": 90.0}, {"median_error_km": 90.8})[0]  # within 1%
+    ok, msg = phase_start_check(1, {"median_error_km": 90.0}, {"median_error_km": 138.8})
+    assert not ok and "does NOT reproduce" in msg and "median_error_km" in msg
+    assert phase_start_check(0, {"province_acc": 0.52, "median_error_km": 900.0},
+                             {"province_acc": 0.52, "median_error_km": 400.0})[0]  # phase 0: province accuracy
+    assert not phase_start_check(2, {"median_error_km": float("nan")}, {"median_error_km": 80.0})[0]

@@ -445,3 +445,24 @@ def test_phase_transition_keeps_adam_moments_and_does_not_throw_a_converged_mode
     p = names[start["optimizer_params"][i]]
     torch.testing.assert_close(opt.state[p]["exp_avg_sq"], start["optimizer"]["state"][i]["exp_avg_sq"])
     assert float(opt.state[p]["step"]) == float(start["optimizer"]["state"][i]["step"]) > 0
+
+
+def test_phase_start_reproduces_previous_phase_from_cache_and_from_images(tmp_path, image_setup):
+    """Issue 12's phase-start check: phase 1 trained on the float16 feature cache, then phase 2 (images
+    through the encoders) started from its best checkpoint: epoch 0 equals phase 1's best val figures."""
+    from geopak_lib.training.cache import FeatureCache
+
+    model, data = image_setup
+    data.table["province"] = data.table["province_id"].map(dict(enumerate(PROVINCES)))
+    data.cache = FeatureCache.build_or_load(data.table, model.clip_encoder, model.scene_encoder,
+                                            cache_root=tmp_path / "cache", views=0, batch_size=16, device="cpu",
+                                            progress=False)
+    res1 = train_phase(cfg1(epochs=2, batches_per_epoch=4), model, data, tmp_path / "r", progress=False, device="cpu")
+    start = load_checkpoint(res1.best_path)
+    cfg2 = PhaseConfig.for_phase(2, epochs=1, batch_size=8, batches_per_epoch=1, eval_batch_size=32, amp="off")
+    res2 = train_phase(cfg2, model, data, tmp_path / "r", progress=False, device="cpu", start=start)
+    epoch0 = res2.history.iloc[0]
+    assert epoch0["epoch"] == 0 and epoch0["median_error_km"] == pytest.approx(res1.best_metrics["median_error_km"],
+                                                                               rel=0.01)
+    assert epoch0["province_acc"] == pytest.approx(res1.best_metrics["province_acc"], abs=1 / len(data.rows("val")))
+    assert "epoch 0 reproduces phase 1's best" in (tmp_path / "r/checkpoints/phase2/log.txt").read_text()

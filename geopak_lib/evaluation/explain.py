@@ -103,3 +103,15 @@ def alpha_gallery(images: torch.Tensor, alpha, labels, n: int = 4):
         axes[r, 0].set_ylabel(name, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def explain_test_images(predictor, test, n_alpha: int = 4, n_occlusion: int = 3, grid: int = 4) -> tuple:
+    """The report's two figures for a predictions frame: the gate gallery (images spread over α)
+    and occlusion maps of the n_occlusion best-located test images. -> (alpha_fig, occlusion_fig)."""
+    views = load_views(test["image_path"].tolist(), predictor.image_size)
+    captions = [f"{r.province}, {r.error_km:.0f} km" for r in test.itertuples()]
+    alpha_fig = alpha_gallery(views, test["alpha"], captions, n_alpha)
+    picks = np.argsort(test["error_km"].to_numpy(), kind="stable")[:n_occlusion]
+    maps = [occlusion_map(predictor, views[i], grid) for i in picks]
+    titles = [f"{test['id'].iloc[i]} ({test['province'].iloc[i]})" for i in picks]
+    return alpha_fig, occlusion_figure(views[picks], maps, titles)

@@ -74,6 +74,15 @@ def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False,
     return out
 
 
+def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta: bool = False,
+                     batch_size: int = 64, num_workers: int = 0) -> dict:
+    """{split: predictions_frame} through the predictor (what `geopak predict` computes)."""
+    train = table[table["split"] == "train"]
+    return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta, batch_size, num_workers),
+                                 table[table["split"] == s], train, predictor.top_provinces, predictor.top_cells)
+            for s in splits}
+
+
 def cell_ranking(model, outputs: dict, k: int = 5) -> np.ndarray:
     """Global cell ids ranked by P(province) × P(cell | province), best first: (B, k)."""
     p_province = torch.softmax(outputs["province_logits"], -1)[:, model.cell_province_id]  # (B, N)

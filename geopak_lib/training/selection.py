@@ -30,6 +30,19 @@ def selection_score(phase: int, metrics: dict) -> float:
     return float("inf") if v is None or not np.isfinite(v) else float(v)
 
 
+def phase_start_check(previous_phase: int, previous: dict, start_row: dict, rel: float = 0.01) -> tuple[bool, str]:
+    """Does a phase's epoch 0 reproduce the validation figure of the checkpoint it started from?
+    The figure is the one that phase was selected on: province accuracy after phase 0, the median
+    error after phases 1-3. Within ``rel`` (1%): the cache stores float16 features, the image path
+    recomputes them, so the two differ at rounding level and no more."""
+    key = "province_acc" if previous_phase == 0 else "median_error_km"
+    want, got = float(previous.get(key, np.nan)), float(start_row.get(key, np.nan))
+    ok = bool(np.isfinite(want) and np.isfinite(got) and abs(got - want) <= rel * max(abs(want), 1e-9))
+    verdict = "reproduces" if ok else "does NOT reproduce"
+    return ok, (f"phase-start check: epoch 0 {verdict} phase {previous_phase}'s best validation {key} "
+                f"({got:.4g} vs {want:.4g}, tolerance {100 * rel:g}%)")
+
+
 def best_val_row(phase: int, losses: pd.DataFrame) -> pd.Series | None:
     """The validation row of losses.csv that selection_score ranks first (earliest on a tie)."""
     val = losses[losses["split"] == "val"]

@@ -33,7 +33,7 @@ from geopak_lib.training.inputs import TrainData, make_loss
 from geopak_lib.training.passes import (Accumulator, batches, epoch_metrics, forward, loss_terms, predict_rows,
                                         predictions)
 from geopak_lib.training.sampler import ProvinceBalancedSampler
-from geopak_lib.training.selection import selection_score
+from geopak_lib.training.selection import phase_start_check, selection_score
 from geopak_lib.utils import pick_device
 
 
@@ -189,6 +189,8 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         log.write_csv(run.history)
         log.line(f"epoch 0 (the starting weights): val median {row['median_error_km']:.2f} km, "
                  f"province acc {row['province_acc']:.3f}")
+        if start is not None and start.get("metrics"):
+            log.line(phase_start_check(int(start["phase"]), start["metrics"], row)[1])
     for epoch in range(first, cfg.epochs + 1):
         if run.stopped:
             break

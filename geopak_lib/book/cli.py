@@ -12,8 +12,8 @@ from pathlib import Path
 from geopak_lib.book import predict_cli
 from geopak_lib.book.demo import build_demo_dataset
 from geopak_lib.book.model_card import model_card
-from geopak_lib.book.runner import main_book
-from geopak_lib.data.validate import validate_dataset, write_validation
+from geopak_lib.book.runner import ProfileError, main_book
+from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.evaluation.export import export_model
 
 DESCRIPTION = """\
@@ -45,6 +45,11 @@ def _cmd_validate(args) -> int:
     if not Path(args.images).is_dir():
         print(f"geopak validate: image folder {args.images} does not exist", file=sys.stderr)
         return 2
+    if table.is_dir():
+        print(f"geopak validate: {table} is a folder; give the dataset table (.csv or .parquet) and the "
+              "image folder with --images", file=sys.stderr)
+        return 2
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # an --out that cannot be made fails before the long part
     result = validate_dataset(table, args.images, check_images=not args.skip_images)
     paths = write_validation(result, args.out)
     n_bad = result.rejects["row"].nunique() if len(result.rejects) else 0
@@ -161,7 +166,14 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (DatasetError, ProfileError) as exc:  # a user's table or profile: one line, no traceback
+        print(f"geopak {args.command}: {exc}", file=sys.stderr)
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an --out not writable
+        print(f"geopak {args.command}: cannot write {exc.filename}: {exc.strerror}; choose another --out",
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -60,7 +60,12 @@ def resolve_profile_path(profile: str, root: Path = REPO_ROOT) -> Path:
 def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
     """Read and check the structure of a profile (not yet against the notebooks)."""
     path = resolve_profile_path(profile, root)
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ProfileError(f"{path}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})") from None
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping with sections {sorted(PROFILE_SECTIONS)}")
     unknown = set(raw) - PROFILE_SECTIONS

@@ -88,6 +88,10 @@ def _name_key(name: str) -> str:
 _OFFICIAL = {_name_key(p): p for p in PROVINCES}
 
 
+class DatasetError(ValueError):
+    """A dataset table that cannot be validated at all (missing file or column, unknown format)."""
+
+
 def read_table(path) -> pd.DataFrame:
     """Read a dataset table: ``.csv`` or ``.parquet``/``.pq``. ``id, image, province`` come back as text.
 
@@ -108,14 +112,14 @@ def read_table(path) -> pd.DataFrame:
             if c in df.columns:
                 df[c] = df[c].where(df[c].isna(), df[c].astype(str))  # keep missing as missing
         return df
-    raise ValueError(f"unsupported dataset file {path}: use .csv or .parquet")
+    raise DatasetError(f"unsupported dataset file {path}: use .csv or .parquet")
 
 
 def check_columns(df: pd.DataFrame, source) -> None:
     """Raise ValueError naming the file and every missing required column."""
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"{source}: missing required column(s) {missing}; found {list(df.columns)}. "
+        raise DatasetError(f"{source}: missing required column(s) {missing}; found {list(df.columns)}. "
                          f"A dataset needs {list(REQUIRED_COLUMNS)}.")
 
 
@@ -139,6 +143,15 @@ def _coord_problems(raw: pd.Series, name: str, limit: float) -> tuple[np.ndarray
         problems.append((i, f"{name}_out_of_range", f"{name} {values[i]} is outside [-{limit:g}, {limit:g}]"))
     values[bad] = np.nan
     return values, problems
+
+
+def swapped_hint(lat: float, lon: float) -> str:
+    """'; swapped it would lie in Punjab' when (lon, lat) is in Pakistan, else ''. Rows are still
+    rejected, never silently fixed: the table may be wrong in other ways too."""
+    if not (-90 <= lon <= 90):
+        return ""
+    where = locate_province(np.array([lon]), np.array([lat]))[0]
+    return f"; swapped (latitude {lon:.4f}, longitude {lat:.4f}) it would lie in {where}" if where else ""
 
 
 def _province_label(raw) -> tuple[str | None, str | None]:
@@ -202,6 +215,9 @@ class ValidationResult:
                 ("rejected_rows", "total", self.rejects["row"].nunique())]
         for reason, (action, _) in REJECT_POLICY.items():
             rows.append((reason, action, n_dup if reason == "duplicate_image" else int(counts.get(reason, 0))))
+            if reason == "outside_pakistan":  # of those, how many look like swapped coordinates
+                rows.append(("outside_pakistan_swapped", action,
+                             int(self.rejects["detail"].str.contains("swapped", regex=False).sum())))
         return pd.DataFrame(rows, columns=["reason", "action", "n_rows"])
 
 
@@ -245,7 +261,8 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     located = np.full(n, None, dtype=object)
     located[has_coord] = locate_province(lat[has_coord], lon[has_coord])
     for i in np.flatnonzero(has_coord & (located == None)):  # noqa: E711
-        problems.append((i, "outside_pakistan", f"({lat[i]:.4f}, {lon[i]:.4f}) is not in Pakistan"))
+        problems.append((i, "outside_pakistan", f"({lat[i]:.4f}, {lon[i]:.4f}) is not in Pakistan" + swapped_hint(
+            lat[i], lon[i])))
 
     province = np.full(n, None, dtype=object)
     for i, raw in enumerate(df["province"]):

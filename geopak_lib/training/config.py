@@ -15,12 +15,16 @@ from geopak_lib.training.checkpoints import optimizer_param_names
 from geopak_lib.training.passes import PassSettings
 from geopak_lib.training.sampler import SHARE_PRESETS
 
-# Spec values per phase (000 §10, 003 §1.1); everything else is a PhaseConfig default.
+# Spec values per phase (000 §10, 003 §1.1); everything else is a PhaseConfig default. One measured
+# deviation: the heads' learning rate in phases 2-3 is a tenth of the spec's (SPEC_LR_HEADS), since the
+# heads arrive converged; at the spec's 5e-4 one demo epoch took the val median from 90.6 to 103.6 km
+# even with Adam's moments carried over (136.4 km without). docs/decisions/training.md.
+SPEC_LR_HEADS = {0: 1e-3, 1: 1e-3, 2: 5e-4, 3: 1e-4}
 PHASE_DEFAULTS = {
     0: dict(epochs=8, lr_heads=1e-3, shares="equal"),
     1: dict(epochs=30, lr_heads=1e-3, shares="spec003", offset_rampup=True),
-    2: dict(epochs=30, lr_heads=5e-4, lr_clip=1e-5, lr_scene=5e-6, shares="equal"),
-    3: dict(epochs=10, lr_heads=1e-4, lr_clip=5e-6, lr_scene=2e-6, clip_unfreeze=1.0, scene_unfreeze=1.0,
+    2: dict(epochs=30, lr_heads=5e-5, lr_clip=1e-5, lr_scene=5e-6, shares="equal"),
+    3: dict(epochs=10, lr_heads=1e-5, lr_clip=5e-6, lr_scene=2e-6, clip_unfreeze=1.0, scene_unfreeze=1.0,
             shares="equal"),
 }
 AMP_MODES = ("auto", "bf16", "off")
@@ -68,7 +72,9 @@ class PhaseConfig:
         for name in ("epochs", "batch_size", "batches_per_epoch", "eval_batch_size", "top_provinces",
                      "top_cells", "keep_last"):
             need(int(getattr(self, name)) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.lr_heads > 0 and self.lr_clip >= 0 and self.lr_scene >= 0, "learning rates must be >= 0")
+        need(min(self.lr_heads, self.lr_clip, self.lr_scene) >= 0, "learning rates must be >= 0")
+        need(self.lr_heads > 0 or self.lr_clip > 0 or self.lr_scene > 0,
+             "something must train: lr_heads, lr_clip or lr_scene > 0 (lr 0 freezes that part)")
         need(self.phase >= 2 or (self.lr_clip == 0 and self.lr_scene == 0),
              "phases 0-1 keep both encoders frozen: lr_clip and lr_scene must be 0")
         need(0 <= self.clip_unfreeze <= 1 and 0 <= self.scene_unfreeze <= 1, "unfreeze fractions lie in [0, 1]")

@@ -83,8 +83,9 @@ def _check_resume(state: dict, cfg: dict, path) -> None:
 
 
 def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, opt, sched, device,
-                progress: bool = False) -> dict:
-    """One epoch of province-balanced batches; returns the train row of losses.csv."""
+                progress: bool = False, batch_source=batches) -> dict:
+    """One epoch of province-balanced batches; returns the train row of losses.csv. batch_source:
+    passes.batches, or one with its signature (benchmarks time the step without the data path)."""
     passes = cfg.pass_settings()
     train_rows = data.rows("train")
     sampler = ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
@@ -102,7 +103,7 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
             enc.eval()
     params = [p for g in opt.param_groups for p in g["params"]]
     acc = Accumulator()
-    bar = tqdm(batches(model, data, row_batches, passes, epoch, True, device), total=len(row_batches),
+    bar = tqdm(batch_source(model, data, row_batches, passes, epoch, True, device), total=len(row_batches),
                desc=f"phase {cfg.phase} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
     for rows, inputs in bar:
         labels = data.labels(rows, device)

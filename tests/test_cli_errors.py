@@ -64,3 +64,11 @@ def test_swapped_coordinates_are_named_counted_and_still_rejected(tmp_path):
     assert len(result.manifest) == 0  # rejected, never silently fixed
     summary = result.summary().set_index("reason")["n_rows"]
     assert summary["outside_pakistan"] == 3 and summary["outside_pakistan_swapped"] == 2
+
+
+def test_summary_of_a_clean_dataset_counts_zero_swapped(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / "imgs" / "a.jpg")
+    (tmp_path / "d.csv").write_text("id,image,latitude,longitude,province\n1,a.jpg,31.5,74.3,Punjab\n")
+    result = validate_dataset(tmp_path / "d.csv", tmp_path / "imgs", progress=False)
+    assert len(result.rejects) == 0 and result.summary().set_index("reason")["n_rows"]["outside_pakistan_swapped"] == 0

@@ -217,7 +217,7 @@ class ValidationResult:
             rows.append((reason, action, n_dup if reason == "duplicate_image" else int(counts.get(reason, 0))))
             if reason == "outside_pakistan":  # of those, how many look like swapped coordinates
                 rows.append(("outside_pakistan_swapped", action,
-                             int(self.rejects["detail"].str.contains("swapped", regex=False).sum())))
+                             int(self.rejects["detail"].astype(str).str.contains("swapped", regex=False).sum())))
         return pd.DataFrame(rows, columns=["reason", "action", "n_rows"])
 
 

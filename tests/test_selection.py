@@ -77,3 +77,11 @@ def test_phase_start_check_compares_the_figure_each_phase_is_chosen_on():
     assert phase_start_check(0, {"province_acc": 0.52, "median_error_km": 900.0},
                              {"province_acc": 0.52, "median_error_km": 400.0})[0]  # phase 0: province accuracy
     assert not phase_start_check(2, {"median_error_km": float("nan")}, {"median_error_km": 80.0})[0]
+
+
+def test_a_phase_that_kept_its_start_is_not_the_final_model(tmp_path):
+    write_phase(tmp_path, 0, [val(1, balanced_acc=0.7)])
+    write_phase(tmp_path, 1, [val(0, median_error_km=150.0), val(5, median_error_km=88.42)])
+    write_phase(tmp_path, 2, [val(0, median_error_km=88.38), val(1, median_error_km=99.7)])  # same weights as phase 1
+    choice = select_final_checkpoint(tmp_path)
+    assert choice.phase == 1 and "phase 2 kept the weights it started from" in choice.reason

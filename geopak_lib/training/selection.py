@@ -5,8 +5,10 @@ final model of a run. Every choice is made on validation, never on test.
   phases by the end-to-end validation median error of the mixture. Epoch 0 (the weights the
   phase started from) is a candidate, so a phase never returns something worse than its start.
 - Final model of a run (:func:`select_final_checkpoint`): the phase 1-3 best.pt with the lowest
-  validation median; on a tie the earlier phase (fewer moving parts). Phase 0 only when no later
-  phase has run (its location heads are untrained).
+  validation median; on a tie the earlier phase (fewer moving parts). A phase whose best epoch is
+  0 kept the weights it started from, so it is not a candidate of its own (its val figure differs
+  from the previous phase's only by float16 cache rounding). Phase 0 only when no later phase has
+  run (its location heads are untrained).
 """
 
 from __future__ import annotations
@@ -87,18 +89,23 @@ class FinalChoice:
 def select_final_checkpoint(run_dir) -> FinalChoice:
     """The final model of a run (see the module docstring for the rule)."""
     run = RunDir(run_dir)
-    found = {}
+    found, kept_start = {}, []
     for phase in range(4):
         losses, ckpt = run.losses(phase), run.best_checkpoint(phase)
         best = best_val_row(phase, losses) if losses is not None and ckpt.is_file() else None
-        if best is not None:
-            found[phase] = float(best["median_error_km"])
+        if best is None:
+            continue
+        if phase >= 1 and int(best["epoch"]) == 0 and found:
+            kept_start.append(phase)  # its best.pt holds the previous phase's weights: it added nothing
+            continue
+        found[phase] = float(best["median_error_km"])
     later = {p: km for p, km in found.items() if p >= 1 and np.isfinite(km)}
     if later:
         phase = min(later, key=lambda p: (later[p], p))
         others = ", ".join(f"phase {p} {km:.1f} km" for p, km in sorted(later.items()) if p != phase)
         reason = (f"lowest validation median error among phases 1-3 ({later[phase]:.1f} km"
-                  + (f"; {others})" if others else ")"))
+                  + (f"; {others})" if others else ")")
+                  + "".join(f"; phase {p} kept the weights it started from" for p in kept_start))
         return FinalChoice(run.best_checkpoint(phase), phase, later[phase], reason)
     if 0 in found:
         return FinalChoice(run.best_checkpoint(0), 0, found[0],

@@ -28,6 +28,14 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def _readable(tmp) -> None:
+    """mkstemp makes 0600 files; give the final file the mode a plain open() would (0666 & ~umask),
+    so run artifacts and exported models can be shared and read by others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder and os.replace."""
     path = Path(path)
@@ -38,6 +46,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +61,7 @@ def atomic_torch_save(obj, path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -62,3 +62,13 @@ def test_geocells_csv_read_with_pandas_builds_model_and_loss_and_trains(tmp_path
     opt.step()
     assert torch.isfinite(terms["total"])
     assert load_geocells(tmp_path / "geocells.csv").equals(load_geocells(tmp_path))  # CSV and JSON agree
+
+
+def test_artifacts_are_readable_by_others(tmp_path):
+    """mkstemp makes 0600 files; artifacts get the mode plain open() gives (0666 & ~umask)."""
+    import os
+
+    path = RunDir(tmp_path).write_manifest(pd.DataFrame({"id": ["1"]}))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask

@@ -91,6 +91,7 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False) -> dict:
     tensors, how = exported_tensors(ckpt["model_state"], ckpt["encoders"], fresh, include_encoders)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+    (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; the folder is meant to be shared
     model = GeopakModel.from_meta(ckpt["model_meta"])
     config = {"format": MODEL_FORMAT, "provinces": list(PROVINCES), "model": ckpt["model_meta"],
               "encoders": {s: {**ckpt["encoders"][s], "weights_in_file": how.get(s, "spec")} for s in ENCODER_SLOTS},

@@ -22,7 +22,7 @@ from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_condit
 from geopak_lib.training.passes import PassSettings, model_outputs
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
-from geopak_lib.training.selection import PHASE_NAMES
+from geopak_lib.training.selection import PHASE_NAMES, best_val_row
 from geopak_lib.utils import pick_device
 
 METHODS = {  # column prefix -> what the ablation table calls it
@@ -192,8 +192,12 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
     location figures come from untrained location heads."""
     run, rows = RunDir(run_dir), []
     for phase in range(4):
-        path = run.best_checkpoint(phase)
+        path, losses = run.best_checkpoint(phase), run.losses(phase)
         if not path.is_file():
+            continue
+        best = best_val_row(phase, losses) if losses is not None else None
+        if rows and best is not None and int(best["epoch"]) == 0:  # kept its start: the previous phase's weights
+            rows += [{**r, "phase": phase, "name": PHASE_NAMES[phase]} for r in rows[-2:]]
             continue
         model = build_model_from_checkpoint(path, with_encoders=True)
         for split in ("val", "test"):

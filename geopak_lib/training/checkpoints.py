@@ -263,6 +263,9 @@ def describe_epoch(epoch: int, epochs: int, train: dict, val: dict) -> str:
                    f"off: {r['loss_offset']:.4f}, aux: {r['loss_aux']:.4f})")
     e = lambda r: f"median={r['median_error_km']:.2f}km, mean={r['mean_error_km']:.2f}km, p90={r['p90_error_km']:.2f}km"  # noqa: E731
     acc = ", ".join(f"{PROVINCE_SHORT[p]} {val[PROVINCE_SHORT[p] + '_acc']:.3f}" for p in PROVINCES)
+    if not np.isfinite(val["median_error_km"]):  # phase 0: no location yet, one line per epoch
+        return (f"Epoch {epoch}/{epochs}: loss train {train['loss_total']:.4f}, val {val['loss_total']:.4f}; "
+                f"val province acc {val['province_acc']:.3f} (balanced {val['balanced_acc']:.3f}); {acc}")
     return (f"Epoch {epoch}/{epochs}:\n   Train Loss: {f(train)}\n   Val Loss:   {f(val)}\n"
             f"   Train Error: {e(train)}\n   Val Error:   {e(val)} (true cell fed in: "
             f"{val['true_cell_median_km']:.2f}km)\n   Val province acc: {val['province_acc']:.3f} "

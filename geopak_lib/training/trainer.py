@@ -189,7 +189,8 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         save_checkpoint(state(0, row), best_path)
         log.write_csv(run.history)
         log.line(f"epoch 0 (the starting weights): val median {row['median_error_km']:.2f} km, "
-                 f"province acc {row['province_acc']:.3f}")
+                 f"province acc {row['province_acc']:.3f}" if cfg.phase else
+                 f"epoch 0 (the starting weights): val province acc {row['province_acc']:.3f}")
         if start is not None and start.get("metrics"):
             log.line(phase_start_check(int(start["phase"]), start["metrics"], row)[1])
     for epoch in range(first, cfg.epochs + 1):

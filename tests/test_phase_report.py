@@ -28,3 +28,14 @@ def test_random_weights_banner():
     assert "Random weights" not in encoder_status_markdown([good, good])
     md = encoder_status_markdown([bad, good])
     assert md.startswith("> **⚠ Random weights:**") and "open_clip:ViT-B-16:openai" in md.splitlines()[0]
+
+
+def test_phase_gains_say_what_each_phase_added_and_why_not():
+    from geopak_lib.book.phase_report import phase_gains_markdown
+
+    rows = [(1, "val", 88.4), (1, "test", 70.7), (2, "val", 88.4), (2, "test", 70.7), (3, "val", 85.8), (3, "test", 71.2)]
+    table = pd.DataFrame([{"phase": p, "split": s, "median_km": m} for p, s, m in rows])
+    text = phase_gains_markdown(table, 3)
+    assert "Phase 2 changes nothing on validation" in text and "handed them on unchanged" in text
+    assert "Phase 3 improves validation: median 88.4 → 85.8 km (-2.6); test 70.7 → 71.2 km (+0.5)" in text
+    assert "does not carry over to test" in text and "final model is **phase 3**" in text

@@ -114,9 +114,12 @@ def phase_gains_markdown(table: pd.DataFrame, final_phase: int) -> str:
     for phase in [p for p in med.index if p >= 2 and p - 1 in med.index]:
         dv, dt = med.loc[phase, "val"] - med.loc[phase - 1, "val"], med.loc[phase, "test"] - med.loc[phase - 1, "test"]
         verb = "improves" if dv < 0 else ("changes nothing on" if dv == 0 else "worsens")
+        why = (" No epoch beat the weights it started from (further training fitted the training set at the "
+               "expense of validation), so it handed them on unchanged." if dv == 0 else
+               " The validation gain does not carry over to test." if dv < 0 and dt > 0 else "")
         lines.append(f"- Phase {phase} {verb} validation: median {med.loc[phase - 1, 'val']:.1f} → "
                      f"{med.loc[phase, 'val']:.1f} km ({dv:+.1f}); test {med.loc[phase - 1, 'test']:.1f} → "
-                     f"{med.loc[phase, 'test']:.1f} km ({dt:+.1f}).")
+                     f"{med.loc[phase, 'test']:.1f} km ({dt:+.1f}).{why}")
     if 1 in med.index:
         lines.insert(0, f"- Phase 1 (geography on frozen features): val median {med.loc[1, 'val']:.1f} km, "
                         f"test {med.loc[1, 'test']:.1f} km.")

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from geopak_lib.constants import NUM_PROVINCES
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.model.encoders import build_encoder
+from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.losses import GeopakLoss
 from geopak_lib.training.cache import CacheSettings, FeatureCache
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
@@ -64,9 +65,13 @@ def make_loss(model, data: TrainData, **kwargs) -> GeopakLoss:
 def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, scene_weights: str) -> tuple:
     """Both frozen encoders of phase 0, after seed_everything(seed): an encoder without pretrained
     weights then gets the same random weights every time, so the feature cache's key is stable.
-    Empty weights strings mean "the spec's own weights"."""
+    Empty weights strings mean "the spec's own weights". A random-weight encoder is reported by the
+    encoders' logger and by its weight_status (the notebooks' status table), not a second time by a
+    Python warning that would point here."""
     seed_everything(seed)
-    return build_encoder(clip_spec, clip_weights or None), build_encoder(scene_spec, scene_weights or None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return build_encoder(clip_spec, clip_weights or None), build_encoder(scene_spec, scene_weights or None)
 
 
 CACHE_PARAMETERS = ("cache_dir", "cache_views", "cache_batch_size", "num_workers", "seed")

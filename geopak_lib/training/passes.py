@@ -19,7 +19,7 @@ from geopak_lib.data.augment import ImageViewDataset, augment_for_province, coll
 from geopak_lib.training.checkpoints import CSV_COLUMNS
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.training.cache import encoder_input, view_size
-from geopak_lib.model.inference import cat_outputs, mixture_predict
+from geopak_lib.model.inference import cat_outputs, mixture_predict, outputs_to
 from geopak_lib.metrics import error_km, per_class_accuracy, summarize_errors
 
 SOURCES = ("cache", "images")
@@ -194,8 +194,7 @@ def model_outputs(model, data, rows, cfg: PassSettings, device, progress: bool =
     """Model outputs (on CPU) for ``rows`` of data.table, clean views, in row order."""
     model.eval()
     row_batches = [rows[s:s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
-    parts = [{k: ({p: t.cpu() for p, t in v.items()} if isinstance(v, dict) else v.cpu())
-              for k, v in forward(model, cfg, inputs, device).items()}
+    parts = [outputs_to(forward(model, cfg, inputs, device), "cpu")
              for _, inputs in tqdm(batches(model, data, row_batches, cfg, 1, False, device), total=len(row_batches),
                                    desc="outputs", leave=False, disable=not progress)]
     return cat_outputs(parts)

@@ -22,12 +22,13 @@ help:
 
 # torch and torchvision come from this machine's disk via pip (uv does not look there); the
 # rest installs with uv in seconds. The stamp makes the step run once per requirements change.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check $$(grep -E '^(torch|torchvision)==' requirements.txt) 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import torch, torchvision" || { echo "torch/torchvision failed to install"; exit 1; }
 	$(BIN)/pip install -q --disable-pip-version-check uv 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt -e .
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name geopak --display-name "GEOPAK (.venv)" >/dev/null
 	@touch $@
 

@@ -91,3 +91,22 @@ def test_district_accuracy_on_a_hand_made_frame():
     assert d == {"district_acc": pytest.approx(2 / 3), "district_n": 3, "district_excluded": 2}
     d = district_accuracy(f.iloc[3:])
     assert np.isnan(d["district_acc"]) and d["district_n"] == 0
+
+
+def test_sentences_and_model_card_carry_the_names():
+    from geopak_lib.book import eval_text
+    from geopak_lib.book.figures import where_text
+    from geopak_lib.book.model_card import evaluation_section
+
+    assert where_text({"place": "Kotri", "place_km": 12.3, "district": "Jamshoro", "place_province": "Sindh"}) == \
+        ", 12 km from Kotri (Jamshoro district, Sindh)"
+    assert where_text({"place": "", "place_province": "Balochistan"}) == ", in Balochistan (no named place nearby)"
+    assert where_text({"place": "", "place_province": ""}) == ""
+    d = {"district_acc": 0.25, "district_n": 8, "district_excluded": 2}
+    text = eval_text.district_text(d)
+    assert "25.0% of 8 images" in text and "2 images whose true point has no district" in text
+    assert "No test image" in eval_text.district_text({**d, "district_n": 0, "district_acc": float("nan")})
+    head = {"n": 10, "median_km": 5.0, "p90_km": 9.0, "acc_25km": 0.5, "acc_200km": 0.9, "province_acc": 0.8}
+    assert "district accuracy" not in evaluation_section({"headline": head, "per_province": []})
+    card = evaluation_section({"headline": {**head, **d}, "per_province": []})
+    assert "| district accuracy |" in card and "| 0.800 | 0.250 |" in card

@@ -23,12 +23,13 @@ def headline_text(head: dict) -> str:
 
 def district_text(head: dict) -> str:
     """The district sentence (keys of evaluation.district_accuracy)."""
-    left_out = (f" ({head['district_excluded']} images whose true point has no district, being more than "
-                f"{PLACE_MAX_KM:g} km from any GeoNames place, are left out)" if head["district_excluded"] else "")
+    k = int(head["district_excluded"])
+    left_out = (f" ({k} image{'s' * (k != 1)} whose true point has no district, lying outside Pakistan or more "
+                f"than {PLACE_MAX_KM:g} km from any GeoNames place, {'is' if k == 1 else 'are'} left out)" if k else "")
     if not head["district_n"]:
         return f" No test image has a district to compare{left_out}."
     return (f" The predicted point lies in the true point's **district** for {100 * head['district_acc']:.1f}% of "
-            f"{head['district_n']} images{left_out}; districts are named by their nearest headquarters town "
+            f"{int(head['district_n'])} images{left_out}; districts are named by their nearest headquarters town "
             "(docs/decisions/places.md).")
 
 

@@ -16,7 +16,8 @@ import pandas as pd
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km")
+BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
+                "place_km")
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 
 DESCRIPTION = """\
@@ -28,7 +29,10 @@ IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched
 
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
-once 06_evaluation has calibrated the checkpoint), hyp1_province, hyp1_lat, hyp1_lon,
+once 06_evaluation has calibrated the checkpoint), place (the nearest GeoNames place of 1,000+
+people in the predicted point's province), district, place_province (the province the predicted
+point lies in) and place_km (km from the point to that place; place and district are empty when
+the point is outside Pakistan or more than 60 km from any place), hyp1_province, hyp1_lat, hyp1_lon,
 hyp1_weight, ... for the --top best hypotheses, and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
 

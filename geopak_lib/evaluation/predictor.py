@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
+from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
 from geopak_lib.evaluation.export import load_exported_model
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
@@ -157,6 +158,7 @@ class GeopakPredictor:
         temperature = float(cal.get("temperature", 1.0))
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
         scales = cal.get("radius_scales", {})
+        names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch
         results = []
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
@@ -175,6 +177,9 @@ class GeopakPredictor:
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},
+                "place": names.at[i, "place"], "district": names.at[i, "district"],
+                "place_province": names.at[i, "province"],
+                "place_km": None if names.at[i, "place"] == "" else float(names.at[i, "place_km"]),
                 "alpha": float(out["alpha"][i]), "hypotheses": hyps})
         return results
 
@@ -182,8 +187,12 @@ class GeopakPredictor:
         """One image (PIL image, numpy array or path) -> dict: province, province_id, lat, lon (degrees),
         confidence (calibrated probability of that province), radius_km (the truth lies within it for
         ~80% of validation images when radius_calibrated), radius_calibrated, radius_coverage,
-        radii_km {coverage: km}, spread_km, province_probs, alpha (fusion gate), hypotheses (list of
-        province, cell_id, lat, lon, weight; best first)."""
+        radii_km {coverage: km}, spread_km, province_probs, place (the nearest GeoNames place of
+        the predicted point's province), district, place_province (the polygon province of the
+        predicted point, which can differ from ``province``), place_km (km from the point to place;
+        place and district are "" and place_km None outside Pakistan or beyond
+        data.places.PLACE_MAX_KM), alpha (fusion gate), hypotheses (list of province, cell_id,
+        lat, lon, weight; best first)."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 

@@ -1,0 +1,138 @@
+"""The book as a site: the offline checks and the landing page's figures (fast), then the site
+of the smoke run built by Sphinx and opened in headless Chromium with the network off (marked
+`book`: it needs the executed smoke notebooks, and runs the smoke book when they are missing)."""
+
+import json
+import shutil
+
+import nbformat
+import pytest
+
+from geopak_lib.book.runner import REPO_ROOT, load_profile, notebook_paths, run_book
+from geopak_lib.book.site import build_site, network_references, prepare_notebook
+from geopak_lib.book.site_index import final_model, headline_markdown
+
+
+def test_network_references_finds_scripts_frames_and_css(tmp_path):
+    (tmp_path / "ok.html").write_text('<a href="https://example.org">a link is not a fetch</a>'
+                                      '<script src="_static/local.js"></script>')
+    inner = '&lt;script src=&quot;https://cdn.example.org/leaflet.js&quot;&gt;&lt;/script&gt;'
+    (tmp_path / "map.html").write_text(f'<iframe srcdoc="{inner}"></iframe>')
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "theme.css").write_text('@import url("https://fonts.example.org/x.css"); '
+                                              'a{background:url(data:image/png;base64,AA)}')
+    assert network_references(tmp_path) == {"map.html": ["https://cdn.example.org/leaflet.js"],
+                                             "s/theme.css": ["https://fonts.example.org/x.css"]}
+
+
+def test_prepare_notebook_folds_code_and_drops_silent_cells(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# 09 · Title"),
+                nbformat.v4.new_code_cell("import x"),
+                nbformat.v4.new_code_cell("run_dir = 'runs/smoke'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("print(1)", outputs=[
+                    nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="50%|#####     | 1/2 [00:01<00:01]\n")])]
+    nbformat.write(nb, str(tmp_path / "in.ipynb"))
+    prepare_notebook(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
+    cells = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells
+    assert [c.metadata.get("tags") for c in cells] == [None, ["remove-cell"], ["parameters", "hide-input"],
+                                                       ["hide-input"]]
+    assert [o["text"] for o in cells[3].outputs] == ["1\n"]  # the progress bar went, as in the reports
+
+
+def test_headline_markdown_formats_the_summary():
+    summary = {"headline": {"n": 58.0, "median_km": 188.136, "p90_km": 633.80, "acc_25km": 0.0517,
+                            "acc_200km": 0.5172, "province_acc": 0.6034}}
+    rows = headline_markdown(summary).splitlines()
+    assert rows[0] == ("| test images | median error | 90th percentile | within 25 km | within 200 km | "
+                       "province accuracy |")
+    assert rows[2] == "| 58 | 188.1 km | 633.8 km | 5.2% | 51.7% | 60.3% |"
+
+
+# --- the site of the smoke run ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_site(tmp_path_factory):
+    run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
+    have = {p.stem for p in (run_dir / "notebooks").glob("*.ipynb")}
+    if not {nb.stem for nb in notebook_paths()} <= have:
+        run_book("smoke", site=False)
+    out = tmp_path_factory.mktemp("site") / "site"
+    build_site(run_dir, "smoke", out, REPO_ROOT)
+    return run_dir, out
+
+
+@pytest.mark.book
+def test_site_index_has_the_headline_and_every_chapter(smoke_site):
+    run_dir, site = smoke_site
+    index = (site / "index.html").read_text()
+    ckpt, _ = final_model(run_dir, REPO_ROOT)
+    summary = json.loads(ckpt.with_name(ckpt.stem + ".evaluation.json").read_text())
+    h = summary["headline"]
+    for text in ("Test headline", "Run manifest", f"{h['median_km']:.1f} km", f"{h['p90_km']:.1f} km",
+                 f"{h['acc_25km']:.1%}", f"{h['acc_200km']:.1%}", f"{h['province_acc']:.1%}",
+                 str(ckpt.relative_to(REPO_ROOT)), "git commit", "weights"):
+        assert text in index, text
+    for nb in notebook_paths():
+        assert f'href="{nb.stem}.html"' in index, nb.stem
+        assert (site / f"{nb.stem}.html").is_file()
+    assert (site / "search.html").is_file() and (site / "searchindex.js").is_file()
+    page = (site / "06_evaluation.html").read_text()
+    assert 'class="prev-next-area"' in page or "prev-next" in page
+    assert "Traceback (most recent call last)" not in page
+
+
+@pytest.mark.book
+def test_no_page_of_the_site_reaches_the_network(smoke_site):
+    _, site = smoke_site
+    assert network_references(site) == {}
+
+
+@pytest.mark.book
+@pytest.mark.skipif(not shutil.which("chromium"), reason="headless chromium not installed")
+def test_site_renders_offline_in_headless_chromium(smoke_site):
+    """Landing page and 06 in Chromium with every non-file request refused: figures and the
+    relief layer of each map are drawn, nothing failed. Screenshots: reports/smoke/site_screenshots/."""
+    from playwright.sync_api import sync_playwright
+
+    _, site = smoke_site
+    shots = REPO_ROOT / "reports" / "smoke" / "site_screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, offline=True)
+        refused, failed, errors = [], [], []
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
+                      else (refused.append(route.request.url), route.abort()))
+        page = context.new_page()
+        page.on("requestfailed", lambda r: failed.append(r.url))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+
+        page.goto((site / "index.html").as_uri(), wait_until="load")
+        assert page.locator("table").first.is_visible()
+        nav = page.locator(".bd-sidebar-primary a.reference.internal")
+        assert nav.count() == len(notebook_paths())
+        page.screenshot(path=str(shots / "index.png"))
+
+        page.goto((site / "06_evaluation.html").as_uri(), wait_until="load")
+        page.wait_for_timeout(1500)  # Leaflet draws inside the iframes after their load
+        figures = page.evaluate("Array.from(document.querySelectorAll('main img')).map(i => i.naturalWidth)")
+        assert figures and min(figures) > 0, figures
+        maps = [f for f in page.frames if f != page.main_frame]
+        assert maps, "06 shows no map"
+        for frame in maps:
+            relief = frame.evaluate("Array.from(document.querySelectorAll('img.leaflet-image-layer'))"
+                                    ".map(i => i.complete ? i.naturalWidth : 0)")
+            assert relief and min(relief) > 0, relief
+        page.locator("iframe").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "06_evaluation_map.png"))
+        page.goto((site / "06_evaluation.html").as_uri(), wait_until="load")
+        page.screenshot(path=str(shots / "06_evaluation.png"))
+
+        page.goto((site / "search.html").as_uri() + "?q=geocell", wait_until="load")
+        page.wait_for_selector("#search-results li", timeout=10000)  # Sphinx's search works from file://
+        page.screenshot(path=str(shots / "search.png"))
+        browser.close()
+    assert refused == [] and failed == [], (refused, failed)
+    assert not [e for e in errors if "theme mode" not in e], errors

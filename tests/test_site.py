@@ -30,15 +30,17 @@ def test_prepare_notebook_folds_code_and_drops_silent_cells(tmp_path):
     nb.cells = [nbformat.v4.new_markdown_cell("# 09 · Title"),
                 nbformat.v4.new_code_cell("import x"),
                 nbformat.v4.new_code_cell("run_dir = 'runs/smoke'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("run_dir = 'runs/demo'", metadata={"tags": ["injected-parameters"]}),
                 nbformat.v4.new_code_cell("print(1)", outputs=[
                     nbformat.v4.new_output("stream", name="stdout", text="1\n"),
                     nbformat.v4.new_output("stream", name="stderr", text="50%|#####     | 1/2 [00:01<00:01]\n")])]
     nbformat.write(nb, str(tmp_path / "in.ipynb"))
     prepare_notebook(tmp_path / "in.ipynb", tmp_path / "out.ipynb")
     cells = nbformat.read(str(tmp_path / "out.ipynb"), as_version=4).cells
-    assert [c.metadata.get("tags") for c in cells] == [None, ["remove-cell"], ["parameters", "hide-input"],
-                                                       ["hide-input"]]
-    assert [o["text"] for o in cells[3].outputs] == ["1\n"]  # the progress bar went, as in the reports
+    assert [c.metadata.get("tags") for c in cells] == [None, ["remove-cell"], ["parameters", "remove-cell"],
+                                                       ["injected-parameters", "hide-input"], ["hide-input"]]
+    assert cells[3].metadata["mystnb"]["code_prompt_show"] == "Show the parameters of this run"
+    assert [o["text"] for o in cells[4].outputs] == ["1\n"]  # the progress bar went, as in the reports
 
 
 def test_headline_markdown_formats_the_summary():

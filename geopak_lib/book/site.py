@@ -38,6 +38,8 @@ html_title = "GEOPAK book · {profile}"
 html_copy_source = False           # the executed notebooks are large (inline maps); not re-served
 html_show_sourcelink = False
 html_last_updated_fmt = None
+html_show_search_summary = False   # the excerpts are fetch()ed, which a browser refuses from file://
+html_context = {{"default_mode": "light"}}
 html_theme_options = {{
     "show_toc_level": 2,
     "use_download_button": False,
@@ -50,8 +52,7 @@ suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''
 
 HIDE_INPUT = "hide-input"  # myst-nb folds the code under a "Show code cell source" toggle
-REMOVE_CELL = "remove-cell"
-KEEP_CODE = {"parameters", "injected-parameters"}  # what the run used: kept (folded) though silent
+REMOVE_CELL = "remove-cell"  # code that shows nothing (imports, set-up)
 
 
 class SiteError(RuntimeError):
@@ -60,13 +61,19 @@ class SiteError(RuntimeError):
 
 def prepare_notebook(src: Path, dst: Path) -> None:
     """Copy an executed notebook for the site: outputs cleaned as for the reports, code folded
-    away, and code cells that show nothing (imports, set-up) left out except the parameters."""
+    away, code cells that show nothing (imports, set-up) left out, and the parameters the run
+    used kept, folded under their own label."""
     nb = clean_outputs(nbformat.read(str(src), as_version=4))
+    injected = any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     for cell in nb.cells:
-        if cell.cell_type == "code":
-            tags = cell.metadata.setdefault("tags", [])
-            silent = not cell.get("outputs") and not KEEP_CODE & set(tags)
-            tags.append(REMOVE_CELL if silent else HIDE_INPUT)
+        if cell.cell_type != "code":
+            continue
+        tags = cell.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags or ("parameters" in tags and not injected):
+            tags.append(HIDE_INPUT)  # what the run used; the defaults only when papermill injected none
+            cell.metadata["mystnb"] = {"code_prompt_show": "Show the parameters of this run"}
+        else:
+            tags.append(HIDE_INPUT if cell.get("outputs") else REMOVE_CELL)
     nbformat.write(nb, str(dst))
 
 

@@ -47,6 +47,7 @@ html_theme_options = {{
     "use_repository_button": False,
     "navigation_with_keys": False,
     "show_navbar_depth": 1,
+    "navbar_persistent": [],       # the sidebar has the search field; no second one in a top bar
 }}
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''

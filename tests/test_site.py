@@ -140,3 +140,15 @@ def test_site_renders_offline_in_headless_chromium(smoke_site):
         browser.close()
     assert refused == [] and failed == [], (refused, failed)
     assert not [e for e in errors if "theme mode" not in e], errors
+
+
+def test_geopak_site_without_a_run_says_which_command_makes_one(tmp_path, capsys):
+    from geopak_lib.book.cli import main
+
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"common:\n  run_dir: {tmp_path / 'runs' / 'mine'}\n")
+    assert main(["site", str(profile)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no executed notebooks" in err and "geopak book mine" in err, err
+    assert main(["site", "no_such_profile"]) == 2
+    assert "profile 'no_such_profile' not found" in capsys.readouterr().err

@@ -125,11 +125,12 @@ def test_site_renders_offline_in_headless_chromium(smoke_site):
         assert figures and min(figures) > 0, figures
         maps = [f for f in page.frames if f != page.main_frame]
         assert maps, "06 shows no map"
-        for frame in maps:
-            relief = frame.evaluate("Array.from(document.querySelectorAll('img.leaflet-image-layer'))"
-                                    ".map(i => i.complete ? i.naturalWidth : 0)")
+        for frame in maps:  # the relief overlay is loaded and laid out at a size on the map
+            relief = frame.evaluate("Array.from(document.querySelectorAll('img.leaflet-image-layer')).map(i => "
+                                    "i.complete ? Math.min(i.naturalWidth, i.getBoundingClientRect().width) : 0)")
             assert relief and min(relief) > 0, relief
         page.locator("iframe").first.scroll_into_view_if_needed()
+        page.wait_for_timeout(1500)  # an iframe scrolled into view is painted on the next frames
         page.screenshot(path=str(shots / "06_evaluation_map.png"))
         page.goto((site / "06_evaluation.html").as_uri(), wait_until="load")
         page.screenshot(path=str(shots / "06_evaluation.png"))

@@ -16,6 +16,7 @@ import re
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import nbformat
@@ -24,7 +25,7 @@ from geopak_lib.book.report import clean_outputs, external_references
 from geopak_lib.book.site_index import landing_page
 
 CONF = '''\
-project = "GEOPAK book · {profile}"
+project = {title!r}
 author = "GEOPAK book"
 copyright = "GEOPAK book authors"
 extensions = ["myst_nb"]
@@ -34,7 +35,7 @@ nb_merge_streams = True
 nb_render_markdown_format = "gfm"  # Markdown outputs hold tables (myst-nb's default, commonmark, has none)
 nb_ipywidgets_js = {{}}             # no widget JavaScript from a CDN
 html_theme = "sphinx_book_theme"
-html_title = "GEOPAK book · {profile}"
+html_title = {title!r}
 html_copy_source = False           # the executed notebooks are large (inline maps); not re-served
 html_show_sourcelink = False
 html_last_updated_fmt = None
@@ -89,7 +90,7 @@ def write_source(run_dir: Path, profile: str, src_dir: Path, root: Path) -> list
     index = (landing_page(run_dir, profile, notebooks, root)
              + f"\n```{{toctree}}\n:hidden:\n:caption: Chapters\n:maxdepth: 1\n\n{toctree}\n```\n")
     (src_dir / "index.md").write_text(index, encoding="utf-8")
-    (src_dir / "conf.py").write_text(CONF.format(profile=profile), encoding="utf-8")
+    (src_dir / "conf.py").write_text(CONF.format(title=f"GEOPAK book · {profile}"), encoding="utf-8")
     return notebooks
 
 
@@ -98,14 +99,17 @@ def sphinx_build(src_dir: Path, out_dir: Path, doctree_dir: Path) -> tuple[int, 
     from sphinx.application import Sphinx
     from sphinx.util.docutils import docutils_namespace, patch_docutils
 
-    status, warnings = io.StringIO(), io.StringIO()
-    with patch_docutils(src_dir), docutils_namespace():
+    status, problems = io.StringIO(), io.StringIO()
+    with patch_docutils(src_dir), docutils_namespace(), warnings.catch_warnings():
+        # myst-parser 4 uses Sphinx APIs that Sphinx 9 deprecates: noise for our readers, not theirs
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         app = Sphinx(str(src_dir), str(src_dir), str(out_dir), str(doctree_dir), "html",
-                     status=status, warning=warnings, freshenv=True, parallel=1)
+                     status=status, warning=problems, freshenv=True, parallel=1)
         app.build(force_all=True)
         if app.statuscode:
-            raise SiteError(f"Sphinx failed building {out_dir}:\n{warnings.getvalue()[-2000:]}")
-    return app._warncount, warnings.getvalue()
+            raise SiteError(f"Sphinx failed building {out_dir}:\n{problems.getvalue()[-2000:]}")
+    return problems.getvalue().count("WARNING:"), problems.getvalue()
 
 
 _CSS_URL = re.compile(r"""(?:@import\s+|url\(\s*)["']?(https?://[^"')\s]+)""")
@@ -144,7 +148,7 @@ def build_site(run_dir, profile: str, out_dir, root, log=print) -> Path:
         src_dir, tmp_out = Path(tmp, "src"), Path(tmp, "html")
         src_dir.mkdir()
         notebooks = write_source(run_dir, profile, src_dir, root)
-        n_warn, warnings = sphinx_build(src_dir, tmp_out, Path(tmp, "doctrees"))
+        n_warn, problems = sphinx_build(src_dir, tmp_out, Path(tmp, "doctrees"))
         shutil.rmtree(tmp_out / ".doctrees", ignore_errors=True)
         (tmp_out / ".buildinfo").unlink(missing_ok=True)
         refs = network_references(tmp_out)
@@ -155,6 +159,6 @@ def build_site(run_dir, profile: str, out_dir, root, log=print) -> Path:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(tmp_out, out_dir)
     if n_warn:
-        log(f"      Sphinx warnings ({n_warn}):\n" + "\n".join("        " + w for w in warnings.splitlines()[:10]))
+        log(f"      Sphinx warnings ({n_warn}):\n" + "\n".join("        " + w for w in problems.splitlines()[:10]))
     log(f"site: {len(notebooks)} chapters in {time.time() - t0:.0f} s -> {out_dir / 'index.html'}")
     return out_dir / "index.html"

@@ -78,7 +78,7 @@ def chapter_rows(notebooks: list[Path]) -> str:
     for nb in notebooks:
         meta = nbformat.read(str(nb), as_version=4).metadata.get("papermill", {})
         took = f" ({meta['duration']:.0f} s)" if meta.get("duration") is not None else ""
-        lines.append(f"- [{nb.stem.replace('_', ' ', 1)}]({nb.stem}.ipynb){took}")
+        lines.append(f"- []({nb.stem}.ipynb){took}")  # empty text: MyST writes the chapter's title
     return "\n".join(lines)
 
 

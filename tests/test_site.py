@@ -153,3 +153,17 @@ def test_geopak_site_without_a_run_says_which_command_makes_one(tmp_path, capsys
     assert err.count("\n") == 0 and "no executed notebooks" in err and "geopak book mine" in err, err
     assert main(["site", "no_such_profile"]) == 2
     assert "profile 'no_such_profile' not found" in capsys.readouterr().err
+
+
+def test_landing_page_of_a_run_without_a_trained_model(tmp_path):
+    """A run that stopped after 01 still gets a landing page, saying what is missing and why."""
+    from geopak_lib.book.site_index import landing_page
+
+    nb = nbformat.v4.new_notebook(metadata={"papermill": {"parameters": {"data_csv": "data/x.csv"}, "duration": 12.4}})
+    (tmp_path / "run" / "notebooks").mkdir(parents=True)
+    nbformat.write(nb, str(tmp_path / "run" / "notebooks" / "00_data_audit.ipynb"))
+    page = landing_page(tmp_path / "run", "mine", [tmp_path / "run" / "notebooks" / "00_data_audit.ipynb"], tmp_path)
+    assert "| final model | none: no trained model in" in page
+    assert "No test figures: no trained model in" in page
+    assert "| dataset | `data/x.csv` |" in page  # no manifest.csv: the source only
+    assert "- [](00_data_audit.ipynb) (12 s)" in page

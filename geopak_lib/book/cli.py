@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with a profile from params/ (e.g. smoke, demo, full, or a path to a YAML "
                                    "file). Every profile key is checked against the notebooks' parameters "
                                    "first. Builds the profile's demo dataset if it is missing. Executed "
-                                   "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/.")
+                                   "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/ and, when the run "
+                                   "reaches the last notebook (no --only), the book site to "
+                                   "reports/<profile>/site/index.html (see `geopak site --help`).")
     p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
     p.add_argument("--only", help="comma-separated notebook names to run, e.g. 00_data_audit,01_geocells")
     p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")

@@ -41,6 +41,8 @@ html_show_sourcelink = False
 html_last_updated_fmt = None
 html_show_search_summary = False   # the excerpts are fetch()ed, which a browser refuses from file://
 html_context = {{"default_mode": "light"}}
+html_static_path = ["_static"]
+html_css_files = ["geopak.css"]
 html_theme_options = {{
     "show_toc_level": 2,
     "use_download_button": False,
@@ -53,6 +55,10 @@ html_theme_options = {{
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 '''
 
+# The theme keeps the article to a reading width (~45 em) in an 88 rem page; the book's figures are
+# wide panels of curves, so on a wide screen the article may grow to 75 em in a 110 rem page.
+CSS = (".bd-page-width { max-width: 110rem; }\n"
+       ".bd-main .bd-content .bd-article-container { max-width: 75em; }\n")
 HIDE_INPUT = "hide-input"  # myst-nb folds the code under a "Show code cell source" toggle
 REMOVE_CELL = "remove-cell"  # code that shows nothing (imports, set-up)
 
@@ -90,6 +96,8 @@ def write_source(run_dir: Path, profile: str, src_dir: Path, root: Path) -> list
     index = (landing_page(run_dir, profile, notebooks, root)
              + f"\n```{{toctree}}\n:hidden:\n:caption: Chapters\n:maxdepth: 1\n\n{toctree}\n```\n")
     (src_dir / "index.md").write_text(index, encoding="utf-8")
+    (src_dir / "_static").mkdir(exist_ok=True)
+    (src_dir / "_static" / "geopak.css").write_text(CSS, encoding="utf-8")
     (src_dir / "conf.py").write_text(CONF.format(title=f"GEOPAK book · {profile}"), encoding="utf-8")
     return notebooks
 

@@ -21,7 +21,7 @@ from geopak_lib.evaluation.ensemble import EnsembleModel
 from geopak_lib.training.cache import encoder_input
 
 COMBINE = ("embedding", "probs")
-DEFAULT_COMBINE = "probs"  # chosen on validation of the demo's multi-view set: docs/decisions/ensemble.md
+DEFAULT_COMBINE = "embedding"  # lower validation median on the multi-view set: docs/decisions/ensemble.md
 _PROBS_KEYS = ("province_logits", "geocell_logits")
 
 

@@ -162,3 +162,22 @@ def test_cli_repeated_checkpoint(ckpts, tmp_path, capsys):
     code = cli.main(["predict", img, "--checkpoint", str(ckpts["a"]), "--checkpoint", str(bad), "--out", str(out)])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(ckpts["a"]) in err and str(bad) in err
+
+
+def test_run_ensemble_skips_copies_of_weights(ckpts, tmp_path):
+    """06's members: the final checkpoint, then per phase its best.pt unless that is a copy of weights
+    already in (a phase that kept its start), else its latest epoch file."""
+    import shutil
+
+    from geopak_lib.evaluation.multiview import run_ensemble
+
+    ck = tmp_path / "run" / "checkpoints"
+    for where, src in {"phase1/best.pt": "a", "phase1/epoch_2.pt": "a", "phase1/epoch_3.pt": "b",
+                       "phase2/best.pt": "a"}.items():
+        (ck / where).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ckpts[src], ck / where)
+    ens, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [1, 2], device="cpu")
+    assert paths == [str(ck / "phase2" / "best.pt"), str(ck / "phase1" / "epoch_3.pt")]
+    assert ens.info["ensemble"] == "shared" and len(ens.model.members) == 2
+    alone, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [2], device="cpu")
+    assert alone is None and paths == [str(ck / "phase2" / "best.pt")]

@@ -45,6 +45,12 @@ def normalised_weights(weights, n: int) -> np.ndarray:
     return w / w.sum()
 
 
+def same_weights(a, b) -> bool:
+    """True when two models hold the same state (a phase that kept its starting weights saves a copy)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def geocell_relation(a, b, name_a: str = "first checkpoint", name_b: str = "second checkpoint") -> str:
     """How two GeopakModels' outputs combine: 'shared' (same geocells: count, provinces and centres
     within 1e-6 degrees) or 'different'. Raises ValueError naming both when they cannot be combined:

@@ -14,7 +14,6 @@ Both work for a GeopakModel and for an ensemble.EnsembleModel (each member combi
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from geopak_lib.evaluation.ensemble import EnsembleModel
@@ -74,7 +73,3 @@ def group_outputs(model, views: torch.Tensor, combine: str = DEFAULT_COMBINE) ->
     group = torch.zeros(len(views), dtype=torch.long)
     return features_group_outputs(model, *encoder_features(model, views), group, 1, combine)
 
-
-def first_views(group_ids, view_ids, n_views: int) -> np.ndarray:
-    """Boolean mask of the rows whose view index is < n_views (view 0 is the original image)."""
-    return np.asarray(view_ids) < n_views if n_views > 0 else np.zeros(len(group_ids), bool)

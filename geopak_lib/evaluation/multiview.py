@@ -13,10 +13,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from geopak_lib.data.rundir import RunDir
+from geopak_lib.evaluation.ensemble import same_weights
 from geopak_lib.evaluation.groups import COMBINE, encoder_features, features_group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files
 from geopak_lib.metrics import error_km, summarize_errors
+from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.model.inference import mixture_predict
+from geopak_lib.training.checkpoints import latest_epoch_checkpoint
 
 
 @torch.no_grad()
@@ -80,3 +84,23 @@ def option_row(option: str, val_without: float, val_with: float, test_without: f
     return {"option": option, "val_median_km_without": val_without, "val_median_km_with": val_with,
             "test_median_km_without": test_without, "test_median_km_with": test_with,
             "on": bool(val_with < val_without)}
+
+
+def run_ensemble(run_dir, final, phases, **load) -> tuple:
+    """06's ensemble: the final checkpoint plus one checkpoint of each phase in ``phases``: its
+    best.pt, or, when that holds weights already in the ensemble (a phase that kept its starting
+    weights saves a copy of them), its latest epoch file; a phase with neither is skipped.
+    load: keyword arguments of GeopakPredictor.from_checkpoint. -> (ensemble predictor, or None when
+    no second distinct checkpoint exists; the members' paths)."""
+    run = RunDir(run_dir)
+    members = [GeopakPredictor.from_checkpoint(final, calibration=None, **load)]
+    for phase in phases:
+        for path in (run.best_checkpoint(phase), latest_epoch_checkpoint(run.phase_dir(phase))):
+            if path is None or not path.is_file():
+                continue
+            candidate = GeopakPredictor.from_checkpoint(path, calibration=None, **load)
+            if not any(same_weights(candidate.model, m.model) for m in members):
+                members.append(candidate)
+                break
+    paths = [str(m.checkpoint) for m in members]
+    return (GeopakPredictor.ensemble(members) if len(members) > 1 else None), paths

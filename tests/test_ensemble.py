@@ -95,7 +95,8 @@ def test_combine_member_predictions_by_hand():
     assert float(out["lon"][0]) == pytest.approx(math.degrees(math.atan2(0.75, 0.25)))  # 71.565
 
 
-def test_shared_geocells_average_probabilities_then_offsets():
+@torch.no_grad()
+def test_shared_geocells_average_probabilities_then_points():
     a, b = tiny_model(CELLS, 0, False), tiny_model(CELLS, 1, False)
     ens = EnsembleModel([a, b], [1, 3])
     torch.manual_seed(5)
@@ -111,11 +112,18 @@ def test_shared_geocells_average_probabilities_then_offsets():
     hyp = build_hypotheses(a, out)  # the hypotheses come from the averaged probabilities
     assert torch.equal(pred["hyp_cell_id"], hyp["cell_id"])
     assert torch.allclose(pred["hyp_weight"], hyp["weight"])
-    ids = hyp["cell_id"]
-    off = 0.25 * a.offsets(oa["fused"], ids) + 0.75 * b.offsets(ob["fused"], ids)  # the members' offsets, averaged
-    valid = ids >= 0
-    want_lat = a.cell_lat[ids.clamp(min=0)] + off[..., 0]
-    assert torch.allclose(pred["hyp_lat"][valid], want_lat[valid], atol=1e-5)
+    ids, valid = hyp["cell_id"], hyp["cell_id"] >= 0
+    pts = []  # each member's own points (centre + its offset), then their weighted mean on the sphere
+    for m, o in ((a, oa), (b, ob)):
+        off = m.offsets(o["fused"], ids)
+        pts.append((a.cell_lat[ids.clamp(min=0)] + off[..., 0], a.cell_lon[ids.clamp(min=0)] + off[..., 1]))
+    unit = lambda la, lo: np.stack([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)], -1)  # noqa: E731
+    v = sum(w * unit(np.radians(la.double().numpy()), np.radians(lo.double().numpy()))
+            for w, (la, lo) in zip((0.25, 0.75), pts))
+    want_lat = np.degrees(np.arctan2(v[..., 2], np.hypot(v[..., 0], v[..., 1])))
+    want_lon = np.degrees(np.arctan2(v[..., 1], v[..., 0]))
+    assert np.allclose(pred["hyp_lat"][valid].numpy(), want_lat[valid.numpy()], atol=1e-4)
+    assert np.allclose(pred["hyp_lon"][valid].numpy(), want_lon[valid.numpy()], atol=1e-4)
     # one member alone is that member
     solo = EnsembleModel([a])
     assert torch.allclose(solo.mixture_predict(solo.pack([oa]))["lat"], mixture_predict(a, oa)["lat"])

@@ -19,9 +19,11 @@ def test_group_mean_and_merge_by_hand():
     assert group_mean(t, torch.tensor([0, 0, 1]), 2).tolist() == [[2.0, 4.0], [10.0, 0.0]]
     with pytest.raises(ValueError, match="no rows"):
         group_mean(t, torch.tensor([0, 0, 2]), 3)
-    a = {"province_logits": torch.log(torch.tensor([[0.2, 0.8]])), "geocell_logits": {0: torch.log(torch.tensor([[0.5, 0.5]]))},
+    a = {"province_logits": torch.log(torch.tensor([[0.2, 0.8]])),
+         "geocell_logits": {0: torch.log(torch.tensor([[0.5, 0.5]]))},
          "fused": torch.ones(1, 3), "alpha": torch.tensor([0.2]), "aux_latlon": torch.tensor([[30.0, 70.0]])}
-    b = {"province_logits": torch.log(torch.tensor([[0.6, 0.4]])), "geocell_logits": {0: torch.log(torch.tensor([[0.9, 0.1]]))},
+    b = {"province_logits": torch.log(torch.tensor([[0.6, 0.4]])),
+         "geocell_logits": {0: torch.log(torch.tensor([[0.9, 0.1]]))},
          "fused": torch.zeros(1, 3), "alpha": torch.tensor([0.6]), "aux_latlon": torch.tensor([[32.0, 72.0]])}
     both = {k: ({p: torch.cat([a[k][p], b[k][p]]) for p in a[k]} if isinstance(a[k], dict) else torch.cat([a[k], b[k]]))
             for k in a}

@@ -50,7 +50,8 @@ examples:
   geopak predict photos/ --checkpoint "$(cat runs/demo/final_checkpoint.txt)" --out predictions.csv
   geopak predict photos/ --model shared_model/ --out predictions.csv --geojson predictions.geojson
   geopak predict places/ --group-by folder --checkpoint runs/demo/checkpoints/phase2/best.pt --out places.csv
-  geopak predict photos/ --checkpoint runs/demo/checkpoints/phase1/best.pt --checkpoint runs/demo/checkpoints/phase2/best.pt
+  geopak predict photos/ --checkpoint runs/demo/checkpoints/phase1/best.pt \\
+      --checkpoint runs/demo/checkpoints/phase2/best.pt --out ensemble.csv
 """
 
 
@@ -80,7 +81,8 @@ def add_parser(subparsers, func):
     p.add_argument("--group-by", metavar="folder|COLUMN",
                    help="one prediction per place: 'folder' (each sub-folder is a place) or a column of the input CSV")
     p.add_argument("--combine", choices=COMBINE, default=DEFAULT_COMBINE,
-                   help=f"how --group-by combines a place's photos (default {DEFAULT_COMBINE}; docs/decisions/ensemble.md)")
+                   help=f"how --group-by combines a place's photos (default {DEFAULT_COMBINE}; "
+                        "docs/decisions/ensemble.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
     return p
@@ -135,7 +137,8 @@ def run(args) -> int:
         files, missing = [], []
     else:
         files, missing = find_images(args.inputs)
-        problem = "" if files or missing else f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}"
+        problem = "" if files or missing else \
+            f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}"
     if problem:
         err(problem)
         return 2
@@ -181,7 +184,8 @@ def write_groups(args, predictor, groups: dict, err) -> int:
         Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
         Path(args.geojson).write_text(json.dumps(geojson(table), indent=1))
     failed, partial = int((table["error"] != "").sum()), int((table["failed_images"] != "").sum())
-    print(f"{len(table) - failed} of {len(table)} places predicted -> {out}" + (f" and {args.geojson}" if args.geojson else ""))
+    print(f"{len(table) - failed} of {len(table)} places predicted -> {out}"
+          + (f" and {args.geojson}" if args.geojson else ""))
     if failed or partial:
         err(f"{failed} place(s) could not be predicted and {partial} place(s) had unreadable files; "
             f"their rows in {out} say which")

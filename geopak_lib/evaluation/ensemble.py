@@ -6,8 +6,8 @@ evaluation frame treat it like a single model. Two ways to combine (docs/decisio
 
 - **shared geocells** (same cells: count, province, centre): the province and the per-province
   cell probabilities are averaged (weighted) *before* the mixture, so the hypotheses are chosen
-  once from the averaged distribution; each hypothesis point is its cell centre plus the weighted
-  mean of the members' offsets for that cell (each member's offset head on its own embedding).
+  once from the averaged distribution; each hypothesis point is the weighted spherical mean of the
+  members' points for that cell (cell centre + each member's offset head on its own embedding).
   ``inference.mixture_predict(ensemble, outputs)`` works unchanged.
 - **different geocells**: every member runs its own mixture; the final point is the weighted
   spherical mean of the members' final points, and the hypotheses are the union of the members'
@@ -154,12 +154,19 @@ class EnsembleModel(torch.nn.Module):
         return self.pack([m(images_clip, images_scene) for m in self.members])
 
     def offsets(self, fused: torch.Tensor, cell_ids: torch.Tensor) -> torch.Tensor:
-        """Shared geocells: the weighted mean of the members' offsets (degrees) for each cell; within
-        one cell this equals the spherical mean of the members' points to well under a metre."""
+        """Shared geocells: each member points at cell centre + its own offset; the ensemble's point is
+        their weighted spherical mean, returned as an offset (degrees) from the centre. cell_ids (B,)
+        or (B, H) -> cell_ids.shape + (2,). (Averaging the offsets in degrees instead would differ by
+        up to ~0.5 km when members disagree by 140 km.)"""
         if self.mode != "shared":
             raise ValueError("offsets of an ensemble exist only when its members share geocells")
+        safe = cell_ids.clamp(min=0)
+        c_lat, c_lon = self.cell_lat[safe], self.cell_lon[safe]
         parts = [m.offsets(f, cell_ids) for m, f in zip(self.members, self.member_fused(fused))]
-        return sum(w * o for w, o in zip(self.member_weights, parts))
+        lat = torch.stack([c_lat + o[..., 0] for o in parts], -1)  # (..., M)
+        lon = torch.stack([c_lon + o[..., 1] for o in parts], -1)
+        m_lat, m_lon = inference.combine_hypotheses(lat, lon, self.member_weights.to(lat).expand_as(lat))
+        return torch.stack([m_lat - c_lat, m_lon - c_lon], -1)
 
     @torch.no_grad()
     def mixture_predict(self, outputs: dict, top_provinces: int = 2, top_cells: int = 5,

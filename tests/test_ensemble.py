@@ -187,5 +187,7 @@ def test_run_ensemble_skips_copies_of_weights(ckpts, tmp_path):
     ens, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [1, 2], device="cpu")
     assert paths == [str(ck / "phase2" / "best.pt"), str(ck / "phase1" / "epoch_3.pt")]
     assert ens.info["ensemble"] == "shared" and len(ens.model.members) == 2
+    capped, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [1, 2], max_members=1, device="cpu")
+    assert capped is None and len(paths) == 1
     alone, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [2], device="cpu")
     assert alone is None and paths == [str(ck / "phase2" / "best.pt")]

@@ -86,15 +86,17 @@ def option_row(option: str, val_without: float, val_with: float, test_without: f
             "on": bool(val_with < val_without)}
 
 
-def run_ensemble(run_dir, final, phases, **load) -> tuple:
+def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:
     """06's ensemble: the final checkpoint plus one checkpoint of each phase in ``phases``: its
     best.pt, or, when that holds weights already in the ensemble (a phase that kept its starting
-    weights saves a copy of them), its latest epoch file; a phase with neither is skipped.
-    load: keyword arguments of GeopakPredictor.from_checkpoint. -> (ensemble predictor, or None when
+    weights saves a copy of them), its latest epoch file; a phase with neither is skipped; at most
+    max_members checkpoints in all (each costs one more pass over the images). load: keyword arguments of GeopakPredictor.from_checkpoint. -> (ensemble predictor, or None when
     no second distinct checkpoint exists; the members' paths)."""
     run = RunDir(run_dir)
     members = [GeopakPredictor.from_checkpoint(final, calibration=None, **load)]
     for phase in phases:
+        if len(members) >= max_members:
+            break
         for path in (run.best_checkpoint(phase), latest_epoch_checkpoint(run.phase_dir(phase))):
             if path is None or not path.is_file():
                 continue

@@ -151,6 +151,9 @@ def test_predictor_ensembles_checkpoints(ckpts, tmp_path):
     assert len(r["hypotheses"]) == len(single["a"]["hypotheses"]) + len(single["c"]["hypotheses"])
     many = mixed.predict_many([img, tmp_path / "img" / "fake.jpg"], progress=False)  # the batch path
     assert many[0]["lat"] == pytest.approx(r["lat"], abs=1e-5) and many[1]["error"]
+    for ens in (shared, mixed):  # several photos of one place through an ensemble: the same photo twice
+        for combine in ("embedding", "probs"):
+            assert ens.predict_group([img, img], combine)["lat"] == pytest.approx(ens.predict(img)["lat"], abs=1e-4)
 
 
 def test_cli_repeated_checkpoint(ckpts, tmp_path, capsys):

@@ -82,6 +82,8 @@ def test_predict_group(ckpt, tmp_path):  # noqa: F811
     assert r["lat"] == pytest.approx(pred.predict_group(good)["lat"])  # predicted from the rest
     with pytest.raises(ValueError, match="none of the 1 images"):
         pred.predict_group([tmp_path / "nowhere" / "bad.jpg"])
+    tta = GeopakPredictor.from_checkpoint(path, device="cpu", tta=True).predict_group(good, "probs")
+    assert tta["n_images"] == 2 and np.isfinite(tta["lat"])  # every photo's TTA views join the group
 
 
 def test_cli_group_by_folder(ckpt, tmp_path, capsys):  # noqa: F811

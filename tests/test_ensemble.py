@@ -16,6 +16,7 @@ from geopak_lib.model.geopak import GeopakModel, ModelConfig
 from geopak_lib.model.inference import build_hypotheses, mixture_predict
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 from test_predict import CELLS, SPECS, TinyEncoder, write_images
+from test_sharing import trained  # noqa: F401  (the fixture)
 
 OTHER_CELLS = pd.DataFrame({"cell_id": [0, 1, 2, 3], "province_id": [0, 1, 1, 5],
                             "center_lat": [24.9, 31.0, 32.0, 28.0], "center_lon": [67.1, 73.0, 74.0, 65.0],
@@ -194,3 +195,18 @@ def test_run_ensemble_skips_copies_of_weights(ckpts, tmp_path):
     assert capped is None and len(paths) == 1
     alone, paths = run_ensemble(tmp_path / "run", ck / "phase2" / "best.pt", [2], device="cpu")
     assert alone is None and paths == [str(ck / "phase2" / "best.pt")]
+
+
+def test_model_folders_ensemble(trained, tmp_path, capsys):
+    """--model repeated: exported folders ensemble like checkpoints (two copies = the model alone)."""
+    path, _, imgs = trained
+    out = tmp_path / "model"
+    assert cli.main(["export", str(path), "--out", str(out)]) == 0
+    img = sorted(imgs.iterdir())[0]
+    alone = GeopakPredictor.from_pretrained(out, device="cpu").predict(img)
+    pair = GeopakPredictor.from_pretrained([out, out], device="cpu")
+    assert pair.info["ensemble"] == "shared" and pair.predict(img)["lat"] == pytest.approx(alone["lat"], abs=1e-5)
+    csv = tmp_path / "pair.csv"
+    assert cli.main(["predict", str(img), "--model", str(out), "--model", str(out), "--out", str(csv),
+                     "--no-progress", "--device", "cpu"]) == 0
+    assert float(pd.read_csv(csv)["lat"][0]) == pytest.approx(alone["lat"], abs=1e-5)

@@ -105,7 +105,10 @@ class GeopakPredictor:
     def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
                         top_cells: int | None = None) -> "GeopakPredictor":
         """Load a model folder written by ``geopak export`` (config.json + model.safetensors): nothing
-        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json."""
+        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json.
+        A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
+        if isinstance(folder, (list, tuple)):
+            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells) for f in folder])
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
         src = config["source"]

@@ -20,10 +20,12 @@ from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
+from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
 from geopak_lib.evaluation.export import load_exported_model
+from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
 from geopak_lib.metrics import error_radius
-from geopak_lib.model.inference import cat_outputs, mixture_predict, outputs_to, select_outputs
+from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
 from geopak_lib.training.selection import TRAINING_NOTEBOOKS
@@ -68,7 +70,10 @@ class GeopakPredictor:
     def from_checkpoint(cls, path, device="auto", tta: bool = False, calibration="auto",
                         top_provinces: int = 2, top_cells: int = 5) -> "GeopakPredictor":
         """Load a trained checkpoint (best.pt of phases 0-3). calibration: 'auto' (the file beside
-        the checkpoint, if it matches), None (uncalibrated) or a dict."""
+        the checkpoint, if it matches), None (uncalibrated) or a dict. A list of paths gives an
+        ensemble of them (see :meth:`ensemble`)."""
+        if isinstance(path, (list, tuple)):
+            return cls.ensemble([cls.from_checkpoint(p, device, tta, None, top_provinces, top_cells) for p in path])
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found: checkpoints are written by the training "
@@ -101,7 +106,10 @@ class GeopakPredictor:
     def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
                         top_cells: int | None = None) -> "GeopakPredictor":
         """Load a model folder written by ``geopak export`` (config.json + model.safetensors): nothing
-        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json."""
+        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json.
+        A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
+        if isinstance(folder, (list, tuple)):
+            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells) for f in folder])
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
         src = config["source"]
@@ -112,6 +120,26 @@ class GeopakPredictor:
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
         return cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
                    _warnings(info, calibration))
+
+    @classmethod
+    def ensemble(cls, predictors: list, weights=None) -> "GeopakPredictor":
+        """One predictor from several loaded ones (ensemble.EnsembleModel: shared geocells average
+        their probabilities before the mixture, different geocells their final points). Settings
+        (tta, top_provinces, top_cells) come from the first. The ensemble is not calibrated: each
+        calibration file fits one checkpoint, so radius_km is the uncalibrated spread + floor."""
+        if len(predictors) == 1:
+            return predictors[0]
+        first, names = predictors[0], [p.info["checkpoint"] for p in predictors]
+        model = EnsembleModel([p.model for p in predictors], weights, names)
+        info = {"checkpoint": " + ".join(names), "phase": min(int(p.info["phase"]) for p in predictors),
+                "epoch": None, "encoders": first.info["encoders"], "members": [p.info for p in predictors],
+                "ensemble": model.mode, "weights": model.member_weights.tolist(),
+                "calibration": "ensembles are not calibrated (each calibration file fits one checkpoint)"}
+        warnings = list(dict.fromkeys(w for p in predictors for w in _warnings(p.info, True)))
+        warnings.append(f"ensemble of {len(predictors)} checkpoints ({model.mode} geocells): radius_km is not "
+                        "calibrated for it (each calibration file fits one checkpoint)")
+        return cls(model, [p.checkpoint for p in predictors], None, first.tta, first.top_provinces,
+                   first.top_cells, info, warnings)
 
     # raw outputs -------------------------------------------------------------------------
 
@@ -153,7 +181,7 @@ class GeopakPredictor:
         """Model outputs (B rows) -> B result dicts (see :meth:`predict`)."""
         out = outputs_to(outputs, self.device)
         pred = {k: v.cpu().numpy() for k, v in
-                mixture_predict(self.model, out, self.top_provinces, self.top_cells).items()}
+                mixture(self.model, out, self.top_provinces, self.top_cells).items()}
         cal = self._cal()
         temperature = float(cal.get("temperature", 1.0))
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
@@ -208,3 +236,25 @@ class GeopakPredictor:
                 records[i].update(r)
         return records
 
+    def predict_group(self, images, combine: str | None = None) -> dict:
+        """Several photos of ONE place (PIL images, arrays or paths) -> one predict() result, plus
+        n_images (how many were used), failed {image: error} (the unreadable ones, skipped) and
+        combine ('embedding': mean encoder features; 'probs': mean probabilities; default
+        groups.DEFAULT_COMBINE). With tta, every photo's views join the group.
+        Raises ValueError when no image of the group can be read."""
+        combine = combine or DEFAULT_COMBINE
+        transform, views, failed = clean_transform(self.image_size), [], {}
+        for i, image in enumerate(images):
+            name = str(image) if isinstance(image, (str, Path)) else f"image {i}"
+            try:
+                views.append(transform(to_pil(image)))
+            except Exception as exc:  # an unreadable photo is skipped and named, never a crash
+                failed[name] = str(exc) if "cannot load image" in str(exc) else f"{type(exc).__name__}: {exc}"
+        if not views:
+            detail = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3]) or "the group is empty"
+            raise ValueError(f"none of the {len(failed)} images of the group could be read ({detail})")
+        x = torch.stack(views)
+        x = torch.cat(tta_views(x)) if self.tta else x
+        with torch.no_grad():
+            out = outputs_to(group_outputs(self.model, x.to(self.device), combine), "cpu")
+        return {**self.results_from_outputs(out)[0], "n_images": len(views), "failed": failed, "combine": combine}

@@ -60,6 +60,10 @@ def add_parser(subparsers, func):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (GPU if any)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 geography-safe views (no flips); 5x slower")
+    p.add_argument("--refine", choices=("auto", "on", "off"), default="auto",
+                   help="refinement inside the predicted cells (a gallery of training images that 06_evaluation "
+                        "saves beside the checkpoint): auto (default) uses it when 06 found that it improved the "
+                        "validation median; on uses it whenever the gallery exists (exit 2 without one); off never")
     p.add_argument("--top", type=int, default=3, help="hypotheses per row in the CSV (default 3)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
@@ -118,12 +122,18 @@ def run(args) -> int:
         if args.model:
             predictor = GeopakPredictor.from_pretrained(args.model, device=args.device, tta=args.tta)
         else:
-            predictor = GeopakPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+            refine = {"auto": "auto", "on": True, "off": False}[args.refine]
+            predictor = GeopakPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta,
+                                                        refine=refine)
     except (FileNotFoundError, ValueError) as exc:
         err(str(exc))
         return 2
     for w in predictor.warnings:
         err(f"warning: {w}")
+    if args.model and args.refine == "on":
+        err("warning: --refine on needs --checkpoint (an exported model folder carries no gallery); not refined")
+    elif args.checkpoint:
+        err(f"refinement: {predictor.info['refinement']}")
     workers = args.workers
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if predictor.device.type == "cuda" else 0

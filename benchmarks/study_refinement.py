@@ -16,6 +16,7 @@ import pandas as pd
 
 from geopak_lib.evaluation import frame as evaluation
 from geopak_lib.evaluation import refinement as rf
+from geopak_lib.evaluation.calibration import fit_calibration, province_coverage
 from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.metrics import error_km, summarize_errors
 from geopak_lib.training.cache import FeatureCache
@@ -74,6 +75,18 @@ def main(argv=None) -> None:
             print(f"\n## embedding {source}, {split} ({len(f)} images); gallery items: "
                   + ", ".join(f"{k} {len(g.lat)}" for k, g in galleries.items()))
             print(pd.DataFrame(rows).set_index("settings")[COLUMNS].round(3).to_markdown())
+    # the error radius per province, for the plain mixture and for 06's chosen refinement
+    galleries = {k: rf.build_gallery(embeddings["fused"]["train"], train["latitude"], train["longitude"],
+                                     train["cell_id"], n_cells, k) for k in ("images", "prototypes")}
+    table = rf.selection_table(model, frames["val"], outs["val"], galleries, rf.SELECTION_GRID)
+    chosen, _ = rf.choose_settings(table, rf.SELECTION_GRID)
+    refined = {s: rf.as_refined(rf.with_refinement(frames[s], model, outs[s], galleries[chosen.kind], chosen))
+               for s in ("val", "test")}
+    for name, (val, test) in {"plain mixture": (frames["val"], frames["test"]),
+                              f"refined ({chosen.label()})": (refined["val"], refined["test"])}.items():
+        cal, _, radius = fit_calibration(val, test)
+        print(f"\n## error radius, {name}: coverage on test\n" + radius.round(3).to_markdown())
+        print(province_coverage(test, cal).round(3).to_markdown())
 
 
 if __name__ == "__main__":

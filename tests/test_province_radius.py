@@ -24,14 +24,27 @@ def test_per_province_scales_hold_coverage_in_each_province():
     rng = np.random.default_rng(0)
     val, test = frame(4000, 400, rng), frame(2000, 2000, rng)  # test spread evenly over the two provinces
     cal, _, radius = calibration.fit_calibration(val, test)
-    by = cal["radius_scales_by_province"]["0.8"]
-    assert by["0"] == pytest.approx(1.2816, rel=0.06) and by["5"] == pytest.approx(3 * 1.2816, rel=0.1)
+    by, glob = cal["radius_scales_by_province"]["0.8"], cal["radius_scales"]["0.8"]
+    assert by["0"] == glob > 1.2816  # Sindh's own scale (half-normal 80%: 1.2816) is below the global one
+    assert by["5"] == pytest.approx(3 * 1.2816, rel=0.1)  # Balochistan's own, larger scale
     table = calibration.province_coverage(test, cal)
-    assert table.loc["Balochistan", "coverage, global scale"] < 0.6  # the global scale is Sindh's
-    for p in ("Sindh", "Balochistan", "province-balanced"):
-        assert table.loc[p, "coverage, per-province scale"] == pytest.approx(0.8, abs=0.03)
+    assert table.loc["Balochistan", "coverage, global scale"] < 0.6  # the global scale is mostly Sindh's
+    assert table.loc["Balochistan", "coverage, per-province scale"] == pytest.approx(0.8, abs=0.03)
+    assert table.loc["Sindh", "coverage, per-province scale"] == table.loc["Sindh", "coverage, global scale"] > 0.8
+    assert table.loc["province-balanced", "coverage, per-province scale"] > 0.8
     assert table.loc["province-balanced", "n"] == 4000
-    assert radius.loc[0.8, "test coverage, per-province scales"] == pytest.approx(0.8, abs=0.03)
+    assert radius.loc[0.8, "test coverage, per-province scales"] > radius.loc[0.8, "test coverage"]
+
+
+def test_small_provinces_are_pooled_and_scales_never_fall_below_the_global_one():
+    # errors = ratios (spread 0, floor 1). Sindh: 1..20 -> own conformal scale: rank ceil(21 * 0.8) = 17 -> 17.
+    # Balochistan 101..110 and Gilgit-Baltistan 111..120 have 10 images each (< 20): pooled, 20 images,
+    # rank 17 -> 117. Global: np.quantile(method="higher") of all 40 at 0.8 -> index ceil(39 * 0.8) = 32 -> 113.
+    err = np.r_[np.arange(1, 21), np.arange(101, 121)].astype(float)
+    prov = np.r_[[0] * 20, [5] * 10, [4] * 10]
+    val = pd.DataFrame({"spread_km": np.zeros(40), "error_km": err, "province_pred": prov})
+    scales = calibration.province_radius_scales(val, coverages=(0.8,))["0.8"]
+    assert scales == {"0": 113.0, "5": 117.0, "4": 117.0}  # Sindh: max(113, 17); the pool: max(113, 117)
 
 
 def test_province_with_few_validation_images_uses_the_global_scale():

@@ -67,7 +67,8 @@ def test_top_k_target_is_the_softmax_weighted_spherical_mean():
     # so the target is atan2(3 sin 1° - sin 1°, 3 cos 1° + cos 1°) = atan(tan(1°) / 2) on the equator
     g = gallery([[1, 0], [0, 1]], [0.0, 0.0], [1.0, -1.0], [0, 0])
     r = refine(g, [0], [0.0], [0.0], [1.0], radius=[1e4, 1, 1], k=2, temperature=1 / math.log(3))
-    assert r["lon"][0, 0] == pytest.approx(math.degrees(math.atan(math.tan(math.radians(1.0)) / 2)), rel=1e-6)  # float32 similarities
+    expected = math.degrees(math.atan(math.tan(math.radians(1.0)) / 2))
+    assert r["lon"][0, 0] == pytest.approx(expected, rel=1e-6)  # float32 similarities
     assert r["score"][0, 0] == pytest.approx(1.0)
     one = refine(g, [0], [0.0], [0.0], [1.0], radius=[1e4, 1, 1], k=1)  # best image only: A
     assert one["lon"][0, 0] == pytest.approx(1.0)

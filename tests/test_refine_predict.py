@@ -9,7 +9,10 @@ import torch
 from geopak_lib.book import cli
 from geopak_lib.evaluation import refinement as rf
 from geopak_lib.evaluation.predictor import GeopakPredictor
-from test_predict import ckpt, write_images  # noqa: F401  (ckpt is a fixture)
+import test_predict
+from test_predict import write_images
+
+ckpt = test_predict.ckpt  # the tiny checkpoint fixture, shared
 
 
 def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step=1.0)):
@@ -21,7 +24,7 @@ def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step
     return rf.save_gallery(path, g, settings, {"default": default, "val_median_km": {"plain": 2.0, "refined": 1.0}})
 
 
-def test_gallery_round_trip_is_stamped_and_refuses_another_checkpoint(ckpt, tmp_path):  # noqa: F811
+def test_gallery_round_trip_is_stamped_and_refuses_another_checkpoint(ckpt, tmp_path):
     path, model = ckpt
     assert rf.load_gallery(path)[0] is None and "no best.gallery.json" in rf.load_gallery(path)[2]
     save_gallery(path, model)
@@ -35,7 +38,7 @@ def test_gallery_round_trip_is_stamped_and_refuses_another_checkpoint(ckpt, tmp_
     assert rf.load_gallery(other)[0] is None and "sha256 differs" in rf.load_gallery(other)[2]
 
 
-def test_predictor_refines_by_default_only_when_validation_chose_it(ckpt, tmp_path):  # noqa: F811
+def test_predictor_refines_by_default_only_when_validation_chose_it(ckpt, tmp_path):
     path, model = ckpt
     write_images(tmp_path / "img")
     img = tmp_path / "img" / "a.jpg"
@@ -65,7 +68,7 @@ def unit(lat, lon):
     return np.array([np.cos(la) * np.cos(lo), np.cos(la) * np.sin(lo), np.sin(la)])
 
 
-def test_cli_refine_on_off(ckpt, tmp_path, capsys):  # noqa: F811
+def test_cli_refine_on_off(ckpt, tmp_path, capsys):
     path, model = ckpt
     write_images(tmp_path / "img")
     img = str(tmp_path / "img" / "a.jpg")

@@ -55,19 +55,32 @@ def radius_calibration(val_spread, val_err, test_spread, test_err, coverages=COV
     return scales, pd.DataFrame(rows).set_index("target coverage")
 
 
+SMALL_PROVINCES = "small"  # the pooled group of predicted provinces with fewer than n_min validation images
+
+
 def province_radius_scales(val: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
                            floor_km: float = RADIUS_FLOOR_KM) -> dict:
     """{str(coverage): {str(predicted province_id): scale}} fitted on val (spread_km, error_km,
-    province_pred): the group-conditional conformal scale of each predicted province with at least
-    n_min validation images; the others use the global scale (docs/decisions/refinement.md)."""
-    return {str(c): {str(p): s for p, s in fit_group_radius_scales(val["spread_km"], val["error_km"],
-                                                                   val["province_pred"].astype(int), c, floor_km,
-                                                                   n_min).items()} for c in coverages}
+    province_pred). A predicted province with at least n_min validation images is its own group; the
+    others are pooled into one group. Each group's scale is its split-conformal scale
+    (metrics.fit_group_radius_scales), but never below the global one: the radius is a promise of at
+    least the coverage, and the global scale already keeps it where a group's own is lower. A group
+    too small even when pooled keeps the global scale (docs/decisions/refinement.md)."""
+    pred = val["province_pred"].to_numpy(int)
+    counts = pd.Series(pred).value_counts()
+    group = np.where(np.isin(pred, counts.index[counts >= n_min]), pred.astype(str), SMALL_PROVINCES)
+    out = {}
+    for c in coverages:
+        glob = fit_radius_scale(val["spread_km"], val["error_km"], c, floor_km)
+        own = fit_group_radius_scales(val["spread_km"], val["error_km"], group, c, floor_km, n_min)
+        scale = {g: max(glob, s) for g, s in own.items()}
+        out[str(c)] = {str(p): scale[g] for p, g in dict(zip(pred.tolist(), group.tolist())).items() if g in scale}
+    return out
 
 
 def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: float = RADIUS_COVERAGE) -> np.ndarray:
     """The radius (km) a calibration gives at ``coverage``: the predicted province's scale where it has
-    one, else the global scale. spread_km, province_pred (N,) -> (N,)."""
+    one (its own group's, or the pooled small provinces'), else the global scale. spread_km, province_pred (N,) -> (N,)."""
     by_province = calibration.get("radius_scales_by_province", {}).get(str(coverage), {})
     return group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
                               calibration["radius_scales"][str(coverage)], calibration.get("radius_floor_km",

@@ -134,6 +134,13 @@ class GeopakPredictor:
         return cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
                    _warnings(info, calibration))
 
+    def with_refinement(self, on: bool = True) -> "GeopakPredictor":
+        """The same model (shared, not copied) with refinement on (needs the gallery that 06 saved
+        beside the checkpoint; ValueError otherwise) or off."""
+        gallery, settings, why = _refinement(self.checkpoint, bool(on))
+        return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
+                               self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery, settings)
+
     # raw outputs -------------------------------------------------------------------------
 
     def _cal(self) -> dict:
@@ -192,8 +199,8 @@ class GeopakPredictor:
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
                      "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
             spread, province = float(pred["spread_km"][i]), str(int(probs[i].argmax()))
-            radii = {str(c): float(error_radius(spread, by_province.get(str(c), {}).get(province, s), RADIUS_FLOOR_KM))
-                     for c, s in scales.items()}  # the predicted province's scale where 06 fitted one
+            radii = {str(c): float(error_radius(spread, by_province.get(str(c), {}).get(province, s),  # its province's
+                                                RADIUS_FLOOR_KM)) for c, s in scales.items()}  # scale, where fitted
             key = str(RADIUS_COVERAGE)
             results.append({
                 "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
@@ -209,9 +216,9 @@ class GeopakPredictor:
         """One image (PIL image, numpy array or path) -> dict: province, province_id, lat, lon (degrees),
         confidence (calibrated probability of that province), radius_km (the truth lies within it for
         ~80% of validation images when radius_calibrated; the predicted province's own scale where
-        06 fitted one), radius_calibrated, radius_coverage,
-        radii_km {coverage: km}, spread_km, province_probs, alpha (fusion gate), refined (refinement inside the cells on), hypotheses (list of
-        province, cell_id, lat, lon, weight; best first)."""
+        06 fitted one), radius_calibrated, radius_coverage, radii_km {coverage: km}, spread_km,
+        province_probs, alpha (fusion gate), refined (refinement inside the cells was on), hypotheses
+        (list of province, cell_id, lat, lon, weight; best first)."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 

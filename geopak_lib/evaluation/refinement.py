@@ -84,7 +84,8 @@ def build_gallery(embedding, lat, lon, cell_id, n_cells: int, kind: str = "image
 def gallery_paths(checkpoint) -> tuple[Path, Path]:
     """``.../best.pt`` -> (``.../best.gallery.npz``, ``.../best.gallery.json``)."""
     checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + ".gallery.npz"), checkpoint.with_name(checkpoint.stem + ".gallery.json")
+    stem = checkpoint.stem
+    return checkpoint.with_name(stem + ".gallery.npz"), checkpoint.with_name(stem + ".gallery.json")
 
 
 def save_gallery(checkpoint, gallery: Gallery, settings: RefineSettings, record: dict) -> Path:
@@ -187,3 +188,57 @@ def choose_settings(table: pd.DataFrame, grid) -> tuple[RefineSettings, bool]:
 # full step, weights kept or re-scored (docs/decisions/refinement.md has the measurements).
 SELECTION_GRID = tuple(RefineSettings(kind, k, 0.05, step, rescore) for kind in ("images", "prototypes")
                        for k in (1, 5) for step in (0.5, 1.0) for rescore in (None, 0.1))
+
+
+# --- 06_evaluation ------------------------------------------------------------------------------
+
+REFINED_METHOD = {"refined": "GEOPAK mixture + refinement inside the cells"}
+
+
+def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), batch_size: int = 64,
+                        num_workers: int = 0) -> tuple[dict, dict]:
+    """predictor_frames, also handing back the model outputs they came from: ({split: frame},
+    {split: outputs}) (refinement needs the fused embeddings)."""
+    from geopak_lib.evaluation.frame import predictions_frame, split_outputs
+
+    train = table[table["split"] == "train"]
+    outputs = {s: split_outputs(predictor, table, s, batch_size=batch_size, num_workers=num_workers) for s in splits}
+    frames = {s: predictions_frame(predictor.model, outputs[s], table[table["split"] == s], train,
+                                   predictor.top_provinces, predictor.top_cells) for s in splits}
+    return frames, outputs
+
+
+def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
+                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID) -> dict:
+    """06's refinement step: the training images through the model (their fused embeddings), a
+    gallery of each kind, the grid on validation, the best settings saved beside the checkpoint
+    with ``default`` = it beat the plain mixture's validation median. Returns settings, default,
+    selection (the validation table), val and test (frames with refined_* columns), path, memory_mb."""
+    from geopak_lib.evaluation.frame import split_outputs
+
+    model, train = predictor.model, table[table["split"] == "train"]
+    fused = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)["fused"]
+    galleries = {kind: build_gallery(fused.float().numpy(), train["latitude"], train["longitude"], train["cell_id"],
+                                     len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
+    selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,
+                                predictor.top_cells)
+    settings, default = choose_settings(selection, grid)
+    medians = {"plain": float(selection["median_km"].iloc[0]), "refined": float(selection.loc[settings.label(),
+                                                                                              "median_km"])}
+    gallery = galleries[settings.kind]
+    path = save_gallery(checkpoint, gallery, settings, {"default": default, "chosen_on": "val",
+                                                        "val_median_km": medians, "n_train_images": len(train)})
+    frames = {s: with_refinement(f, model, outputs[s], gallery, settings, predictor.top_provinces, predictor.top_cells)
+              for s, f in (("val", val), ("test", test))}
+    return {"settings": settings, "default": default, "selection": selection, "val_median_km": medians,
+            "path": path, "memory_mb": gallery.nbytes / 2 ** 20, **frames}
+
+
+def summary_text(result: dict) -> str:
+    """Markdown: what was chosen on validation and whether the predictor refines by default."""
+    m, s = result["val_median_km"], result["settings"]
+    on = ("**on** by default in the predictor (`geopak predict --refine off` turns it off)" if result["default"] else
+          "**off** by default (it did not lower the validation median; `geopak predict --refine on` uses it)")
+    return (f"Best refinement on validation: {s.label()}; validation median {m['plain']:.1f} km plain, "
+            f"{m['refined']:.1f} km refined. Refinement is {on}. The gallery (`{Path(result['path']).name}`, "
+            f"{result['memory_mb']:.1f} MB) is saved beside the checkpoint.")

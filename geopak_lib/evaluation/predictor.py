@@ -128,6 +128,7 @@ class GeopakPredictor:
         src = config["source"]
         info = {"checkpoint": str(folder), "phase": src["phase"], "epoch": src.get("epoch"),
                 "encoders": config["encoders"], "model_folder": True,
+                "refinement": "off (an exported model folder carries no refinement gallery)",
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
                 else "no calibration was exported with this model"}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]

@@ -81,3 +81,32 @@ def test_cli_refine_on_off(ckpt, tmp_path, capsys):
     off, on = (pd.read_csv(tmp_path / f"{m}.csv") for m in ("off", "on"))
     assert (off.loc[0, "lat"], off.loc[0, "lon"]) != (on.loc[0, "lat"], on.loc[0, "lon"])
     assert torch.isfinite(torch.tensor(on[["lat", "lon", "radius_km"]].to_numpy(float))).all()
+
+
+def test_cached_fused_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path):
+    from PIL import Image
+
+    from geopak_lib.data.augment import clean_transform
+    from geopak_lib.training.cache import FeatureCache, encoder_input
+
+    _, model = ckpt
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        p = tmp_path / "img" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(p)
+        rows.append({"id": f"s{i}", "image_path": str(p), "sha1": f"h{i}", "split": "train" if i < 4 else "val",
+                     "province": "Sindh"})
+    table = pd.DataFrame(rows)
+    FeatureCache.build_or_load(table, model.clip_encoder, model.scene_encoder, cache_root=tmp_path / "c", views=0,
+                               dtype="float32", device="cpu", progress=False)
+    fused = rf.cached_fused(model, table, np.array([1, 3]), tmp_path / "c")
+    x = torch.stack([clean_transform(16)(Image.open(table.image_path[i]).convert("RGB")) for i in (1, 3)])
+    with torch.no_grad():
+        want = model(encoder_input(x, model.clip_encoder.preprocess),
+                     encoder_input(x, model.scene_encoder.preprocess))["fused"]
+    torch.testing.assert_close(fused, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # an encoder changed since the cache was built (phase 2): no cache for it
+        next(model.scene_encoder.parameters()).add_(0.01)
+    assert rf.cached_fused(model, table, np.array([1, 3]), tmp_path / "c") is None

@@ -208,16 +208,39 @@ def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), 
     return frames, outputs
 
 
+@torch.no_grad()
+def cached_fused(model, table: pd.DataFrame, rows, cache_root="cache", batch_size: int = 1024):
+    """The fused embeddings (N, D) of table rows ``rows`` from a complete feature cache made by exactly
+    this model's encoders (weights sha256) on this manifest, through the model's heads; None if there
+    is no such cache (e.g. after phase 2 fine-tuned an encoder). Saves a pass through the encoders."""
+    from geopak_lib.training.cache import FeatureCache, encoder_fingerprint, manifest_hash
+
+    want = {"clip": encoder_fingerprint(model.clip_encoder), "scene": encoder_fingerprint(model.scene_encoder),
+            "manifest_sha256": manifest_hash(table)}
+    for key_file in sorted(Path(cache_root).glob("*/key.json")):
+        key = json.loads(key_file.read_text())
+        if all(key.get(k) == v for k, v in want.items()) and (key_file.parent / "complete.json").is_file():
+            cache, dev = FeatureCache(key_file.parent), next(model.parameters()).device
+            parts = [model.forward_features(*cache.gather(rows[s:s + batch_size], device=dev))["fused"].cpu()
+                     for s in range(0, len(rows), batch_size)]
+            return torch.cat(parts)
+    return None
+
+
 def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
-                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID) -> dict:
+                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache") -> dict:
     """06's refinement step: the training images through the model (their fused embeddings), a
     gallery of each kind, the grid on validation, the best settings saved beside the checkpoint
     with ``default`` = it beat the plain mixture's validation median. Returns settings, default,
-    selection (the validation table), val and test (frames with refined_* columns), path, memory_mb."""
+    selection (the validation table), val and test (frames with refined_* columns), path, memory_mb,
+    embeddings_from (the cache when it was made by these encoders, else the images)."""
     from geopak_lib.evaluation.frame import split_outputs
 
     model, train = predictor.model, table[table["split"] == "train"]
-    fused = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)["fused"]
+    fused = cached_fused(model, table, np.flatnonzero(table["split"].to_numpy() == "train"), cache_root)
+    source = "the feature cache of these very encoders" if fused is not None else "the images through the model"
+    if fused is None:
+        fused = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)["fused"]
     galleries = {kind: build_gallery(fused.float().numpy(), train["latitude"], train["longitude"], train["cell_id"],
                                      len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
     selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,
@@ -231,7 +254,7 @@ def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFr
     frames = {s: with_refinement(f, model, outputs[s], gallery, settings, predictor.top_provinces, predictor.top_cells)
               for s, f in (("val", val), ("test", test))}
     return {"settings": settings, "default": default, "selection": selection, "val_median_km": medians,
-            "path": path, "memory_mb": gallery.nbytes / 2 ** 20, **frames}
+            "path": path, "memory_mb": gallery.nbytes / 2 ** 20, "embeddings_from": source, **frames}
 
 
 def summary_text(result: dict) -> str:
@@ -241,4 +264,5 @@ def summary_text(result: dict) -> str:
           "**off** by default (it did not lower the validation median; `geopak predict --refine on` uses it)")
     return (f"Best refinement on validation: {s.label()}; validation median {m['plain']:.1f} km plain, "
             f"{m['refined']:.1f} km refined. Refinement is {on}. The gallery (`{Path(result['path']).name}`, "
-            f"{result['memory_mb']:.1f} MB) is saved beside the checkpoint.")
+            f"{result['memory_mb']:.1f} MB; training embeddings from {result['embeddings_from']}) is saved beside "
+            "the checkpoint.")

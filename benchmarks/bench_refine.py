@@ -36,6 +36,39 @@ def synthetic_gallery(model, n_images: int, seed: int = 0) -> Gallery:
     return Gallery.from_items(emb, lat, lon, cell, n_cells, GALLERY_DTYPE)
 
 
+def refine_pair(plain: GeopakPredictor, paths, n_gallery: int = 90_000, batch_size: int = 32, pairs: int = 3) -> dict:
+    """Refined against plain inference over ``paths`` (predict_many, no workers), timed back to back
+    ``pairs`` times, with a synthetic gallery of n_gallery images; also the refinement step alone."""
+    t0 = time.perf_counter()
+    gallery = synthetic_gallery(plain.model, n_gallery)
+    build_s = time.perf_counter() - t0
+    settings = RefineSettings("images", k=5, step=1.0, rescore_temperature=0.1)  # the costlier settings
+    refined = GeopakPredictor(plain.model, plain.checkpoint, plain.calibration, top_provinces=plain.top_provinces,
+                              top_cells=plain.top_cells, info=plain.info, gallery=gallery, refine_settings=settings)
+    outputs = plain.raw_outputs(paths, batch_size, progress=False)[0]
+    pred = mixture_numpy(plain.model, outputs, plain.top_provinces, plain.top_cells)
+    radius = plain.model.cell_radius_km.cpu().numpy()
+    step_s = []
+    for _ in range(3):  # the refinement step alone, on the hypotheses of every image
+        t = time.perf_counter()
+        refine_prediction(pred, pred["query"], gallery, radius, settings)
+        step_s.append(time.perf_counter() - t)
+
+    def measure(p):
+        def run():
+            t = time.perf_counter()
+            p.predict_many(paths, batch_size, progress=False)
+            return len(paths) / (time.perf_counter() - t)
+        return run
+
+    measure(plain)(), measure(refined)()  # warm-up
+    res = paired(measure(refined), measure(plain), pairs)  # ratio of rates: refined / plain img/s
+    return {"images": len(paths), "gallery_items": n_gallery, "gallery_mb": round(gallery.nbytes / 2 ** 20, 1),
+            "cells": gallery.n_cells, "largest_cell_items": int(gallery.cell_counts().max()),
+            "gallery_build_s": round(build_s, 2), "refine_step_ms_per_image": round(1000 * min(step_s) / len(paths), 2),
+            "pairs": res["pairs"], "time_ratio": round(1 / res["ratio"], 3)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run-dir", default="runs/smoke")
@@ -50,35 +83,8 @@ def main(argv=None) -> dict:
     manifest = RunDir(args.run_dir).read_manifest()
     paths = manifest.loc[manifest["split"] == "test", "image_path"].tolist()
     plain = GeopakPredictor.from_checkpoint(ckpt, device="cpu", refine=False)
-    t0 = time.perf_counter()
-    gallery = synthetic_gallery(plain.model, args.gallery_images)
-    build_s = time.perf_counter() - t0
-    settings = RefineSettings("images", k=5, step=1.0, rescore_temperature=0.1)  # the costlier settings
-    refined = GeopakPredictor(plain.model, ckpt, plain.calibration, top_provinces=plain.top_provinces,
-                              top_cells=plain.top_cells, info=plain.info, gallery=gallery, refine_settings=settings)
-
-    def measure(p):
-        def run():
-            t = time.perf_counter()
-            p.predict_many(paths, args.batch_size, progress=False)
-            return len(paths) / (time.perf_counter() - t)
-        return run
-
-    outputs = plain.raw_outputs(paths, args.batch_size, progress=False)[0]
-    pred = mixture_numpy(plain.model, outputs, plain.top_provinces, plain.top_cells)
-    radius = plain.model.cell_radius_km.numpy()
-    step_s = []
-    for _ in range(3):  # the refinement step alone, on the hypotheses of every test image
-        t = time.perf_counter()
-        refine_prediction(pred, pred["query"], gallery, radius, settings)
-        step_s.append(time.perf_counter() - t)
-    measure(plain)(), measure(refined)()  # warm-up
-    res = paired(measure(refined), measure(plain), args.pairs)  # ratio of rates: refined / plain img/s
     out = {"machine": describe_machine(machine_info(torch.device("cpu"))), "checkpoint": str(ckpt),
-           "images": len(paths), "gallery_items": args.gallery_images, "gallery_mb": round(gallery.nbytes / 2 ** 20, 1),
-           "largest_cell_items": int(gallery.cell_counts().max()), "gallery_build_s": round(build_s, 2),
-           "refine_step_ms_per_image": round(1000 * min(step_s) / len(paths), 2),
-           "pairs_img_per_s": res["pairs"], "time_ratio_refined_over_plain": round(1 / res["ratio"], 3)}
+           **refine_pair(plain, paths, args.gallery_images, args.batch_size, args.pairs)}
     print(json.dumps(out, indent=1))
     return out
 

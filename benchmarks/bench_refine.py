@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from geopak_lib.evaluation.predictor import GeopakPredictor
-from geopak_lib.evaluation.refinement import GALLERY_DTYPE, RefineSettings, mixture_numpy, refine_prediction
+from geopak_lib.evaluation.refinement import RefineSettings, mixture_numpy, refine_prediction
 from geopak_lib.model.refine import Gallery
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.selection import select_final_checkpoint
@@ -33,7 +33,7 @@ def synthetic_gallery(model, n_images: int, seed: int = 0) -> Gallery:
     cell = rng.choice(n_cells, n_images, p=share / share.sum())
     emb = rng.normal(size=(n_images, model.config.fused_dim)).astype(np.float32)
     lat, lon = (model.cells[c].to_numpy()[cell] for c in ("center_lat", "center_lon"))
-    return Gallery.from_items(emb, lat, lon, cell, n_cells, GALLERY_DTYPE)
+    return Gallery.from_items(emb, lat, lon, cell, n_cells)  # float32, as the predictor holds it
 
 
 def refine_pair(plain: GeopakPredictor, paths, n_gallery: int = 90_000, batch_size: int = 32, pairs: int = 3) -> dict:

@@ -79,7 +79,7 @@ def _cell_targets(query, rows, gallery: Gallery, c: int, k: int, temperature: fl
     """The query rows' targets in cell c: softmax(sim / temperature) over the top-k items, their
     locations averaged on the sphere. query[rows] (m, D) -> lat, lon, best similarity (m,)."""
     s, e = gallery.cell_start[c], gallery.cell_start[c + 1]
-    sims = query[rows] @ gallery.embedding[s:e].astype(np.float32).T  # (m, n_c): only this cell's items
+    sims = query[rows] @ np.asarray(gallery.embedding[s:e], np.float32).T  # (m, n_c): this cell's items only
     kk = min(k, e - s)
     top = np.argpartition(-sims, kk - 1, axis=1)[:, :kk] if kk < e - s else np.broadcast_to(np.arange(kk), sims.shape)
     top_sims = np.take_along_axis(sims, top, 1)  # (m, kk)

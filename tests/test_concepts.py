@@ -121,3 +121,18 @@ def test_add_concept_labels_replaces_old_columns():
     out = concepts.add_concept_labels(m)
     assert out.columns.tolist() == ["id", "latitude", "longitude", "climate", "land_cover", "urban"]
     assert out["urban"].tolist() == ["urban", "rural"] and out["climate"].tolist() == ["B arid", UNKNOWN]
+
+
+def test_concept_shares_and_offline_map():
+    from geopak_lib.book.concept_report import concept_map, concept_shares
+    from geopak_lib.book.report import external_references, map_html
+
+    m = pd.DataFrame({"id": list("abcd"), "province": ["Sindh", "Sindh", "Sindh", "Punjab"],
+                      "latitude": [24.9, 25.0, 25.1, 31.5], "longitude": [67.0, 67.1, 67.2, 74.3],
+                      "climate": ["B arid", "B arid", UNKNOWN, "C temperate"]})
+    t = concept_shares(m, "climate")
+    assert t.index.tolist() == ["Sindh", "Punjab", "all"]  # PROVINCES order, then the total
+    assert t.loc["Sindh"].tolist() == [3, "2 (67%)", "0 (0%)", "1 (33%)"]
+    assert t.loc["all", "C temperate"] == "1 (25%)"
+    page = map_html(concept_map(m, "climate"))
+    assert external_references(page) == [] and "B arid (2)" in page

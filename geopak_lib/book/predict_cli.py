@@ -17,6 +17,7 @@ from geopak_lib.evaluation.predictor import GeopakPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km")
+CONCEPT_COLUMNS = ("climate", "climate_p", "land_cover", "land_cover_p")  # empty for a model without concept heads
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 
 DESCRIPTION = """\
@@ -29,7 +30,9 @@ IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
 once 06_evaluation has calibrated the checkpoint), hyp1_province, hyp1_lat, hyp1_lon,
-hyp1_weight, ... for the --top best hypotheses, and error (empty when the file was predicted).
+hyp1_weight, ... for the --top best hypotheses, the concepts the model reads in the image with their
+probabilities (climate, climate_p, land_cover, land_cover_p; empty for a model without concept heads),
+and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
 
 Exit codes: 0 all files predicted; 1 some files failed; 2 missing/incompatible checkpoint or
@@ -86,12 +89,12 @@ def results_table(records: list[dict], top: int = 3) -> pd.DataFrame:
     hyp_cols = [f"hyp{k}_{f}" for k in range(1, top + 1) for f in HYP_FIELDS]
     rows = []
     for r in records:
-        row = {c: r.get(c) for c in BASE_COLUMNS}
+        row = {c: r.get(c) for c in (*BASE_COLUMNS, *CONCEPT_COLUMNS)}
         for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
             row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
         row["error"] = r.get("error", "")
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, *hyp_cols, "error"])
+    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, *hyp_cols, *CONCEPT_COLUMNS, "error"])
 
 
 def geojson(table: pd.DataFrame) -> dict:

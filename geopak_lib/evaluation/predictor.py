@@ -47,6 +47,25 @@ def _warnings(info: dict, calibration) -> list[str]:
     return out
 
 
+def concept_scores(model, outputs: dict, top: int = 3) -> list[dict]:
+    """Each row's concept predictions (issue 15): [{concept: [(class, probability), ... top, best
+    first]}] from outputs['concept_logits']; [] per row for a model without concept heads."""
+    logits = outputs.get("concept_logits")
+    n = len(outputs["province_logits"])
+    if not logits:
+        return [{} for _ in range(n)]
+    classes = model.config.concept_classes
+    probs = {k: torch.softmax(v.float(), -1).cpu().numpy() for k, v in logits.items()}
+    out = []
+    for i in range(n):
+        row = {}
+        for k, p in probs.items():
+            order = np.argsort(-p[i], kind="stable")[:top]
+            row[k] = [(classes[k][j], float(p[i, j])) for j in order]
+        out.append(row)
+    return out
+
+
 class GeopakPredictor:
     """Predict (province, lat, lon, confidence, radius_km, hypotheses) for images.
 
@@ -157,6 +176,7 @@ class GeopakPredictor:
         temperature = float(cal.get("temperature", 1.0))
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
         scales = cal.get("radius_scales", {})
+        concepts = concept_scores(self.model, out)
         results = []
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
@@ -175,7 +195,8 @@ class GeopakPredictor:
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},
-                "alpha": float(out["alpha"][i]), "hypotheses": hyps})
+                "alpha": float(out["alpha"][i]), "hypotheses": hyps, "concepts": concepts[i],
+                **{f"{k}{suffix}": v[0][j] for k, v in concepts[i].items() for j, suffix in ((0, ""), (1, "_p"))}})
         return results
 
     def predict(self, image) -> dict:
@@ -183,7 +204,9 @@ class GeopakPredictor:
         confidence (calibrated probability of that province), radius_km (the truth lies within it for
         ~80% of validation images when radius_calibrated), radius_calibrated, radius_coverage,
         radii_km {coverage: km}, spread_km, province_probs, alpha (fusion gate), hypotheses (list of
-        province, cell_id, lat, lon, weight; best first)."""
+        province, cell_id, lat, lon, weight; best first); with concept heads also concepts
+        {concept: [(class, probability)] top 3, best first} and the top class and its probability
+        as climate, climate_p, land_cover, land_cover_p."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 

@@ -20,7 +20,7 @@ from geopak_lib.utils import atomic_write_bytes
 # file name -> the notebook that writes it (for "run it first" messages)
 WRITERS = {"manifest.csv": "00_data_audit", "rejects.csv": "00_data_audit", "fixes.csv": "00_data_audit",
            "concepts.json": "00_data_audit", "geocells.json": "01_geocells", "geocells.csv": "01_geocells", "assignments.csv": "01_geocells",
-           "baselines_test.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune"}
+           "baselines_test.csv": "03_phase1_geography", "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune"}
 ID_DTYPES = {"id": str}
 
 
@@ -88,6 +88,10 @@ class RunDir:
         if not required and not self.file("concepts.json").is_file():
             return None
         return json.loads(self._existing("concepts.json").read_text(encoding="utf-8"))
+
+    def read_concept_ablation(self) -> pd.DataFrame | None:
+        """concept_ablation.csv (03 with concept_ablation on), or None when it was not run."""
+        return self.read_table("concept_ablation.csv") if self.file("concept_ablation.csv").is_file() else None
 
     def read_geocells(self) -> pd.DataFrame:
         """geocells.json (01), neighbour lists as lists of ints."""

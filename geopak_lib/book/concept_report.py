@@ -33,9 +33,9 @@ def concept_shares(manifest: pd.DataFrame, concept: str) -> pd.DataFrame:
     as 'n (s%)' strings, with the province's n. The table 00 shows for each concept."""
     counts = concept_by_province(manifest, concept, PROVINCES)
     counts.loc["all"] = counts.sum()
-    share = 100 * counts.div(counts.sum(1), axis=0)
+    share = 100 * counts.div(counts.sum(axis=1), axis=0)
     table = counts.astype(int).astype(str) + " (" + share.round(0).astype(int).astype(str) + "%)"
-    table.insert(0, "n", counts.sum(1).astype(int))
+    table.insert(0, "n", counts.sum(axis=1).astype(int))
     return table.rename_axis(index="province", columns=concept)
 
 
@@ -44,7 +44,7 @@ def concept_province_chart(manifest: pd.DataFrame, concept: str, ax=None):
     import matplotlib.pyplot as plt
 
     counts = concept_by_province(manifest, concept, PROVINCES)
-    share = 100 * counts.div(counts.sum(1), axis=0)
+    share = 100 * counts.div(counts.sum(axis=1), axis=0)
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 0.45 * len(share) + 1.4))
     left = pd.Series(0.0, index=share.index)

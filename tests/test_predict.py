@@ -183,7 +183,9 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     table = pd.read_csv(out, keep_default_na=False)
     hyp = [f"hyp{k}_{f}" for k in (1, 2) for f in ("province", "lat", "lon", "weight")]
     assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
-                                   "place_province", "place_km", *hyp, "error"]
+                                   "place_province", "place_km", *hyp,
+                                   "climate", "climate_p", "land_cover", "land_cover_p", "error"]
+    assert (table["climate"] == "").all()  # this model has no concept heads: the columns stay empty
     names = {str(p.relative_to(tmp_path / "img")) if p.is_relative_to(tmp_path / "img") else p.name: e
              for p, e in zip(map(__import__("pathlib").Path, table["image"]), table["error"])}
     assert set(names) == {*good, "fake.jpg", "empty.png", "sub/truncated.jpg", "photo.dat"}  # notes.txt skipped
@@ -248,5 +250,54 @@ def test_results_table_columns_for_failed_rows():
     t = results_table([{"image": "x.jpg", "error": "boom"}], top=1)
     assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
                                "place_province", "place_km", "hyp1_province",
-                               "hyp1_lat", "hyp1_lon", "hyp1_weight", "error"]
+                               "hyp1_lat", "hyp1_lon", "hyp1_weight", "climate", "climate_p", "land_cover",
+                               "land_cover_p", "error"]
     assert t.loc[0, "error"] == "boom" and pd.isna(t.loc[0, "lat"])
+
+
+CONCEPTS = {"climate": ["B arid", "C temperate", "E polar"], "land_cover": ["barren", "cropland", "urban", "water"]}
+
+
+@pytest.fixture()
+def concept_ckpt(tmp_path, monkeypatch):
+    """The tiny checkpoint with concept heads (and the bottleneck), their last layers randomised."""
+    from geopak_lib.model import encoders
+
+    monkeypatch.setattr(encoders, "build_encoder",
+                        lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
+    torch.manual_seed(1)
+    cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
+                      offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2, concept_classes=CONCEPTS,
+                      concept_weight=0.5, concept_hidden=8, concept_bottleneck=True)
+    model = GeopakModel(cfg, CELLS, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
+    for head in model.concept_heads.heads.values():
+        torch.nn.init.normal_(head[-1].weight, std=2.0)
+    path = tmp_path / "crun" / "checkpoints" / "phase1" / "best.pt"
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
+    return path, model.eval()
+
+
+def test_concept_scores_in_predict_and_the_csv(concept_ckpt, tmp_path):
+    path, model = concept_ckpt
+    write_images(tmp_path / "img")
+    pred = GeopakPredictor.from_checkpoint(path, device="cpu")
+    img = tmp_path / "img" / "a.jpg"
+    r = pred.predict(img)
+    # the scores are the softmax of the model's own concept logits on the same view
+    x = pred.forward_images(__import__("geopak_lib.data.augment", fromlist=["x"]).clean_transform(16)(
+        Image.open(img).convert("RGB")).unsqueeze(0))
+    for name, classes in CONCEPTS.items():
+        p = torch.softmax(x["concept_logits"][name][0], -1).numpy()
+        top = [(classes[j], pytest.approx(float(p[j]), abs=1e-6)) for j in np.argsort(-p)[:3]]
+        assert r["concepts"][name] == top
+        assert (r[name], r[name + "_p"]) == top[0] and sum(p) == pytest.approx(1.0, abs=1e-5)
+    assert r["land_cover_p"] >= r["concepts"]["land_cover"][1][1]  # best first
+    out = tmp_path / "pred.csv"
+    assert cli.main(["predict", str(img), "--checkpoint", str(path), "--out", str(out), "--no-progress",
+                     "--device", "cpu"]) == 0
+    row = pd.read_csv(out).iloc[0]
+    assert (row["climate"], row["land_cover"]) == (r["climate"], r["land_cover"])
+    assert row["climate_p"] == pytest.approx(r["climate_p"]) and row["land_cover_p"] == pytest.approx(r["land_cover_p"])
+    # with TTA, the concept probabilities are averaged over the views and still sum to 1
+    t = GeopakPredictor.from_checkpoint(path, device="cpu", tta=True).predict(img)
+    assert t["climate"] in CONCEPTS["climate"] and 0 < t["climate_p"] <= 1

@@ -14,13 +14,13 @@ import pandas as pd
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.metrics import confusion_matrix, per_class_accuracy, summarize_errors
 
-LOSS_TERMS = ("loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux")
+LOSS_TERMS = ("loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux", "loss_concept")
 
 
 def loss_curves(history: pd.DataFrame, title: str = ""):
     """One panel per loss term with values, plus the val median error (km). Returns the figure."""
     h = history[history["epoch"] > 0]
-    terms = [t for t in LOSS_TERMS if h[t].notna().any()]
+    terms = [t for t in LOSS_TERMS if t in h and h[t].notna().any()]  # loss_concept: with concept heads only
     panels = terms + (["median_error_km"] if h["median_error_km"].notna().any() else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 2.8), squeeze=False)
     for ax, col in zip(axes[0], panels):

@@ -20,6 +20,7 @@ from geopak_lib.evaluation.predictor import GeopakPredictor
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
                 "place_km")
+CONCEPT_COLUMNS = ("climate", "climate_p", "land_cover", "land_cover_p")  # empty for a model without concept heads
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 
 DESCRIPTION = """\
@@ -35,7 +36,9 @@ once 06_evaluation has calibrated the checkpoint), place (the nearest GeoNames p
 people in the predicted point's province), district, place_province (the province the predicted
 point lies in) and place_km (km from the point to that place; place and district are empty when
 the point is outside Pakistan or more than 60 km from any place), hyp1_province, hyp1_lat, hyp1_lon,
-hyp1_weight, ... for the --top best hypotheses, and error (empty when the file was predicted).
+hyp1_weight, ... for the --top best hypotheses, the concepts the model reads in the image with their
+probabilities (climate, climate_p, land_cover, land_cover_p; empty for a model without concept heads),
+and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
 
 Several photos of one place: --group-by folder (each sub-folder of a given folder is one place)
@@ -116,12 +119,12 @@ def results_table(records: list[dict], top: int = 3) -> pd.DataFrame:
     hyp_cols = [f"hyp{k}_{f}" for k in range(1, top + 1) for f in HYP_FIELDS]
     rows = []
     for r in records:
-        row = {c: r.get(c) for c in BASE_COLUMNS}
+        row = {c: r.get(c) for c in (*BASE_COLUMNS, *CONCEPT_COLUMNS)}
         for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
             row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
         row["error"] = r.get("error", "")
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, *hyp_cols, "error"])
+    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, *hyp_cols, *CONCEPT_COLUMNS, "error"])
 
 
 def geojson(table: pd.DataFrame) -> dict:

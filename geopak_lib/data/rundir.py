@@ -9,6 +9,7 @@ writes. The artifact table (who writes what, with which columns) is in docs/desi
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +19,8 @@ from geopak_lib.utils import atomic_write_bytes
 
 # file name -> the notebook that writes it (for "run it first" messages)
 WRITERS = {"manifest.csv": "00_data_audit", "rejects.csv": "00_data_audit", "fixes.csv": "00_data_audit",
-           "geocells.json": "01_geocells", "geocells.csv": "01_geocells", "assignments.csv": "01_geocells",
-           "baselines_test.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune"}
+           "concepts.json": "00_data_audit", "geocells.json": "01_geocells", "geocells.csv": "01_geocells", "assignments.csv": "01_geocells",
+           "baselines_test.csv": "03_phase1_geography", "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune"}
 ID_DTYPES = {"id": str}
 
 
@@ -74,6 +75,23 @@ class RunDir:
     def read_baselines(self) -> pd.DataFrame | None:
         """baselines_test.csv (03), or None when phase 1 has not written it."""
         return self.read_table("baselines_test.csv") if self.file("baselines_test.csv").is_file() else None
+
+    def write_concepts(self, mapping: dict) -> Path:
+        """concepts.json (00): the concept classes decided on the training split
+        (concepts.concept_mapping), atomically."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.file("concepts.json"), json.dumps(mapping, indent=1, ensure_ascii=False).encode())
+        return self.file("concepts.json")
+
+    def read_concepts(self, required: bool = True) -> dict | None:
+        """concepts.json (00); None when it is absent and not ``required`` (a run made before it)."""
+        if not required and not self.file("concepts.json").is_file():
+            return None
+        return json.loads(self._existing("concepts.json").read_text(encoding="utf-8"))
+
+    def read_concept_ablation(self) -> pd.DataFrame | None:
+        """concept_ablation.csv (03 with concept_ablation on), or None when it was not run."""
+        return self.read_table("concept_ablation.csv") if self.file("concept_ablation.csv").is_file() else None
 
     def read_geocells(self) -> pd.DataFrame:
         """geocells.json (01), neighbour lists as lists of ints."""

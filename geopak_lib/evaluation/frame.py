@@ -16,6 +16,7 @@ from geopak_lib import geo
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
 from geopak_lib.data.places import name_places, nearest_town, pakistan_towns
 from geopak_lib.evaluation.baselines import province_centroids
+from geopak_lib.evaluation.concepts_eval import concept_frame
 from geopak_lib.metrics import error_km, per_class_accuracy, per_group_summary, summarize_errors
 from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points,
                                         mixture_predict, outputs_to)
@@ -102,7 +103,7 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
                       top_cells: int = 5) -> pd.DataFrame:
     """Per sample: truth, the mixture (lat, lon, error_km, province_pred, confidence, spread_km),
     the ablations and the diagnostics as ``<method>_lat/_lon/_error_km``, cell ranks, α and the
-    province logits (``logit_0..6``). rows: the split's table rows (latitude, longitude,
+    province logits (``logit_0..6``), and with concept heads concepts_eval.concept_frame's columns. rows: the split's table rows (latitude, longitude,
     province_id, cell_id), aligned with outputs; train: training rows (for province centroids)."""
     device = next(model.parameters()).device
     out = outputs_to(outputs, device)
@@ -133,7 +134,7 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     logits = np_(out["province_logits"])
     for p in range(NUM_PROVINCES):
         f[f"logit_{p}"] = logits[:, p]
-    return f
+    return f.join(concept_frame(model, out, rows))  # <concept>_pred, _p, _true with concept heads
 
 
 # --- tables ------------------------------------------------------------------------------------

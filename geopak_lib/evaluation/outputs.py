@@ -78,12 +78,15 @@ def tta_views(images: torch.Tensor, n_views: int = len(TTA_VIEWS)) -> list[torch
 def merge_view_outputs(views: list[dict]) -> dict:
     """Average the province and per-province cell probabilities over views (returned as log-probs,
     so softmax gives the mean back). Offsets and α come from the first (identity) view: a crop moves
-    the content, and the offset head's answer is relative to the full frame."""
+    the content, and the offset head's answer is relative to the full frame. Concept probabilities
+    are averaged like the province's."""
     def log_mean(ts):
         return torch.log(torch.stack([torch.softmax(t, -1) for t in ts]).mean(0).clamp_min(1e-30))
 
     first = views[0]
-    return {"fused": first["fused"], "alpha": first["alpha"],
+    concepts = {"concept_logits": {k: log_mean([v["concept_logits"][k] for v in views]) for k in first["concept_logits"]}} \
+        if "concept_logits" in first else {}
+    return {**concepts, "fused": first["fused"], "alpha": first["alpha"],
             "province_logits": log_mean([v["province_logits"] for v in views]),
             "geocell_logits": {p: log_mean([v["geocell_logits"][p] for v in views]) for p in first["geocell_logits"]},
             "aux_latlon": torch.stack([v["aux_latlon"] for v in views]).mean(0)}

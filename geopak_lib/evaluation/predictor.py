@@ -66,6 +66,25 @@ def _refinement(checkpoint, refine) -> tuple:
     return gallery, settings, f"on ({settings.label()}; {why})"
 
 
+def concept_scores(model, outputs: dict, top: int = 3) -> list[dict]:
+    """Each row's concept predictions (issue 15): [{concept: [(class, probability), ... top, best
+    first]}] from outputs['concept_logits']; [] per row for a model without concept heads."""
+    logits = outputs.get("concept_logits")
+    n = len(outputs["province_logits"])
+    if not logits:
+        return [{} for _ in range(n)]
+    classes = model.config.concept_classes
+    probs = {k: torch.softmax(v.float(), -1).cpu().numpy() for k, v in logits.items()}
+    out = []
+    for i in range(n):
+        row = {}
+        for k, p in probs.items():
+            order = np.argsort(-p[i], kind="stable")[:top]
+            row[k] = [(classes[k][j], float(p[i, j])) for j in order]
+        out.append(row)
+    return out
+
+
 class GeopakPredictor:
     """Predict (province, lat, lon, confidence, radius_km, hypotheses) for images.
 
@@ -224,6 +243,7 @@ class GeopakPredictor:
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
         scales, by_province = cal.get("radius_scales", {}), cal.get("radius_scales_by_province", {})
         names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch, after any refinement
+        concepts = concept_scores(self.model, out)
         results = []
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
@@ -246,7 +266,9 @@ class GeopakPredictor:
                 "place": names.at[i, "place"], "district": names.at[i, "district"],
                 "place_province": names.at[i, "province"],
                 "place_km": None if names.at[i, "place"] == "" else float(names.at[i, "place_km"]),
-                "alpha": float(out["alpha"][i]), "refined": self.gallery is not None, "hypotheses": hyps})
+                "alpha": float(out["alpha"][i]), "refined": self.gallery is not None, "hypotheses": hyps,
+                "concepts": concepts[i],
+                **{f"{k}{suffix}": v[0][j] for k, v in concepts[i].items() for j, suffix in ((0, ""), (1, "_p"))}})
         return results
 
     def predict(self, image) -> dict:
@@ -259,7 +281,9 @@ class GeopakPredictor:
         from ``province``), place_km (km from the point to place; place and district are "" and
         place_km None outside Pakistan or beyond data.places.PLACE_MAX_KM), alpha (fusion gate),
         refined (refinement inside the cells was on), hypotheses (list of province, cell_id, lat,
-        lon, weight; best first)."""
+        lon, weight; best first); with concept heads also concepts {concept: [(class, probability)]
+        top 3, best first} and the top class and its probability as climate, climate_p, land_cover,
+        land_cover_p."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 

@@ -8,7 +8,7 @@ Decisions and their reasons: docs/decisions/model.md.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,7 @@ from torch import nn
 from geopak_lib import geo
 from geopak_lib.constants import NUM_PROVINCES, OFFSET_SCALE, PROVINCES
 from geopak_lib.data.cells import MODEL_CELL_COLUMNS, parse_id_list
+from geopak_lib.model.concept_heads import ConceptHeads, validate_concept_classes
 from geopak_lib.model.inference import build_hypotheses
 
 # Centre and half-extent of Pakistan's bounding box (shipped polygons), degrees (lat, lon).
@@ -45,6 +46,12 @@ class ModelConfig:
     dropout: float = 0.0
     gate_init: float = 0.5  # initial alpha of the gated fusion (neither encoder dominates)
     residual_beta_init: float = 0.1  # initial beta of the residual fusion (spec 000 §2.3)
+    # Concept heads (issue 15): {concept: [class names]} from concepts.json; they exist exactly when
+    # concept_weight > 0, the weight of their loss term in every phase that trains the heads.
+    concept_classes: dict = field(default_factory=dict)
+    concept_weight: float = 0.0
+    concept_hidden: int = 128
+    concept_bottleneck: bool = False  # the geocell heads also see the concept probabilities (spec 002)
 
     def __post_init__(self):
         for f in fields(self):
@@ -57,6 +64,13 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not 0.0 < self.gate_init < 1.0:
             raise ValueError(f"ModelConfig.gate_init must be in (0, 1), got {self.gate_init!r}")
+        self.concept_classes = validate_concept_classes(self.concept_classes)
+        if not (self.concept_weight >= 0 and bool(self.concept_classes) == (self.concept_weight > 0)):
+            raise ValueError("ModelConfig: concept heads need both concept_classes and concept_weight > 0 "
+                             f"(weight 0 and no classes turns them off); got weight {self.concept_weight!r} "
+                             f"and classes for {sorted(self.concept_classes)}")
+        if self.concept_bottleneck and not self.concept_classes:
+            raise ValueError("ModelConfig.concept_bottleneck needs concept heads (concept_classes, concept_weight > 0)")
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -187,11 +201,15 @@ class GeopakModel(nn.Module):
         self.fusion = Fusion(d, c.fusion, c.gate_init, c.residual_beta_init)
         self.province_head = mlp_block(d, c.province_hidden, NUM_PROVINCES, c.dropout)
 
+        self.concept_heads = ConceptHeads(d, c.concept_classes, c.concept_hidden, c.dropout) \
+            if c.concept_classes else None
+        d_cell = d + (self.concept_heads.total_classes if c.concept_bottleneck else 0)
+
         pid = self.cells["province_id"].to_numpy().copy()
         counts = np.bincount(pid, minlength=NUM_PROVINCES)
         self.cells_per_province = [int(n) for n in counts]
         self.geocell_heads = nn.ModuleDict({
-            str(p): mlp_block(d, c.cell_hidden if n >= c.small_province_cells else c.small_cell_hidden, n, c.dropout)
+            str(p): mlp_block(d_cell, c.cell_hidden if n >= c.small_province_cells else c.small_cell_hidden, n, c.dropout)
             for p, n in enumerate(counts) if n > 0})  # provinces without cells get no head
         n_cells = len(self.cells)
         self.cell_embedding = nn.Embedding(n_cells, c.cell_emb_dim)
@@ -216,18 +234,23 @@ class GeopakModel(nn.Module):
     def forward_features(self, clip_feat: torch.Tensor, scene_feat: torch.Tensor) -> dict:
         """clip_feat (B, clip_dim), scene_feat (B, scene_dim) -> dict of
         fused (B, D), alpha (B,), province_logits (B, 7), geocell_logits {province_id: (B, N_p)},
-        aux_latlon (B, 2) degrees."""
+        aux_latlon (B, 2) degrees, and with concept heads concept_logits {concept: (B, C)}; in the
+        bottleneck variant the geocell heads read [fused, concept probabilities]."""
         if clip_feat.shape[-1] != self.config.clip_dim or scene_feat.shape[-1] != self.config.scene_dim:
             raise ValueError(f"feature dims {clip_feat.shape[-1]}, {scene_feat.shape[-1]} do not match "
                              f"ModelConfig clip_dim={self.config.clip_dim}, scene_dim={self.config.scene_dim}")
         fused, alpha = self.fusion(self.clip_proj(clip_feat), self.scene_proj(scene_feat))
-        return {
+        concepts = self.concept_heads(fused) if self.concept_heads is not None else None
+        cell_in = torch.cat([fused, self.concept_heads.probabilities(concepts)], -1) \
+            if self.config.concept_bottleneck else fused
+        out = {
             "fused": fused,
             "alpha": alpha,
             "province_logits": self.province_head(fused),
-            "geocell_logits": {int(p): head(fused) for p, head in self.geocell_heads.items()},
+            "geocell_logits": {int(p): head(cell_in) for p, head in self.geocell_heads.items()},
             "aux_latlon": self.aux_center + self.aux_half_extent * self.aux_head(fused),
         }
+        return out if concepts is None else {**out, "concept_logits": concepts}
 
     def forward(self, images_clip: torch.Tensor, images_scene: torch.Tensor | None = None) -> dict:
         """Run the encoders (where present; otherwise inputs are features) then forward_features.

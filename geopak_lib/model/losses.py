@@ -176,17 +176,47 @@ class AuxLoss(nn.Module):
         return {"aux": d.mean() / self.km_scale}
 
 
+class ConceptLoss(nn.Module):
+    """Cross-entropy of each concept head (issue 15), -1 targets (location without a value, or a
+    class the training split never saw) ignored.
+
+    concept_logits {concept: (B, C)}, targets {concept: (B,) long} -> {"concept": the mean over the
+    concepts of their mean CE, "concept_<name>": each one}. A concept with no labelled sample in the
+    batch gives 0 for its term and is left out of the mean (no NaN, no gradient).
+    """
+
+    def forward(self, concept_logits: dict, targets: dict) -> dict:
+        terms, used = {}, []
+        for name, logits in concept_logits.items():
+            if name not in targets:
+                raise KeyError(f"no target for the concept head {name!r}: the run's concepts.json lacks it")
+            t = targets[name]
+            if bool((t >= 0).any()):
+                terms[f"concept_{name}"] = F.cross_entropy(logits, t, ignore_index=-1)
+                used.append(terms[f"concept_{name}"])
+            else:
+                terms[f"concept_{name}"] = logits.sum() * 0.0
+        total = torch.stack(used).mean() if used else next(iter(concept_logits.values())).sum() * 0.0
+        return {"concept": total, **terms}
+
+
 class GeopakLoss(nn.Module):
     """Total loss 0.5 L_province + 1.0 L_geocell + ramp * 1.0 L_offset + 0.1 L_aux (spec 000 §9.5).
 
     province_counts: training samples per province ({name: n} or 7 numbers in PROVINCES order).
-    weights: overrides of DEFAULT_WEIGHTS (unknown keys are an error).
+    weights: overrides of DEFAULT_WEIGHTS (unknown keys are an error). concept_weight: the weight
+    of the concept term (issue 15); 0 computes no concept term at all.
     """
 
     def __init__(self, cells: pd.DataFrame, province_counts, beta: float = 0.9995, weights: dict | None = None,
                  rampup_epochs: int = 5, top_provinces: int = 2, top_cells: int = 5, km_scale: float = 100.0,
-                 tau_by_province: dict | None = None, offset_hypotheses: str = "mixture"):
+                 tau_by_province: dict | None = None, offset_hypotheses: str = "mixture",
+                 concept_weight: float = 0.0):
         super().__init__()
+        if not concept_weight >= 0:
+            raise ValueError(f"concept_weight must be >= 0, got {concept_weight}")
+        self.concept_weight = float(concept_weight)
+        self.concept = ConceptLoss()
         unknown = set(weights or {}) - set(DEFAULT_WEIGHTS)
         if unknown:
             raise KeyError(f"unknown loss weight keys {sorted(unknown)}; known: {sorted(DEFAULT_WEIGHTS)}")
@@ -200,11 +230,14 @@ class GeopakLoss(nn.Module):
         self.aux = AuxLoss(km_scale)
 
     def forward(self, model, outputs: dict, province_id: torch.Tensor, cell_id: torch.Tensor,
-                lat: torch.Tensor, lon: torch.Tensor, epoch: int) -> dict:
-        """province_id, cell_id (B,) long; lat, lon (B,) degrees; epoch 1-based.
+                lat: torch.Tensor, lon: torch.Tensor, epoch: int, concepts: dict | None = None) -> dict:
+        """province_id, cell_id (B,) long; lat, lon (B,) degrees; epoch 1-based; concepts
+        {concept: (B,) long targets} (needed when concept_weight > 0).
 
         Returns 0-d tensors total, province, geocell, offset, aux (unweighted terms) and
-        offset_weight (= weights["offset"] * ramp-up, the multiplier actually applied).
+        offset_weight (= weights["offset"] * ramp-up, the multiplier actually applied); with
+        concept_weight > 0 also concept and concept_<name> (ConceptLoss), concept_weight * concept
+        being added to total.
         """
         terms = {**self.province(outputs["province_logits"], province_id),
                  **self.geocell(outputs["geocell_logits"], province_id, cell_id),
@@ -212,4 +245,10 @@ class GeopakLoss(nn.Module):
                  **self.aux(outputs["aux_latlon"], lat, lon)}
         w = dict(self.weights, offset=self.weights["offset"] * offset_rampup(epoch, self.rampup_epochs))
         total = sum(w[k] * terms[k] for k in DEFAULT_WEIGHTS)
+        if self.concept_weight > 0:
+            if "concept_logits" not in outputs or concepts is None:
+                raise ValueError("concept_weight > 0 needs a model with concept heads and concept targets "
+                                 "(the run's concepts.json)")
+            terms.update(self.concept(outputs["concept_logits"], concepts))
+            total = total + self.concept_weight * terms["concept"]
         return {"total": total, **terms, "offset_weight": terms["aux"].new_tensor(w["offset"])}

@@ -37,7 +37,8 @@ CKPT_FORMAT = "geopak-checkpoint-v1"
 CSV_COLUMNS = (["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
                 "median_error_km", "mean_error_km", "p90_error_km"]
                + [f"{PROVINCE_SHORT[p]}_acc" for p in PROVINCES]
-               + ["offset_weight", "lr", "province_acc", "balanced_acc", "true_cell_median_km", "alpha_mean", "seconds"])
+               + ["offset_weight", "lr", "province_acc", "balanced_acc", "true_cell_median_km", "alpha_mean", "seconds",
+                  "loss_concept", "concept_acc"])  # the concept heads' term and mean accuracy (issue 15)
 ENCODER_SLOTS = ("clip_encoder", "scene_encoder")
 
 
@@ -269,4 +270,6 @@ def describe_epoch(epoch: int, epochs: int, train: dict, val: dict) -> str:
     return (f"Epoch {epoch}/{epochs}:\n   Train Loss: {f(train)}\n   Val Loss:   {f(val)}\n"
             f"   Train Error: {e(train)}\n   Val Error:   {e(val)} (true cell fed in: "
             f"{val['true_cell_median_km']:.2f}km)\n   Val province acc: {val['province_acc']:.3f} "
-            f"(balanced {val['balanced_acc']:.3f}); {acc}")
+            f"(balanced {val['balanced_acc']:.3f}); {acc}"
+            + (f"\n   Val concepts: loss {val['loss_concept']:.4f}, accuracy {val['concept_acc']:.3f}"
+               if np.isfinite(val.get("concept_acc", np.nan)) else ""))

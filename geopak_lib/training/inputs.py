@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +13,10 @@ import pandas as pd
 import torch
 
 from geopak_lib.constants import NUM_PROVINCES
+from geopak_lib.data.concepts import class_names, concept_targets
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
+from geopak_lib.model.geopak import GeopakModel
 from geopak_lib.model.losses import GeopakLoss
 from geopak_lib.training.cache import CacheSettings, FeatureCache
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
@@ -26,6 +28,7 @@ class TrainData:
 
     table: pd.DataFrame  # id, split, image_path, province, province_id, cell_id, latitude, longitude
     cache: object = None  # features.FeatureCache whose rows are table's rows
+    concept_names: tuple = ()  # concepts with a target column concept_<name> (class index, -1 = none)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.table["split"].to_numpy() == split)
@@ -34,12 +37,16 @@ class TrainData:
         """province_id, cell_id (B,) long; lat, lon (B,) float32 degrees."""
         t = self.table
         as_t = lambda col, dt: torch.as_tensor(t[col].to_numpy()[rows], dtype=dt, device=device)  # noqa: E731
-        return {"province_id": as_t("province_id", torch.long), "cell_id": as_t("cell_id", torch.long),
-                "lat": as_t("latitude", torch.float32), "lon": as_t("longitude", torch.float32)}
+        out = {"province_id": as_t("province_id", torch.long), "cell_id": as_t("cell_id", torch.long),
+               "lat": as_t("latitude", torch.float32), "lon": as_t("longitude", torch.float32)}
+        if self.concept_names:  # {concept: (B,) long class index, -1 = no target}
+            out["concepts"] = {k: as_t(f"concept_{k}", torch.long) for k in self.concept_names}
+        return out
 
 
-def make_data(manifest: pd.DataFrame, assignments: pd.DataFrame, cache=None) -> TrainData:
-    """Join manifest.csv and assignments.csv (on id) into TrainData, checking they agree."""
+def make_data(manifest: pd.DataFrame, assignments: pd.DataFrame, cache=None, concepts: dict | None = None) -> TrainData:
+    """Join manifest.csv and assignments.csv (on id) into TrainData, checking they agree.
+    concepts: the run's concepts.json; each concept the manifest labels gets a target column."""
     a = assignments.set_index(assignments["id"].astype(str))
     ids = manifest["id"].astype(str)
     missing = ids[~ids.isin(a.index)]
@@ -53,13 +60,36 @@ def make_data(manifest: pd.DataFrame, assignments: pd.DataFrame, cache=None) -> 
         raise ValueError(f"province_id differs between manifest and assignments for id {ids[bad].iloc[0]!r}")
     if cache is not None and not np.array_equal(cache.ids.astype(str), ids.to_numpy()):
         raise ValueError("feature cache rows do not match the manifest; rebuild it from this manifest")
-    return TrainData(table, cache)
+    names = tuple(k for k in sorted((concepts or {}).get("concepts", {})) if k in table)
+    for k in names:
+        table[f"concept_{k}"] = concept_targets(table[k].fillna("unknown"), concepts["concepts"][k])
+    return TrainData(table, cache, names)
 
 
 def make_loss(model, data: TrainData, **kwargs) -> GeopakLoss:
-    """GeopakLoss on the model's cells with the training split's province counts."""
+    """GeopakLoss on the model's cells with the training split's province counts; the concept term's
+    weight is the model's (ModelConfig.concept_weight) unless given."""
     counts = np.bincount(data.table["province_id"].to_numpy(int)[data.rows("train")], minlength=NUM_PROVINCES)
+    missing = [k for k in model.config.concept_classes if k not in data.concept_names]
+    if missing:
+        raise ValueError(f"the model has concept heads {missing} but the data has no such labels; "
+                         "re-run 00_data_audit (it writes them and concepts.json)")
+    kwargs.setdefault("concept_weight", model.config.concept_weight)
     return GeopakLoss(model.cells, counts, **kwargs)
+
+
+def add_concept_heads(model, concepts: dict, weight: float, bottleneck: bool = False, hidden: int = 128):
+    """The model with concept heads for the classes of ``concepts`` (concepts.json), trained with
+    loss weight ``weight`` (0: the model without heads); in the bottleneck variant the geocell heads
+    also read the concept probabilities, so they start afresh (untrained before phase 1 anyway).
+    Every other weight is kept; the encoders are the same modules."""
+    config = dict(asdict(model.config), concept_weight=float(weight), concept_bottleneck=bool(bottleneck),
+                  concept_hidden=int(hidden), concept_classes=class_names(concepts) if weight > 0 else {})
+    new = GeopakModel.from_meta({**model.export_meta(), "config": config}, model.clip_encoder, model.scene_encoder)
+    own = new.state_dict()
+    new.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape},
+                        strict=False)
+    return new.to(next(model.parameters()).device)
 
 
 def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, scene_weights: str) -> tuple:
@@ -88,7 +118,7 @@ def cache_settings(cache_dir: str, cache_views: int, cache_batch_size: int, num_
 def load_data(run_dir, cache: FeatureCache | None = None) -> TrainData:
     """TrainData of a run folder: manifest.csv joined with assignments.csv (and the cache, if given)."""
     run = RunDir(run_dir)
-    return make_data(run.read_manifest(), run.read_assignments(), cache)
+    return make_data(run.read_manifest(), run.read_assignments(), cache, run.read_concepts(required=False))
 
 
 @dataclass
@@ -103,13 +133,21 @@ class PhaseInputs:
 
 
 def load_phase_inputs(run_dir, phase: int, cache: CacheSettings | None = None, device="auto",
-                      progress: bool = True) -> PhaseInputs:
+                      progress: bool = True, concept_weight: float | None = None,
+                      concept_bottleneck: bool = False) -> PhaseInputs:
     """Set-up of phase ``phase`` (1-3): the best.pt of phase - 1, the model, manifest and
-    geocell assignments joined; phase 1 also opens (or builds) the feature cache with ``cache``."""
+    geocell assignments joined; phase 1 also opens (or builds) the feature cache with ``cache``.
+    concept_weight (phase 1): give the model concept heads with this loss weight (0: none) and
+    optionally the bottleneck (add_concept_heads); later phases keep the heads they receive."""
     run = RunDir(run_dir)
     start_path = run.best_checkpoint(phase - 1)
     start = load_checkpoint(start_path)
     model = build_model_from_checkpoint(start, with_encoders=True)
+    if concept_weight is not None:
+        if phase != 1:
+            raise ValueError("concept heads are added in phase 1; later phases keep the ones they receive")
+        model = add_concept_heads(model, run.read_concepts() if concept_weight > 0 else {}, concept_weight,
+                                  concept_bottleneck)
     features = None
     if phase <= 1:
         features = FeatureCache.build_or_load(run.read_manifest(), model.clip_encoder, model.scene_encoder,

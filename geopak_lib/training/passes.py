@@ -102,7 +102,8 @@ def loss_terms(loss_fn, model, out, labels, cfg: PassSettings, epoch: int) -> di
         p = loss_fn.province(out["province_logits"], labels["province_id"])["province"]
         return {"total": p, "province": p}
     ramp_epoch = epoch if cfg.offset_rampup else max(epoch, loss_fn.rampup_epochs, 1)
-    return loss_fn(model, out, labels["province_id"], labels["cell_id"], labels["lat"], labels["lon"], ramp_epoch)
+    return loss_fn(model, out, labels["province_id"], labels["cell_id"], labels["lat"], labels["lon"], ramp_epoch,
+                   labels.get("concepts"))
 
 
 @torch.no_grad()
@@ -111,6 +112,8 @@ def predictions(model, out, rows, labels, cfg: PassSettings) -> dict:
     (its centre + the offset head's answer there; a diagnostic, since it uses the label)."""
     res = {"row": np.asarray(rows), "province_pred": out["province_logits"].argmax(-1).cpu().numpy(),
            "alpha": out["alpha"].cpu().numpy()}
+    for name, logits in out.get("concept_logits", {}).items():  # class index of each concept head
+        res[f"{name}_pred"] = logits.argmax(-1).cpu().numpy()
     if cfg.phase == 0:  # geocell and offset heads are untrained in phase 0: no positions
         return res
     pred = mixture_predict(model, out, cfg.top_provinces, cfg.top_cells)
@@ -145,7 +148,8 @@ class Accumulator:
         cols = {k: np.concatenate([c[k] for c in self.cols]) for k in self.cols[0]} if self.cols else {"row": []}
         df = pd.DataFrame(cols)
         t = data.table.iloc[df["row"].to_numpy(int)]
-        for c in ("id", "province_id", "cell_id", "latitude", "longitude"):
+        for c in ("id", "province_id", "cell_id", "latitude", "longitude",
+                  *[f"concept_{k}" for k in getattr(data, "concept_names", ())]):
             df[c] = t[c].to_numpy()
         if "pred_lat" in df:
             df["error_km"] = error_km(df["pred_lat"], df["pred_lon"], df["latitude"], df["longitude"])
@@ -158,7 +162,10 @@ def epoch_metrics(frame: pd.DataFrame, losses: dict) -> dict:
     Accuracies are fractions (metrics.py convention); balanced_acc averages the per-province
     recalls over the provinces present."""
     nan = float("nan")
-    row = {f"loss_{k}": losses.get(k, nan) for k in ("total", "province", "geocell", "offset", "aux")}
+    row = {f"loss_{k}": losses.get(k, nan) for k in ("total", "province", "geocell", "offset", "aux", "concept")}
+    accs = [float((frame[f"{k[8:]}_pred"] == frame[k])[frame[k] >= 0].mean()) for k in frame
+            if k.startswith("concept_") and f"{k[8:]}_pred" in frame and (frame[k] >= 0).any()]
+    row["concept_acc"] = float(np.mean(accs)) if accs else nan  # mean over the concepts with targets
     if "error_km" in frame:
         s = summarize_errors(frame["error_km"].to_numpy(float))
         row.update(median_error_km=s["median_km"], mean_error_km=s["mean_km"], p90_error_km=s["p90_km"],

@@ -1,0 +1,51 @@
+"""The concept ablation's orchestration on synthetic cached features: the main variant is reused,
+the other two train with the same PhaseConfig from the same start, rows for val and test."""
+
+import pandas as pd
+import pytest
+
+from geopak_lib.data.concepts import concept_mapping
+from geopak_lib.data.rundir import RunDir
+from geopak_lib.evaluation import concept_ablation as ablation
+from geopak_lib.training.inputs import PhaseInputs, add_concept_heads
+from geopak_lib.training.trainer import train_phase
+from test_concept_heads import with_concepts
+from test_train import cfg1, synthetic, tiny_model
+
+
+def test_variant_settings():
+    assert ablation.variant_settings("off", 0.3) == (0.0, False)
+    assert ablation.variant_settings("bottleneck", 0.3) == (0.3, True)
+    assert ablation.variant_of(0.3, False) == "on" and ablation.variant_of(0.0, True) == "off"
+    with pytest.raises(ValueError, match="unknown"):
+        ablation.variant_settings("half", 0.3)
+
+
+def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monkeypatch):
+    cells, data = synthetic()
+    data = with_concepts(data)
+    data.table["split"] = ["train" if i % 10 < 6 else ("val" if i % 10 < 8 else "test") for i in range(len(data.table))]
+    mapping = concept_mapping(data.table)
+    calls = []
+
+    def fake_inputs(run_dir, phase, cache, device, progress, concept_weight=None, concept_bottleneck=False):
+        calls.append((concept_weight, concept_bottleneck))
+        model = add_concept_heads(tiny_model(cells), mapping, concept_weight, concept_bottleneck)
+        return PhaseInputs({}, tmp_path / "p0.pt", model, data)
+
+    monkeypatch.setattr(ablation, "load_phase_inputs", fake_inputs)
+    cfg = cfg1(epochs=2, batches_per_epoch=4)
+    main = add_concept_heads(tiny_model(cells), mapping, 0.5)
+    train_phase(cfg, main, data, tmp_path / "run", progress=False, device="cpu")
+    table = ablation.concept_ablation(tmp_path / "run", cfg, None, 0.5, "on", main, data, main_seconds=1.0)
+    assert calls == [(0.0, False), (0.5, True)]  # 'on' was the main run: not trained again
+    assert table[["variant", "split"]].values.tolist() == [
+        ["off", "val"], ["on", "val"], ["bottleneck", "val"], ["off", "test"], ["on", "test"], ["bottleneck", "test"]]
+    assert table.loc[table.variant == "off", "concept_weight"].eq(0).all()
+    assert table.loc[table.variant == "off", "climate_acc"].isna().all()  # no heads, no accuracy
+    assert table.loc[table.variant != "off", "climate_acc"].between(0, 1).all()
+    assert (tmp_path / "run" / "ablations" / "concepts_bottleneck" / "checkpoints" / "phase1" / "best.pt").is_file()
+    back = RunDir(tmp_path / "run").read_table("concept_ablation.csv")
+    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    val = table[table.split == "val"].set_index("variant")["median_km"]
+    assert ablation.best_on_validation(table) == val.idxmin()

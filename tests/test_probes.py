@@ -71,3 +71,43 @@ def test_random_or_missing_weights_switch_the_probes_off(tiny_weights, tmp_path)
     assert probes is None and "gone.pt" in msg and "not on this machine" in msg
     assert "no text tower" in probes_off_reason({"spec": "timm:resnet18", "weight_status": "x", "is_random": False})
     assert probes_off_reason(None) == "text probes off: the model has no CLIP encoder"
+
+
+def test_predictor_reports_probe_scores_of_its_own_clip_features(tiny_weights, tmp_path):
+    """A checkpoint whose CLIP slot is the tiny CLIP loaded from a file: the predictor switches the
+    probes on, and its scores are open_clip's own image-text similarities for the same view."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from geopak_lib.data.augment import clean_transform
+    from geopak_lib.evaluation.predictor import GeopakPredictor
+    from geopak_lib.training.cache import encoder_input
+    from geopak_lib.model.geopak import GeopakModel, ModelConfig
+    from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
+
+    clip = build_encoder(f"open_clip:{TINY}:none@32", weights=str(tiny_weights))
+    scene = build_encoder("timm:tf_efficientnet_lite0@32")
+    cells = pd.DataFrame({"cell_id": [0, 1], "province_id": [0, 1], "center_lat": [25.0, 31.5],
+                          "center_lon": [68.0, 73.0], "radius_km": [30.0, 40.0], "neighbor_cell_ids": [[], []]})
+    cfg = ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim, fused_dim=8, province_hidden=8, cell_hidden=8,
+                      small_cell_hidden=8, offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
+    path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
+    save_checkpoint(checkpoint_state(GeopakModel(cfg, cells, clip, scene), None, None, {"phase": 1}, 1, {}, [], {},
+                                     0, False, {}), path)
+    img = tmp_path / "a.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
+
+    pred = GeopakPredictor.from_checkpoint(path, device="cpu", refine=False)
+    assert pred.info["probes"].startswith("text probes on")
+    r = pred.predict(img)
+    view = clean_transform(pred.image_size)(Image.open(img).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        full = open_clip.create_model(TINY, pretrained=str(tiny_weights)).eval()
+        sims = (full.encode_image(encoder_input(view, clip.preprocess), normalize=True)
+                @ full.encode_text(open_clip.get_tokenizer(TINY)(probe_prompts()), normalize=True).T)[0]
+    best = sims.argsort(descending=True)[:3]
+    assert [c for c, _ in r["probes"]] == [probe_prompts()[int(j)].removeprefix("a photo of ") for j in best]
+    assert [s for _, s in r["probes"]] == pytest.approx(sims[best].tolist(), abs=1e-5)
+    off = pred.with_probes(False).predict(img)
+    assert off["probes"] == [] and pred.info["probes"] == "text probes off (not asked for)"

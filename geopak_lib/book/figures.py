@@ -180,7 +180,7 @@ def describe_prediction(result: dict, truth=None) -> str:
     radius = (f"{result['radius_km']:.0f} km ({100 * result['radius_coverage']:.0f}% radius, calibrated on validation)"
               if result["radius_calibrated"] else f"{result['radius_km']:.0f} km (uncalibrated: run 06_evaluation)")
     text = (f"**{result['province']}** (confidence {result['confidence']:.2f}) at **{result['lat']:.4f}, "
-            f"{result['lon']:.4f}**; error radius {radius}; fusion gate α = {result['alpha']:.2f}.")
+            f"{result['lon']:.4f}**{where_text(result)}; error radius {radius}; fusion gate α = {result['alpha']:.2f}.")
     if truth is not None:
         err = float(error_km(result["lat"], result["lon"], truth[0], truth[1]))
         text += f" Truth: {truth[0]:.4f}, {truth[1]:.4f}, so the error is **{err:.1f} km**."
@@ -188,6 +188,8 @@ def describe_prediction(result: dict, truth=None) -> str:
         text += "\n\nConcepts the model reads in the image: " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{c} {p:.2f}" for c, p in top)
             for name, top in result["concepts"].items()) + "."
+    if result.get("probes"):  # zero-shot text probes: cosine similarity to "a photo of …" (model/probes.py)
+        text += "\n\nCLIP's text probes (cosine similarity): " + ", ".join(f"{c} {s:.2f}" for c, s in result["probes"]) + "."
     return text
 
 

@@ -26,6 +26,7 @@ from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
 from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction
 from geopak_lib.metrics import error_radius
+from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
@@ -92,6 +93,8 @@ class GeopakPredictor:
     encoder weights, an uncalibrated radius, a phase-0 model whose location heads are untrained).
     """
 
+    probes = None  # TextProbes when on (with_probes)
+
     def __init__(self, model, checkpoint=None, calibration: dict | None = None, tta: bool = False,
                  top_provinces: int = 2, top_cells: int = 5, info: dict | None = None, warnings=(),
                  gallery=None, refine_settings: RefineSettings | None = None):
@@ -141,8 +144,9 @@ class GeopakPredictor:
         gallery, settings, refinement = _refinement(path, refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
                 "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
-        return cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
+        predictor = cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
                    gallery, settings)
+        return predictor.with_probes()
 
     @classmethod
     def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
@@ -161,8 +165,9 @@ class GeopakPredictor:
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
                 else "no calibration was exported with this model"}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
-        return cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
+        predictor = cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
                    _warnings(info, calibration))
+        return predictor.with_probes()
 
     @classmethod
     def ensemble(cls, predictors: list, weights=None) -> "GeopakPredictor":
@@ -184,6 +189,17 @@ class GeopakPredictor:
         return cls(model, [p.checkpoint for p in predictors], None, first.tta, first.top_provinces,
                    first.top_cells, info, warnings)
 
+    def _share_probes(self, other: "GeopakPredictor") -> "GeopakPredictor":
+        self.probes = other.probes
+        return self
+
+    def with_probes(self, on: bool = True) -> "GeopakPredictor":
+        """Switch the zero-shot text probes (model/probes.py) on where the CLIP slot has pretrained
+        weights, or off; ``info['probes']`` says which and why. Returns self."""
+        clip = (self.info.get("encoders") or {}).get("clip_encoder")
+        self.probes, self.info["probes"] = build_text_probes(clip) if on else (None, "text probes off (not asked for)")
+        return self
+
     def with_refinement(self, on: bool = True) -> "GeopakPredictor":
         """The same model (shared, not copied) with refinement on (needs the gallery that 06 saved
         beside the checkpoint; ValueError otherwise) or off."""
@@ -191,7 +207,8 @@ class GeopakPredictor:
             raise ValueError("an ensemble is not refined: each gallery fits one checkpoint")
         gallery, settings, why = _refinement(self.checkpoint, bool(on))
         return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
-                               self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery, settings)
+                               self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery,
+                               settings)._share_probes(self)
 
     # raw outputs -------------------------------------------------------------------------
 
@@ -209,8 +226,16 @@ class GeopakPredictor:
         outs = []
         for v in views:
             v = v.to(self.device)
-            outs.append(m(encoder_input(v, m.clip_encoder.preprocess), encoder_input(v, m.scene_encoder.preprocess)))
-        return outputs_to(merge_view_outputs(outs) if tta else outs[0], "cpu")
+            clip_in, scene_in = encoder_input(v, m.clip_encoder.preprocess), encoder_input(v, m.scene_encoder.preprocess)
+            if self.probes is None:
+                outs.append(m(clip_in, scene_in))
+            else:  # one model (no ensemble): keep the CLIP slot's pooled features for the text probes
+                clip = m.clip_encoder(clip_in)
+                outs.append({**m.forward_features(clip, m.scene_encoder(scene_in)), "clip_pooled": clip})
+        out = merge_view_outputs(outs) if tta else outs[0]
+        if self.probes is not None:
+            out["clip_pooled"] = outs[0]["clip_pooled"]  # the identity view's, like α
+        return outputs_to(out, "cpu")
 
     def raw_outputs(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0):
         """Model outputs for image files -> (outputs of the readable files in order or None,
@@ -244,6 +269,8 @@ class GeopakPredictor:
         scales, by_province = cal.get("radius_scales", {}), cal.get("radius_scales_by_province", {})
         names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch, after any refinement
         concepts = concept_scores(self.model, out)
+        probes = self.probes.top(out["clip_pooled"], k=3) if self.probes is not None and "clip_pooled" in out \
+            else [[] for _ in range(len(probs))]
         results = []
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
@@ -267,7 +294,7 @@ class GeopakPredictor:
                 "place_province": names.at[i, "province"],
                 "place_km": None if names.at[i, "place"] == "" else float(names.at[i, "place_km"]),
                 "alpha": float(out["alpha"][i]), "refined": self.gallery is not None, "hypotheses": hyps,
-                "concepts": concepts[i],
+                "concepts": concepts[i], "probes": probes[i],
                 **{f"{k}{suffix}": v[0][j] for k, v in concepts[i].items() for j, suffix in ((0, ""), (1, "_p"))}})
         return results
 
@@ -283,7 +310,8 @@ class GeopakPredictor:
         refined (refinement inside the cells was on), hypotheses (list of province, cell_id, lat,
         lon, weight; best first); with concept heads also concepts {concept: [(class, probability)]
         top 3, best first} and the top class and its probability as climate, climate_p, land_cover,
-        land_cover_p."""
+        land_cover_p; probes: [(concept, cosine similarity)] top 3 of the zero-shot text probes when
+        the CLIP slot has pretrained weights, else [] (info['probes'] says why)."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 

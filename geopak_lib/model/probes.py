@@ -61,7 +61,7 @@ def probes_off_reason(encoder_info: dict | None) -> str | None:
     """Why text probes cannot run for a CLIP slot ({spec, weight_status, is_random}); None if they can."""
     if not encoder_info:
         return "text probes off: the model has no CLIP encoder"
-    if parse_spec(encoder_info["spec"])[0] != "open_clip":
+    if not str(encoder_info.get("spec", "")).startswith("open_clip:"):
         return f"text probes off: the CLIP slot {encoder_info['spec']} is not an open_clip model, so it has no text tower"
     if encoder_info.get("is_random"):
         return (f"text probes off: the CLIP slot {encoder_info['spec']} runs on random weights, so its scores "

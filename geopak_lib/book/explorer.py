@@ -149,7 +149,10 @@ class Explorer:
                 f" ({len(result['hypotheses'])} hypotheses), TTA {'on' if self.tta else 'off'}.")
 
     def map(self, result: dict):
-        return hypotheses_map(result, self.truth)
+        """The hypotheses map, without 07's heat layer: in a widget ``Output`` the map's page runs
+        before its frame has a size, and Leaflet.heat then fails (getImageData of a 0-wide canvas),
+        stopping the script before the markers are drawn. The circles (area ∝ weight) remain."""
+        return hypotheses_map(result, self.truth, heat=False)
 
 
 class ExplorerApp:
@@ -158,12 +161,16 @@ class ExplorerApp:
 
     def __init__(self, explorer: Explorer, n: int = 10, pick: str = "worst", image_id: str = ""):
         self.explorer, self.n = explorer, n
-        self.pick = w.ToggleButtons(options=[(v, k) for k, v in PICKS.items()], value=pick, description="pick")
-        self.images = w.Dropdown(description="test image", layout=w.Layout(width="640px"))
-        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload a photo")
-        self.top_provinces = w.IntSlider(explorer.top_provinces, min=1, max=NUM_PROVINCES, description="top provinces")
-        self.top_cells = w.IntSlider(explorer.top_cells, min=1, max=max(explorer.max_cells, 1), description="top cells")
-        self.tta = w.Checkbox(explorer.tta, description="TTA (5 views)")
+        label, auto = {"description_width": "initial"}, w.Layout(width="auto")
+        self.pick = w.ToggleButtons(options=[(v, k) for k, v in PICKS.items()], value=pick, description="pick",
+                                    style={**label, "button_width": "auto"})
+        self.images = w.Dropdown(description="test image", style=label, layout=w.Layout(width="640px"))
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="upload a photo", layout=auto)
+        self.top_provinces = w.IntSlider(explorer.top_provinces, min=1, max=NUM_PROVINCES, description="top provinces",
+                                         style=label)
+        self.top_cells = w.IntSlider(explorer.top_cells, min=1, max=max(explorer.max_cells, 1), description="top cells",
+                                     style=label)
+        self.tta = w.Checkbox(explorer.tta, description="TTA (5 views)", style=label)
         self.image = w.Image(format="png", layout=w.Layout(width="256px"))
         self.info, self.concepts, self.map_out = w.Output(), w.Output(), w.Output()
         self.status, self.result, self._filling = w.HTML(), None, False

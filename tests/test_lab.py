@@ -82,6 +82,22 @@ def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, tmp_path):
     lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_08_explore.png")
     assert frame.locator(".leaflet-marker-icon").count() == 2  # the prediction ✚ and the truth dot
     assert frame.locator("canvas").count() >= 1  # hypotheses, radius and outlines (prefer_canvas)
+    # the top-provinces slider, moved with the keyboard, re-runs the mixture and redraws the map
+    before = page.locator(".geopak-explorer iframe[srcdoc]").get_attribute("srcdoc")
+    page.locator(".geopak-explorer .widget-slider .noUi-handle").first.press("ArrowLeft")
+    page.get_by_text("Mixture of the top 1 provinces").wait_for(timeout=120_000)
+    page.wait_for_function("before => document.querySelector('.geopak-explorer iframe[srcdoc]')"
+                           "?.getAttribute('srcdoc') !== before", arg=before, timeout=60_000)  # the map comes after the text
+    page.get_by_text("Mixture of the top 1 provinces").scroll_into_view_if_needed()
+    frame.locator(".leaflet-marker-icon").first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_timeout(1500)
+    lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_08_explore_top1.png")
+    # the redrawn map's canvas holds the outlines and circles: it was redrawn once its frame had a size
+    drawn = frame.locator("canvas").evaluate_all("""cs => cs.map(c => {
+        if (!c.width || !c.height) return 0;
+        const a = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 3; i < a.length; i += 4) n += a[i] > 0; return n; })""")
+    assert max(drawn) > 1000, drawn
 
 
 @pytest.mark.book
@@ -93,3 +109,21 @@ def test_executed_notebook_reruns_on_its_run_without_errors(lab):
     assert errors == []
     lab.page.wait_for_timeout(1000)
     lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_07_predict.png")
+
+
+@pytest.mark.book
+def test_clean_notebook_with_no_run_says_in_one_line_which_command_makes_one(tmp_path):
+    """06 opened with a run_dir that holds no run: its first cell that needs the run shows one line."""
+    import re
+
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    out = tmp_path / "06.ipynb"
+    with pytest.raises(PapermillExecutionError, match="MissingRunError"):
+        papermill.execute_notebook(str(REPO_ROOT / "notebooks" / "06_evaluation.ipynb"), str(out),
+                                   parameters={"run_dir": "runs/no_such_run"}, cwd=str(REPO_ROOT), progress_bar=False)
+    errors = [o for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []) if o["output_type"] == "error"]
+    shown = [re.sub(r"\x1b\[[0-9;]*m", "", line) for line in errors[0]["traceback"]]
+    assert shown == ["MissingRunError: no run at runs/no_such_run: make one with `make book PROFILE=no_such_run` "
+                     "(or `geopak book no_such_run`), or set run_dir to an existing run"]

@@ -14,6 +14,8 @@ import html
 import io
 
 import ipywidgets as w
+from branca.element import MacroElement
+from folium.template import Template
 import numpy as np
 import pandas as pd
 from IPython.display import Markdown
@@ -152,7 +154,21 @@ class Explorer:
         """The hypotheses map, without 07's heat layer: in a widget ``Output`` the map's page runs
         before its frame has a size, and Leaflet.heat then fails (getImageData of a 0-wide canvas),
         stopping the script before the markers are drawn. The circles (area ∝ weight) remain."""
-        return hypotheses_map(result, self.truth, heat=False)
+        m = hypotheses_map(result, self.truth, heat=False)
+        m.add_child(RedrawOnResize())
+        return m
+
+
+class RedrawOnResize(MacroElement):
+    """Redraw a map when its container changes size. A map re-rendered into a widget ``Output`` can
+    start in a frame of no size, and Leaflet's canvas layers (outlines, circles) then stay empty
+    until ``invalidateSize`` (seen once in headless Chromium after a slider move: only the markers
+    were drawn; not reproduced since, so this is a guard, and tests/test_lab.py checks the pixels)."""
+
+    _template = Template("""{% macro script(this, kwargs) %}
+        new ResizeObserver(function () { {{ this._parent.get_name() }}.invalidateSize(); })
+            .observe({{ this._parent.get_name() }}.getContainer());
+    {% endmacro %}""")
 
 
 class ExplorerApp:

@@ -53,7 +53,8 @@ def test_injected_parameters_follow_the_parameters_cell():
     cells = json.loads((SMOKE_NOTEBOOKS / "08_explore.ipynb").read_text())["cells"]
     tags = [c["metadata"].get("tags", []) for c in cells if c["cell_type"] == "code"]
     assert tags[1] == ["parameters"] and tags[2] == ["injected-parameters"]
-    assert 'run_dir = "runs/smoke"' in "".join(cells[[c["cell_type"] for c in cells].index("code") + 2]["source"])
+    injected = next(c for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
+    assert 'run_dir = "runs/smoke"' in "".join(injected["source"])
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 # GEOPAK book. Two commands do everything on a fresh machine:
 #   make book     build the venv if missing, build the demo dataset if missing, run every
-#                 notebook headless with params/demo.yaml, write reports/demo/*.html
+#                 notebook headless with params/demo.yaml, write reports/demo/*.html and the site reports/demo/site/
 #   make test     build the venv if missing, run the library tests and the smoke book
 # and a third opens the book in JupyterLab, as the last `make book` of that profile left it:
 #   make lab [PROFILE=demo]
@@ -14,7 +14,7 @@ TESTENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
 
 .PHONY: help venv book test test-fast lab benchmark clean
 help:
-	@echo "make book [PROFILE=demo]   run the whole book (demo dataset), reports in reports/PROFILE/"
+	@echo "make book [PROFILE=demo]   run the whole book (demo dataset): reports in reports/PROFILE/, the site in reports/PROFILE/site/index.html"
 	@echo "make test                  run all tests (library + smoke book)"
 	@echo "make test-fast             library tests only (skips the smoke book)"
 	@echo "make lab [PROFILE=demo]    open the book in JupyterLab as the last run of PROFILE left it"

@@ -27,7 +27,7 @@ from geopak_lib.training.cache import FeatureCache, view_size
 from geopak_lib.training.checkpoints import load_checkpoint
 from geopak_lib.utils import pick_device, seed_everything
 
-from . import bench_encoders, bench_features, bench_inference, bench_train
+from . import bench_encoders, bench_features, bench_inference, bench_refine, bench_train
 from . import common
 from .common import PROFILES, build_encoders, build_model, describe_machine, jpeg_dataset, machine_info
 
@@ -37,6 +37,7 @@ TARGETS = {  # name: (figure key, comparison, threshold, what it means)
     "inference_ratio": (">=", 0.8, "batch inference from JPEG / encoder bound"),
     "phase2_data_path_cost": ("<", 0.2, "phase-2 step, live data path vs pre-decoded tensors (extra time)"),
     "latency_s": ("<", 1.0, "single-image latency of geopak predict on CPU, model loading excluded (s)"),
+    "refine_time_ratio": ("<", 2.0, "inference with refinement inside the cells / without, CPU, 90,000-image gallery"),
 }
 
 
@@ -148,6 +149,12 @@ def run(args) -> dict:
         lat = res["latency"] = bench_inference.latency(predictor, paths[0], device, 10 if profile.name != "quick" else 2)
         res["latency_s"] = lat["median_s"]
         say(f"[latency] one image on CPU: median {lat['median_s'] * 1000:.0f} ms, max {lat['max_s'] * 1000:.0f} ms")
+        n_gallery = 2_000 if profile.name == "quick" else 90_000
+        ref = res["refinement"] = bench_refine.refine_pair(predictor, paths, n_gallery, ib["batch"], pairs)
+        res["refine_time_ratio"] = ref["time_ratio"]
+        say(f"[refinement] {ref['gallery_items']:,}-image gallery ({ref['gallery_mb']} MB) on {ref['cells']} cells, "
+            f"refined / plain img/s {pairs}x: " + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in ref["pairs"])
+            + f"; time ratio {ref['time_ratio']:.2f}, the step alone {ref['refine_step_ms_per_image']:.1f} ms/img")
 
     cache = FeatureCache.build_or_load(table, clip, scene, cache_root=tmp / "train_cache", views=1,
                                        batch_size=fb["batch"], num_workers=fb["workers"], device=device,
@@ -248,6 +255,11 @@ def markdown(res: dict) -> str:
               f"| phase 2: live (workers {p2['best_workers']}) / pre-decoded | {_pairs(p2['paired'])} img/s |",
               f"| phase 2: ours (live) / naive | {_pairs(res['phase2_naive'])} img/s "
               f"(speed-up {res['phase2_speedup']:.2f}x) |"]
+    if "refinement" in res:
+        r = res["refinement"]
+        lines.append(f"| inference refined / plain, {r['gallery_items']:,}-image gallery ({r['gallery_mb']} MB, "
+                     f"{r['cells']} cells) | {_pairs(r)} img/s; refinement step alone "
+                     f"{r['refine_step_ms_per_image']:.1f} ms/img |")
     if "geocells" in res:
         g = res["geocells"]
         lines.append(f"| geocells (HDBSCAN), {g['n']:,} points | {g['wall_s']:.1f} s, {g['n_cells']} cells |")

@@ -148,3 +148,33 @@ def fit_radius_scale(spread_km, errors_km, coverage: float = 0.8, floor_km: floa
 def coverage(radius_km, errors_km) -> float:
     """Fraction of samples whose error is within their radius (km)."""
     return float(np.mean(np.asarray(errors_km, float) <= np.asarray(radius_km, float)))
+
+
+def fit_group_radius_scales(spread_km, errors_km, group, coverage: float = 0.8, floor_km: float = 1.0,
+                            n_min: int = 20) -> dict:
+    """Group-conditional radius scales: {group: scale} for each group with at least ``n_min`` samples.
+
+    Within a group of n samples the scale is the k-th smallest ratio error / (spread + floor) with
+    k = ceil((n + 1) × coverage), the split-conformal rank that keeps the group's coverage on new
+    exchangeable data at least ``coverage``; a group where k > n (too few samples for that coverage)
+    is left out, like a group under n_min. Left-out groups use the global scale (see group_error_radius).
+    spread_km, errors_km, group: (N,).
+    """
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be in (0, 1), got {coverage}")
+    ratio = np.asarray(errors_km, float) / (np.asarray(spread_km, float) + floor_km)
+    group = np.asarray(group)
+    scales = {}
+    for g in np.unique(group):
+        r = np.sort(ratio[group == g])
+        k = int(np.ceil((len(r) + 1) * coverage - 1e-9))
+        if len(r) >= n_min and k <= len(r):
+            scales[g.item() if hasattr(g, "item") else g] = float(r[k - 1])
+    return scales
+
+
+def group_error_radius(spread_km, group, scales: dict, default_scale: float, floor_km: float = 1.0) -> np.ndarray:
+    """Error radius (km) with each sample's group scale, ``default_scale`` for groups not in ``scales``.
+    spread_km, group (N,) -> (N,)."""
+    s = np.array([scales.get(g, default_scale) for g in np.asarray(group).tolist()], float)
+    return s * (np.asarray(spread_km, float) + floor_km)

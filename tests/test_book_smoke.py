@@ -30,6 +30,14 @@ def test_every_notebook_renders_an_offline_report(smoke_book):
         assert "<h1" in page, f"{r.name} has no title"
 
 
+def test_the_whole_book_leaves_its_site(smoke_book):
+    """`geopak book` builds reports/<profile>/site/ after the last notebook (tests/test_site.py checks it)."""
+    run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
+    index = REPO_ROOT / "reports" / "smoke" / "site" / "index.html"
+    last = run_dir / "notebooks" / notebook_paths()[-1].name
+    assert index.is_file() and index.stat().st_mtime >= last.stat().st_mtime
+
+
 def test_audit_and_geocell_artifacts(smoke_book):
     run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype={"id": str})

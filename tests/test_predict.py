@@ -16,6 +16,7 @@ from geopak_lib.evaluation.calibration import save_calibration
 from geopak_lib.evaluation.outputs import merge_view_outputs, tta_views
 from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.book.predict_cli import results_table
+from geopak_lib.data.places import name_places
 
 CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
                       "center_lon": [68.0, 68.5, 74.3], "radius_km": [30.0, 20.0, 25.0],
@@ -108,6 +109,10 @@ def test_predict_matches_the_model_and_accepts_path_pil_array(ckpt, tmp_path):
     # uncalibrated radius: spread + 1 km floor, and the result says so
     assert not r["radius_calibrated"] and r["radius_km"] == pytest.approx(r["spread_km"] + 1.0)
     assert any("not calibrated" in w for w in pred.warnings) and any("random weights" in w for w in pred.warnings)
+    # the predicted point in names: exactly the library's answer for the predicted coordinates
+    names = name_places([r["lat"]], [r["lon"]]).iloc[0]
+    assert (r["place"], r["district"], r["place_province"]) == (names["place"], names["district"], names["province"])
+    assert r["place_km"] == (None if names["place"] == "" else pytest.approx(names["place_km"]))
     pil = Image.open(img)
     for other in (pred.predict(pil), pred.predict(np.asarray(pil.convert("RGB")))):
         assert other["lat"] == pytest.approx(r["lat"]) and other["province"] == r["province"]
@@ -177,7 +182,8 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     assert code == 1  # three bad files
     table = pd.read_csv(out, keep_default_na=False)
     hyp = [f"hyp{k}_{f}" for k in (1, 2) for f in ("province", "lat", "lon", "weight")]
-    assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", *hyp, "error"]
+    assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
+                                   "place_province", "place_km", *hyp, "error"]
     names = {str(p.relative_to(tmp_path / "img")) if p.is_relative_to(tmp_path / "img") else p.name: e
              for p, e in zip(map(__import__("pathlib").Path, table["image"]), table["error"])}
     assert set(names) == {*good, "fake.jpg", "empty.png", "sub/truncated.jpg", "photo.dat"}  # notes.txt skipped
@@ -185,10 +191,23 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     assert all(names[n] for n in ("fake.jpg", "empty.png", "sub/truncated.jpg"))
     ok = table[table["error"] == ""]
     assert ok["lat"].astype(float).between(20, 40).all() and ok["hyp1_weight"].astype(float).gt(0).all()
+    # place names: the library's answer for the predicted coordinates (written to 8 significant digits)
+    names = name_places(ok["lat"].astype(float), ok["lon"].astype(float))
+    assert ok["place"].tolist() == names["place"].tolist() and ok["district"].tolist() == names["district"].tolist()
+    assert ok["place_province"].tolist() == names["province"].tolist()
+    assert (names["place"] != "").any()  # the tiny model predicts inside Sindh/Punjab: names to compare
+    km = pd.to_numeric(ok["place_km"].replace("", np.nan))
+    assert np.allclose(km, names["place_km"], atol=1e-3, equal_nan=True)
+    assert (table.loc[table["error"] != "", ["place", "district", "place_km"]] == "").all().all()
     fc = json.loads(gj.read_text())
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == len(table)
     pt = next(f for f in fc["features"] if f["geometry"])
     assert pt["geometry"]["coordinates"] == [pt["properties"]["lon"], pt["properties"]["lat"]]
+    for f in fc["features"]:  # the GeoJSON carries the same names
+        row = table[table["image"] == f["properties"]["image"]].iloc[0]
+        assert {k: f["properties"][k] or "" for k in ("place", "district", "place_province")} == \
+            {k: row[k] for k in ("place", "district", "place_province")}
+        assert (f["properties"]["place_km"] is None) == (row["place_km"] == "")
     # only good files: exit 0
     assert cli.main(["predict", str(tmp_path / "img" / "a.jpg"), "--checkpoint", str(path), "--out",
                      str(tmp_path / "one.csv"), "--no-progress"]) == 0
@@ -227,6 +246,7 @@ def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
 
 def test_results_table_columns_for_failed_rows():
     t = results_table([{"image": "x.jpg", "error": "boom"}], top=1)
-    assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "hyp1_province",
+    assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
+                               "place_province", "place_km", "hyp1_province",
                                "hyp1_lat", "hyp1_lon", "hyp1_weight", "error"]
     assert t.loc[0, "error"] == "boom" and pd.isna(t.loc[0, "lat"])

@@ -12,7 +12,7 @@ from pathlib import Path
 from geopak_lib.book import predict_cli
 from geopak_lib.book.demo import build_demo_dataset
 from geopak_lib.book.model_card import model_card
-from geopak_lib.book.runner import ProfileError, main_book
+from geopak_lib.book.runner import ProfileError, main_book, main_site
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.evaluation.export import export_model
 
@@ -23,6 +23,7 @@ subcommands:
   demo       build the demo dataset (aerial and terrain crops from NASA imagery around real towns)
   validate   check a dataset (CSV/Parquet + image folder); write a manifest and a rejects table
   book       run the numbered notebooks headless with a profile from params/, render HTML reports
+  site       rebuild the book site (reports/PROFILE/site/index.html) from a run's executed notebooks
   predict    predict lat/lon for images with a trained checkpoint or an exported model folder
   export     write a checkpoint as a shareable model folder (safetensors + config.json + model card)
 
@@ -62,6 +63,10 @@ def _cmd_validate(args) -> int:
 
 def _cmd_book(args) -> int:
     return main_book(args)
+
+
+def _cmd_site(args) -> int:
+    return main_site(args)
 
 
 EXPORT_DESCRIPTION = """\
@@ -139,11 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with a profile from params/ (e.g. smoke, demo, full, or a path to a YAML "
                                    "file). Every profile key is checked against the notebooks' parameters "
                                    "first. Builds the profile's demo dataset if it is missing. Executed "
-                                   "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/.")
+                                   "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/ and, when the run "
+                                   "reaches the last notebook (no --only), the book site to "
+                                   "reports/<profile>/site/index.html (see `geopak site --help`).")
     p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
     p.add_argument("--only", help="comma-separated notebook names to run, e.g. 00_data_audit,01_geocells")
     p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")
     p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser("site", help="rebuild the book site from a run's executed notebooks",
+                       description="Build the book as a website from the executed notebooks of the profile's "
+                                   "last run (<run_dir>/notebooks/), without running anything: a landing page "
+                                   "with the run manifest and the test headline, one page per notebook, a "
+                                   "sidebar, previous/next links and search. Open reports/<profile>/site/"
+                                   "index.html in a browser; it needs no server and no network. `geopak book` "
+                                   "builds it after a whole-book run; this rebuilds it alone (after `geopak book "
+                                   "--only ...`, say).")
+    p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
+    p.set_defaults(func=_cmd_site)
 
     predict_cli.add_parser(sub, predict_cli.run)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from geopak_lib.data.places import PLACE_MAX_KM
 from geopak_lib.evaluation.frame import METHODS
 from geopak_lib.metrics import TEMPERATURE_BOUNDS, temperature_at_bound
 
@@ -16,7 +17,20 @@ def headline_text(head: dict) -> str:
             f"within 25 km and {100 * head['acc_200km']:.1f}% within 200 km. The province is right for "
             f"{100 * head['province_acc']:.1f}% of the images; the true geocell (the nearest cell of the image's own "
             f"province) is the model's first choice for {100 * head['cell_top1_acc']:.1f}% and among its top 5 for "
-            f"{100 * head['cell_top5_acc']:.1f}%. Accuracies are fractions of images (0.25 = 25%).")
+            f"{100 * head['cell_top5_acc']:.1f}%. Accuracies are fractions of images (0.25 = 25%)."
+            + (district_text(head) if "district_acc" in head else ""))
+
+
+def district_text(head: dict) -> str:
+    """The district sentence (keys of evaluation.district_accuracy)."""
+    k = int(head["district_excluded"])
+    left_out = (f" ({k} image{'s' * (k != 1)} whose true point has no district, lying outside Pakistan or more "
+                f"than {PLACE_MAX_KM:g} km from any GeoNames place, {'is' if k == 1 else 'are'} left out)" if k else "")
+    if not head["district_n"]:
+        return f" No test image has a district to compare{left_out}."
+    return (f" The predicted point lies in the true point's **district** for {100 * head['district_acc']:.1f}% of "
+            f"{int(head['district_n'])} images{left_out}; districts are named by their nearest headquarters town "
+            "(docs/decisions/places.md).")
 
 
 def hierarchy_text(test: pd.DataFrame, ablations: pd.DataFrame) -> str:

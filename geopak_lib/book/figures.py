@@ -166,6 +166,15 @@ def hypotheses_map(result: dict, truth=None, heat: bool = True) -> folium.Map:
     return add_legend(m, "hypotheses (area ∝ weight)", items)
 
 
+def where_text(result: dict) -> str:
+    """", 12 km from Kotri (Jamshoro district, Sindh)" for a predictor result; the province alone
+    (or nothing outside Pakistan) when the point has no place within data.places.PLACE_MAX_KM."""
+    if result.get("place"):
+        return (f", {result['place_km']:.0f} km from {result['place']} ({result['district']} district, "
+                f"{result['place_province']})")
+    return f", in {result['place_province']} (no named place nearby)" if result.get("place_province") else ""
+
+
 def describe_prediction(result: dict, truth=None) -> str:
     """Markdown summary of one predictor result; with truth (lat, lon), the error too."""
     radius = (f"{result['radius_km']:.0f} km ({100 * result['radius_coverage']:.0f}% radius, calibrated on validation)"

@@ -62,9 +62,11 @@ def evaluation_section(summary: dict | None) -> str:
     if not summary:
         return "Not evaluated: no 06_evaluation summary was made for this checkpoint."
     h = summary["headline"]
-    head = (f"| n | median km | p90 km | ≤ 25 km | ≤ 200 km | province accuracy |\n| --- | --- | --- | --- | --- | --- |\n"
+    district = "district_acc" in h  # summaries from before district accuracy have none
+    head = (f"| n | median km | p90 km | ≤ 25 km | ≤ 200 km | province accuracy |{' district accuracy |' * district}\n"
+            f"| --- | --- | --- | --- | --- | --- |{' --- |' * district}\n"
             f"| {int(h['n'])} | {h['median_km']:.1f} | {h['p90_km']:.1f} | {h['acc_25km']:.3f} | "
-            f"{h['acc_200km']:.3f} | {h['province_acc']:.3f} |")
+            f"{h['acc_200km']:.3f} | {h['province_acc']:.3f} |" + (f" {h['district_acc']:.3f} |" if district else ""))
     prov = pd.DataFrame(summary["per_province"])
     cols = [c for c in ("province", "n", "median_km", "p90_km", "acc_25km", "province_recall") if c in prov]
     return ("End to end (the model's own province and cell choices) on the spatially held-out test split, as "

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from geopak_lib.book.group_cli import find_groups, group_table, predict_groups
+from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km")
+BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
+                "place_km")
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 
 DESCRIPTION = """\
@@ -28,9 +31,21 @@ IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched
 
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
-once 06_evaluation has calibrated the checkpoint), hyp1_province, hyp1_lat, hyp1_lon,
+once 06_evaluation has calibrated the checkpoint), place (the nearest GeoNames place of 1,000+
+people in the predicted point's province), district, place_province (the province the predicted
+point lies in) and place_km (km from the point to that place; place and district are empty when
+the point is outside Pakistan or more than 60 km from any place), hyp1_province, hyp1_lat, hyp1_lon,
 hyp1_weight, ... for the --top best hypotheses, and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
+
+Several photos of one place: --group-by folder (each sub-folder of a given folder is one place)
+or --group-by COLUMN (the input is one CSV with columns image and COLUMN) writes one row per
+place: group, n_images, the columns above, failed_images (files skipped, with why) and error
+(set when no photo of the place could be read).
+
+Ensembles: --checkpoint (or --model) given several times averages the models (shared geocells:
+probabilities before the mixture; different geocells: the final points). radius_km is then not
+calibrated.
 
 Exit codes: 0 all files predicted; 1 some files failed; 2 missing/incompatible checkpoint or
 model folder, a file that would run code, or bad arguments.
@@ -38,6 +53,9 @@ model folder, a file that would run code, or bad arguments.
 examples:
   geopak predict photos/ --checkpoint "$(cat runs/demo/final_checkpoint.txt)" --out predictions.csv
   geopak predict photos/ --model shared_model/ --out predictions.csv --geojson predictions.geojson
+  geopak predict places/ --group-by folder --checkpoint runs/demo/checkpoints/phase2/best.pt --out places.csv
+  geopak predict photos/ --checkpoint runs/demo/checkpoints/phase1/best.pt \\
+      --checkpoint runs/demo/checkpoints/phase2/best.pt --out ensemble.csv
 """
 
 
@@ -48,9 +66,12 @@ def add_parser(subparsers, func):
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_FOLDER", help="image files and/or folders")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--checkpoint",
-                       help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt")
-    which.add_argument("--model", help="a model folder written by `geopak export` (config.json + model.safetensors)")
+    which.add_argument("--checkpoint", action="append",
+                       help="a best.pt from the training notebooks, e.g. the path in runs/<profile>/final_checkpoint.txt; "
+                            "repeat it for an ensemble")
+    which.add_argument("--model", action="append",
+                       help="a model folder written by `geopak export` (config.json + model.safetensors); "
+                            "repeat it for an ensemble")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     p.add_argument("--geojson", help="also write a GeoJSON FeatureCollection of points here")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
@@ -60,7 +81,16 @@ def add_parser(subparsers, func):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (GPU if any)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average 5 geography-safe views (no flips); 5x slower")
+    p.add_argument("--refine", choices=("auto", "on", "off"), default="auto",
+                   help="refinement inside the predicted cells (a gallery of training images that 06_evaluation "
+                        "saves beside the checkpoint): auto (default) uses it when 06 found that it improved the "
+                        "validation median; on uses it whenever the gallery exists (exit 2 without one); off never")
     p.add_argument("--top", type=int, default=3, help="hypotheses per row in the CSV (default 3)")
+    p.add_argument("--group-by", metavar="folder|COLUMN",
+                   help="one prediction per place: 'folder' (each sub-folder is a place) or a column of the input CSV")
+    p.add_argument("--combine", choices=COMBINE, default=DEFAULT_COMBINE,
+                   help=f"how --group-by combines a place's photos (default {DEFAULT_COMBINE}; "
+                        "docs/decisions/ensemble.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=func)
     return p
@@ -110,20 +140,39 @@ def run(args) -> int:
     if args.batch_size < 1 or args.top < 1 or (args.workers is not None and args.workers < 0):
         err("--batch-size and --top must be >= 1, --workers >= 0")
         return 2
-    files, missing = find_images(args.inputs)
-    if not files and not missing:
-        err(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}")
+    if args.group_by:
+        groups, problem = find_groups(args.inputs, args.group_by, IMAGE_EXTENSIONS)
+        files, missing = [], []
+    else:
+        files, missing = find_images(args.inputs)
+        problem = "" if files or missing else \
+            f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}"
+    if problem:
+        err(problem)
         return 2
     try:
         if args.model:
-            predictor = GeopakPredictor.from_pretrained(args.model, device=args.device, tta=args.tta)
+            predictor = GeopakPredictor.from_pretrained(args.model[0] if len(args.model) == 1 else args.model,
+                                                        device=args.device, tta=args.tta)
         else:
-            predictor = GeopakPredictor.from_checkpoint(args.checkpoint, device=args.device, tta=args.tta)
+            refine = {"auto": "auto", "on": True, "off": False}[args.refine]
+            if len(args.checkpoint) > 1 and args.refine == "on":
+                err("--refine on works with one --checkpoint: each refinement gallery fits one checkpoint")
+                return 2
+            predictor = GeopakPredictor.from_checkpoint(
+                args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint,
+                device=args.device, tta=args.tta, refine=refine)
     except (FileNotFoundError, ValueError) as exc:
         err(str(exc))
         return 2
     for w in predictor.warnings:
         err(f"warning: {w}")
+    if args.model and args.refine == "on":
+        err("warning: --refine on needs --checkpoint (an exported model folder carries no gallery); not refined")
+    elif args.checkpoint:
+        err(f"refinement: {predictor.info.get('refinement', 'off (ensembles are not refined)')}")
+    if args.group_by:
+        return write_groups(args, predictor, groups, err)
     workers = args.workers
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if predictor.device.type == "cuda" else 0
@@ -143,3 +192,21 @@ def run(args) -> int:
     if failed:
         err(f"{failed} file(s) could not be read; their rows in {out} say why")
     return 1 if failed else 0
+
+
+def write_groups(args, predictor, groups: dict, err) -> int:
+    """--group-by: one row per place -> CSV (and GeoJSON). Exit 1 when a file or a place failed."""
+    table = group_table(predict_groups(predictor, groups, args.combine, not args.no_progress), args.top)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False, float_format="%.8g")
+    if args.geojson:
+        Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.geojson).write_text(json.dumps(geojson(table), indent=1))
+    failed, partial = int((table["error"] != "").sum()), int((table["failed_images"] != "").sum())
+    print(f"{len(table) - failed} of {len(table)} places predicted -> {out}"
+          + (f" and {args.geojson}" if args.geojson else ""))
+    if failed or partial:
+        err(f"{failed} place(s) could not be predicted and {partial} place(s) had unreadable files; "
+            f"their rows in {out} say which")
+    return 1 if failed or partial else 0

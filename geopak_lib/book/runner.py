@@ -9,9 +9,11 @@ warns about an unknown parameter and a misspelled one would silently fall back t
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,11 +113,24 @@ def _similar(a: str, b: str) -> bool:
     return difflib.SequenceMatcher(None, a, b).ratio() > 0.75
 
 
+@contextmanager
+def inline_figures():
+    """Kernels inherit the environment, and MPLBACKEND=Agg (set by tests and some CI) would make
+    every figure vanish from the executed notebooks; the kernel then picks its inline backend."""
+    saved = os.environ.pop("MPLBACKEND", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["MPLBACKEND"] = saved
+
+
 def run_book(profile_name: str, only: list[str] | None = None, start: str | None = None,
-             kernel: str = "python3", log=print) -> list[Path]:
+             kernel: str = "python3", log=print, site: bool = True) -> list[Path]:
     """Run the book's notebooks in order with a profile; return the HTML reports written.
 
-    Executed notebooks go to ``<run_dir>/notebooks/``; reports to ``reports/<profile>/``.
+    Executed notebooks go to ``<run_dir>/notebooks/``; reports to ``reports/<profile>/``. When the
+    run reaches the end of the book (no ``only``), the site is rebuilt into ``reports/<profile>/site/``.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -140,9 +155,10 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
         log(f"[{i}/{len(notebooks)}] {nb.stem}  (profile {profile.name})")
         t0 = time.time()
         try:
-            papermill.execute_notebook(str(nb), str(out_nb), parameters=profile.parameters_for(nb.stem),
-                                       cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=True,
-                                       report_mode=False)
+            with inline_figures():
+                papermill.execute_notebook(str(nb), str(out_nb), parameters=profile.parameters_for(nb.stem),
+                                           cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=True,
+                                           report_mode=False)
         except PapermillExecutionError as e:
             raise BookError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                             f"  full traceback in the executed notebook: {out_nb}") from None
@@ -150,7 +166,21 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
         reports.append(html)
         log(f"      done in {time.time() - t0:.0f} s -> {html.relative_to(REPO_ROOT)}")
     log(f"book finished in {time.time() - t_book:.0f} s; reports in {report_dir}")
+    if site and not only:
+        build_book_site(profile, run_dir, log)
+    elif site:
+        log(f"site not rebuilt (only some notebooks ran); `geopak site {profile.name}` rebuilds it")
     return reports
+
+
+def build_book_site(profile: Profile, run_dir: Path, log=print) -> Path:
+    """The site of a run (geopak_lib.book.site) into reports/<profile>/site/."""
+    from geopak_lib.book.site import SiteError, build_site
+
+    try:
+        return build_site(run_dir, profile.name, REPO_ROOT / "reports" / profile.name / "site", REPO_ROOT, log)
+    except SiteError as e:
+        raise BookError(str(e)) from None
 
 
 class BookError(RuntimeError):
@@ -163,5 +193,16 @@ def main_book(args) -> int:
         run_book(args.profile, only=args.only.split(",") if args.only else None, start=args.start)
     except (ProfileError, BookError) as e:
         print(f"geopak book: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main_site(args) -> int:
+    """Entry point for ``geopak site``: rebuild the site of a profile's last run."""
+    try:
+        profile = load_profile(args.profile)
+        build_book_site(profile, REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}"))
+    except (ProfileError, BookError) as e:
+        print(f"geopak site: {e}", file=sys.stderr)
         return 2
     return 0

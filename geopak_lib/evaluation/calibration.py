@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geopak_lib.constants import NUM_PROVINCES
+from geopak_lib.constants import NUM_PROVINCES, PROVINCES
 from geopak_lib.data.rundir import calibration_path, evaluation_path
-from geopak_lib.metrics import (coverage, error_radius, expected_calibration_error, fit_radius_scale, fit_temperature,
-                                nll, reliability_bins)
+from geopak_lib.metrics import (coverage, error_radius, expected_calibration_error, fit_group_radius_scales,
+                                fit_radius_scale, fit_temperature, group_error_radius, nll, reliability_bins)
 from geopak_lib.utils import atomic_write_bytes, file_sha256, softmax
 
 RADIUS_COVERAGE = 0.8  # the coverage of the reported radius_km
 RADIUS_FLOOR_KM = 1.0
 COVERAGES = (0.5, 0.8, 0.95)
+PROVINCE_N_MIN = 20  # validation images a predicted province needs for its own radius scale
 
 
 def province_logits(frame: pd.DataFrame) -> np.ndarray:
@@ -54,27 +55,85 @@ def radius_calibration(val_spread, val_err, test_spread, test_err, coverages=COV
     return scales, pd.DataFrame(rows).set_index("target coverage")
 
 
-def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES):
-    """Temperature (province confidence) and radius scales fitted on val, checked on test.
+SMALL_PROVINCES = "small"  # the pooled group of predicted provinces with fewer than n_min validation images
+
+
+def province_radius_scales(val: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
+                           floor_km: float = RADIUS_FLOOR_KM) -> dict:
+    """{str(coverage): {str(predicted province_id): scale}} fitted on val (spread_km, error_km,
+    province_pred). A predicted province with at least n_min validation images is its own group; the
+    others are pooled into one group. Each group's scale is its split-conformal scale
+    (metrics.fit_group_radius_scales), but never below the global one: the radius is a promise of at
+    least the coverage, and the global scale already keeps it where a group's own is lower. A group
+    too small even when pooled keeps the global scale (docs/decisions/refinement.md)."""
+    pred = val["province_pred"].to_numpy(int)
+    counts = pd.Series(pred).value_counts()
+    group = np.where(np.isin(pred, counts.index[counts >= n_min]), pred.astype(str), SMALL_PROVINCES)
+    out = {}
+    for c in coverages:
+        glob = fit_radius_scale(val["spread_km"], val["error_km"], c, floor_km)
+        own = fit_group_radius_scales(val["spread_km"], val["error_km"], group, c, floor_km, n_min)
+        scale = {g: max(glob, s) for g, s in own.items()}
+        out[str(c)] = {str(p): scale[g] for p, g in dict(zip(pred.tolist(), group.tolist())).items() if g in scale}
+    return out
+
+
+def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: float = RADIUS_COVERAGE) -> np.ndarray:
+    """The radius (km) a calibration gives at ``coverage``: the predicted province's scale where it has
+    one (its own group's, or the pooled small provinces'), else the global scale. spread_km, province_pred (N,) -> (N,)."""
+    by_province = calibration.get("radius_scales_by_province", {}).get(str(coverage), {})
+    return group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
+                              calibration["radius_scales"][str(coverage)], calibration.get("radius_floor_km",
+                                                                                           RADIUS_FLOOR_KM))
+
+
+def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN):
+    """Temperature (province confidence), global radius scales and per-province radius scales,
+    fitted on val, checked on test.
     Returns (calibration dict for predict.save_calibration, temperature report, radius table)."""
     temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
     scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
                                         coverages)
     cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": "val", "n_val": len(val),
+           "radius_scales_by_province": province_radius_scales(val, coverages, n_min), "province_n_min": n_min,
            "test_ece_before": temp["ece_before"], "test_ece_after": temp["ece_after"],
            "test_coverage": {str(c): float(v) for c, v in radius["test coverage"].items()}}
+    radius["test coverage, per-province scales"] = [
+        coverage(calibrated_radius(test["spread_km"], test["province_pred"], cal, c), test["error_km"])
+        for c in radius.index]
     return cal, temp, radius
+
+
+def province_coverage(frame: pd.DataFrame, calibration: dict, coverage_target: float = RADIUS_COVERAGE) -> pd.DataFrame:
+    """Coverage of the radius at ``coverage_target`` per TRUE province of ``frame`` (e.g. test), with
+    the global scale and with the per-province scales, and their median radii; a last row
+    'province-balanced' averages the provinces equally (what a set spread evenly over provinces sees)."""
+    f = frame.assign(r_global=error_radius(frame["spread_km"], calibration["radius_scales"][str(coverage_target)],
+                                           calibration.get("radius_floor_km", RADIUS_FLOOR_KM)),
+                     r_province=calibrated_radius(frame["spread_km"], frame["province_pred"], calibration,
+                                                  coverage_target))
+    rows = [{"province": p, "n": len(g), "coverage, global scale": coverage(g["r_global"], g["error_km"]),
+             "coverage, per-province scale": coverage(g["r_province"], g["error_km"]),
+             "median radius km, global": float(g["r_global"].median()),
+             "median radius km, per-province": float(g["r_province"].median())}
+            for p, g in f.groupby("province", sort=False)]
+    order = {p: i for i, p in enumerate(PROVINCES)}
+    t = pd.DataFrame(rows).sort_values("province", key=lambda c: c.map(order)).set_index("province")
+    t = t.astype({"n": float})
+    t.loc["province-balanced"] = t.mean()
+    t.loc["province-balanced", "n"] = t["n"].iloc[:-1].sum()
+    return t.astype({"n": int})
 
 
 # --- records beside the checkpoint, stamped with its sha256 -------------------------------------
 
-def _write_stamped(path: Path, checkpoint, body: dict) -> Path:
+def write_stamped(path: Path, checkpoint, body: dict) -> Path:
     body = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **body}
     atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
     return path
 
 
-def _read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | None, str]:
+def read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | None, str]:
     """(record or None, why); a record made from another checkpoint (sha256 differs) is not used."""
     if not path.is_file():
         return None, f"no {path.name} beside the checkpoint (run 06_evaluation to make one)"
@@ -87,12 +146,12 @@ def _read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | No
 def save_calibration(checkpoint, calibration: dict) -> Path:
     """Write ``calibration`` (temperature, radius_scales {coverage: scale}, ...; optionally a
     ``tta`` block with the same keys) beside the checkpoint."""
-    return _write_stamped(calibration_path(checkpoint), checkpoint, {"radius_floor_km": RADIUS_FLOOR_KM, **calibration})
+    return write_stamped(calibration_path(checkpoint), checkpoint, {"radius_floor_km": RADIUS_FLOOR_KM, **calibration})
 
 
 def load_calibration(checkpoint) -> tuple[dict | None, str]:
     """(calibration or None, why)."""
-    return _read_stamped(calibration_path(checkpoint), checkpoint, "fitted on", "calibrated on validation")
+    return read_stamped(calibration_path(checkpoint), checkpoint, "fitted on", "calibrated on validation")
 
 
 def save_evaluation_summary(checkpoint, headline: dict, provinces: pd.DataFrame, extra: dict | None = None) -> Path:
@@ -100,9 +159,9 @@ def save_evaluation_summary(checkpoint, headline: dict, provinces: pd.DataFrame,
     quotes exactly these)."""
     body = {"split": "test", "headline": {k: float(v) for k, v in headline.items()},
             "per_province": json.loads(provinces.reset_index().to_json(orient="records")), **(extra or {})}
-    return _write_stamped(evaluation_path(checkpoint), checkpoint, body)
+    return write_stamped(evaluation_path(checkpoint), checkpoint, body)
 
 
 def load_evaluation_summary(checkpoint) -> tuple[dict | None, str]:
     """(summary or None, why)."""
-    return _read_stamped(evaluation_path(checkpoint), checkpoint, "made from", "evaluated on the test split")
+    return read_stamped(evaluation_path(checkpoint), checkpoint, "made from", "evaluated on the test split")

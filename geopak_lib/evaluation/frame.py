@@ -16,7 +16,7 @@ import torch
 
 from geopak_lib import geo
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
-from geopak_lib.data.places import nearest_town, pakistan_towns
+from geopak_lib.data.places import name_places, nearest_town, pakistan_towns
 from geopak_lib.evaluation.baselines import province_centroids
 from geopak_lib.metrics import error_km, per_class_accuracy, per_group_summary, summarize_errors
 from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_conditional_probs, hypothesis_points,
@@ -194,6 +194,19 @@ def urban_rural(lat, lon, min_population: int = URBAN_MIN_POPULATION,
     Returns town, town_km, setting (N rows)."""
     name, dist = nearest_town(lat, lon, pakistan_towns(min_population))
     return pd.DataFrame({"town": name, "town_km": dist, "setting": np.where(dist <= radius_km, "urban", "rural")})
+
+
+def district_accuracy(frame: pd.DataFrame, lat_col: str = "mixture_lat", lon_col: str = "mixture_lon") -> dict:
+    """Share of images whose predicted point lies in the true point's district (both named by
+    data.places.name_places). Images whose true point has no district (outside Pakistan, or farther
+    than PLACE_MAX_KM from any place) are left out and counted: district_acc (fraction, NaN if
+    none has a district), district_n (images counted), district_excluded."""
+    true = name_places(frame["latitude"], frame["longitude"])
+    pred = name_places(frame[lat_col], frame[lon_col])
+    has = (true["district"] != "").to_numpy()
+    hit = ((pred["district"] == true["district"]) & (pred["province"] == true["province"])).to_numpy()
+    return {"district_acc": float(hit[has].mean()) if has.any() else float("nan"),
+            "district_n": int(has.sum()), "district_excluded": int((~has).sum())}
 
 
 def tta_comparison(plain: pd.DataFrame, tta: pd.DataFrame) -> pd.DataFrame:

@@ -18,11 +18,15 @@ from tqdm.auto import tqdm
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
+from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
+from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
 from geopak_lib.evaluation.export import load_exported_model
+from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
+from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction
 from geopak_lib.metrics import error_radius
-from geopak_lib.model.inference import cat_outputs, mixture_predict, outputs_to, select_outputs
+from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
 from geopak_lib.training.selection import TRAINING_NOTEBOOKS
@@ -47,6 +51,21 @@ def _warnings(info: dict, calibration) -> list[str]:
     return out
 
 
+def _refinement(checkpoint, refine) -> tuple:
+    """(gallery or None, RefineSettings or None, what the predictor says about refinement)."""
+    if refine is False:
+        return None, None, "off (not asked for)"
+    gallery, record, why = load_gallery(checkpoint)
+    if gallery is None:
+        if refine is True:
+            raise ValueError(f"refinement was asked for but there is no usable gallery: {why}")
+        return None, None, f"off: {why}"
+    settings = RefineSettings(**record["settings"])
+    if refine == "auto" and not record.get("default", False):
+        return None, None, f"off: it did not improve the validation median ({why}); ask for it to use it"
+    return gallery, settings, f"on ({settings.label()}; {why})"
+
+
 class GeopakPredictor:
     """Predict (province, lat, lon, confidence, radius_km, hypotheses) for images.
 
@@ -55,8 +74,10 @@ class GeopakPredictor:
     """
 
     def __init__(self, model, checkpoint=None, calibration: dict | None = None, tta: bool = False,
-                 top_provinces: int = 2, top_cells: int = 5, info: dict | None = None, warnings=()):
+                 top_provinces: int = 2, top_cells: int = 5, info: dict | None = None, warnings=(),
+                 gallery=None, refine_settings: RefineSettings | None = None):
         self.model, self.checkpoint = model.eval(), checkpoint
+        self.gallery, self.refine_settings = gallery, refine_settings  # refinement on when a gallery is given
         self.device = next(model.parameters()).device
         self.tta, self.top_provinces, self.top_cells = tta, top_provinces, top_cells
         self.calibration, self.info, self.warnings = calibration, dict(info or {}), list(warnings)
@@ -65,9 +86,15 @@ class GeopakPredictor:
 
     @classmethod
     def from_checkpoint(cls, path, device="auto", tta: bool = False, calibration="auto",
-                        top_provinces: int = 2, top_cells: int = 5) -> "GeopakPredictor":
+                        top_provinces: int = 2, top_cells: int = 5, refine="auto") -> "GeopakPredictor":
         """Load a trained checkpoint (best.pt of phases 0-3). calibration: 'auto' (the file beside
-        the checkpoint, if it matches), None (uncalibrated) or a dict."""
+        the checkpoint, if it matches), None (uncalibrated) or a dict. refine: 'auto' (refine inside
+        the cells when 06 saved a gallery beside the checkpoint and chose refinement on validation),
+        True (refine; a ValueError without a gallery) or False. A list of paths gives an ensemble of
+        them (see :meth:`ensemble`; ensembles are neither calibrated nor refined)."""
+        if isinstance(path, (list, tuple)):
+            return cls.ensemble([cls.from_checkpoint(p, device, tta, None, top_provinces, top_cells, refine=False)
+                                 for p in path])
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {path} not found: checkpoints are written by the training "
@@ -92,32 +119,68 @@ class GeopakPredictor:
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
         if calibration == "auto":
             calibration, why = load_calibration(path)
+        gallery, settings, refinement = _refinement(path, refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
-                "encoders": ckpt["encoders"], "calibration": why}
-        return cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration))
+                "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
+        return cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
+                   gallery, settings)
 
     @classmethod
     def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
                         top_cells: int | None = None) -> "GeopakPredictor":
         """Load a model folder written by ``geopak export`` (config.json + model.safetensors): nothing
-        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json."""
+        else is needed. Its sha256 stamps are checked first; its calibration travels in config.json.
+        A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
+        if isinstance(folder, (list, tuple)):
+            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells) for f in folder])
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
         src = config["source"]
         info = {"checkpoint": str(folder), "phase": src["phase"], "epoch": src.get("epoch"),
                 "encoders": config["encoders"], "model_folder": True,
+                "refinement": "off (an exported model folder carries no refinement gallery)",
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
                 else "no calibration was exported with this model"}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
         return cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
                    _warnings(info, calibration))
 
+    @classmethod
+    def ensemble(cls, predictors: list, weights=None) -> "GeopakPredictor":
+        """One predictor from several loaded ones (ensemble.EnsembleModel: shared geocells average
+        their probabilities before the mixture, different geocells their final points). Settings
+        (tta, top_provinces, top_cells) come from the first. The ensemble is not calibrated: each
+        calibration file fits one checkpoint, so radius_km is the uncalibrated spread + floor."""
+        if len(predictors) == 1:
+            return predictors[0]
+        first, names = predictors[0], [p.info["checkpoint"] for p in predictors]
+        model = EnsembleModel([p.model for p in predictors], weights, names)
+        info = {"checkpoint": " + ".join(names), "phase": min(int(p.info["phase"]) for p in predictors),
+                "epoch": None, "encoders": first.info["encoders"], "members": [p.info for p in predictors],
+                "ensemble": model.mode, "weights": model.member_weights.tolist(),
+                "calibration": "ensembles are not calibrated (each calibration file fits one checkpoint)"}
+        warnings = list(dict.fromkeys(w for p in predictors for w in _warnings(p.info, True)))
+        warnings.append(f"ensemble of {len(predictors)} checkpoints ({model.mode} geocells): radius_km is not "
+                        "calibrated for it (each calibration file fits one checkpoint)")
+        return cls(model, [p.checkpoint for p in predictors], None, first.tta, first.top_provinces,
+                   first.top_cells, info, warnings)
+
+    def with_refinement(self, on: bool = True) -> "GeopakPredictor":
+        """The same model (shared, not copied) with refinement on (needs the gallery that 06 saved
+        beside the checkpoint; ValueError otherwise) or off."""
+        if isinstance(self.checkpoint, list) and on:
+            raise ValueError("an ensemble is not refined: each gallery fits one checkpoint")
+        gallery, settings, why = _refinement(self.checkpoint, bool(on))
+        return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
+                               self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery, settings)
+
     # raw outputs -------------------------------------------------------------------------
 
     def _cal(self) -> dict:
         """The calibration block matching the TTA setting ({} when uncalibrated)."""
         cal = self.calibration or {}
-        return cal.get("tta", {}) if self.tta else cal
+        cal = cal.get("tta", {}) if self.tta else cal
+        return cal.get("refined", cal) if self.gallery is not None else cal  # radius fitted on refined points
 
     @torch.no_grad()
     def forward_images(self, images: torch.Tensor, tta: bool | None = None) -> dict:
@@ -152,11 +215,15 @@ class GeopakPredictor:
         """Model outputs (B rows) -> B result dicts (see :meth:`predict`)."""
         out = outputs_to(outputs, self.device)
         pred = {k: v.cpu().numpy() for k, v in
-                mixture_predict(self.model, out, self.top_provinces, self.top_cells).items()}
+                mixture(self.model, out, self.top_provinces, self.top_cells).items()}
+        if self.gallery is not None:
+            pred = refine_prediction(pred, out["fused"].float().cpu().numpy(), self.gallery,
+                                     self.model.cell_radius_km.cpu().numpy(), self.refine_settings)
         cal = self._cal()
         temperature = float(cal.get("temperature", 1.0))
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
-        scales = cal.get("radius_scales", {})
+        scales, by_province = cal.get("radius_scales", {}), cal.get("radius_scales_by_province", {})
+        names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch, after any refinement
         results = []
         for i in range(len(probs)):
             valid = pred["hyp_cell_id"][i] >= 0
@@ -165,8 +232,9 @@ class GeopakPredictor:
                                                        "hyp_weight")]
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
                      "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
-            spread = float(pred["spread_km"][i])
-            radii = {str(c): float(error_radius(spread, s, RADIUS_FLOOR_KM)) for c, s in scales.items()}
+            spread, province = float(pred["spread_km"][i]), str(int(probs[i].argmax()))
+            radii = {str(c): float(error_radius(spread, by_province.get(str(c), {}).get(province, s),  # its province's
+                                                RADIUS_FLOOR_KM)) for c, s in scales.items()}  # scale, where fitted
             key = str(RADIUS_COVERAGE)
             results.append({
                 "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
@@ -175,15 +243,23 @@ class GeopakPredictor:
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},
-                "alpha": float(out["alpha"][i]), "hypotheses": hyps})
+                "place": names.at[i, "place"], "district": names.at[i, "district"],
+                "place_province": names.at[i, "province"],
+                "place_km": None if names.at[i, "place"] == "" else float(names.at[i, "place_km"]),
+                "alpha": float(out["alpha"][i]), "refined": self.gallery is not None, "hypotheses": hyps})
         return results
 
     def predict(self, image) -> dict:
         """One image (PIL image, numpy array or path) -> dict: province, province_id, lat, lon (degrees),
         confidence (calibrated probability of that province), radius_km (the truth lies within it for
-        ~80% of validation images when radius_calibrated), radius_calibrated, radius_coverage,
-        radii_km {coverage: km}, spread_km, province_probs, alpha (fusion gate), hypotheses (list of
-        province, cell_id, lat, lon, weight; best first)."""
+        ~80% of validation images when radius_calibrated; the predicted province's own scale where
+        06 fitted one), radius_calibrated, radius_coverage, radii_km {coverage: km}, spread_km,
+        province_probs, place (the nearest GeoNames place of the predicted point's province),
+        district, place_province (the polygon province of the predicted point, which can differ
+        from ``province``), place_km (km from the point to place; place and district are "" and
+        place_km None outside Pakistan or beyond data.places.PLACE_MAX_KM), alpha (fusion gate),
+        refined (refinement inside the cells was on), hypotheses (list of province, cell_id, lat,
+        lon, weight; best first)."""
         view = clean_transform(self.image_size)(to_pil(image)).unsqueeze(0)
         return self.results_from_outputs(self.forward_images(view))[0]
 
@@ -199,3 +275,25 @@ class GeopakPredictor:
                 records[i].update(r)
         return records
 
+    def predict_group(self, images, combine: str | None = None) -> dict:
+        """Several photos of ONE place (PIL images, arrays or paths) -> one predict() result, plus
+        n_images (how many were used), failed {image: error} (the unreadable ones, skipped) and
+        combine ('embedding': mean encoder features; 'probs': mean probabilities; default
+        groups.DEFAULT_COMBINE). With tta, every photo's views join the group.
+        Raises ValueError when no image of the group can be read."""
+        combine = combine or DEFAULT_COMBINE
+        transform, views, failed = clean_transform(self.image_size), [], {}
+        for i, image in enumerate(images):
+            name = str(image) if isinstance(image, (str, Path)) else f"image {i}"
+            try:
+                views.append(transform(to_pil(image)))
+            except Exception as exc:  # an unreadable photo is skipped and named, never a crash
+                failed[name] = str(exc) if "cannot load image" in str(exc) else f"{type(exc).__name__}: {exc}"
+        if not views:
+            detail = "; ".join(f"{k}: {v}" for k, v in list(failed.items())[:3]) or "the group is empty"
+            raise ValueError(f"none of the {len(failed)} images of the group could be read ({detail})")
+        x = torch.stack(views)
+        x = torch.cat(tta_views(x)) if self.tta else x
+        with torch.no_grad():
+            out = outputs_to(group_outputs(self.model, x.to(self.device), combine), "cpu")
+        return {**self.results_from_outputs(out)[0], "n_images": len(views), "failed": failed, "combine": combine}

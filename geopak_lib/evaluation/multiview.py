@@ -1,0 +1,108 @@
+"""06's measurements of the options beyond the spec: several photos of one place (on a multi-view
+set: rows group, view, image_path, latitude, longitude, split; view 0 is the place's own image)
+and checkpoint ensembles, and the table that says which option is on.
+
+Each image is encoded once (``view_features``); every (number of views, combine rule) pair is then
+only the heads on cached features. An option is on only when it lowers the validation median.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from geopak_lib.data.rundir import RunDir
+from geopak_lib.evaluation.ensemble import same_weights
+from geopak_lib.evaluation.groups import COMBINE, encoder_features, features_group_outputs
+from geopak_lib.evaluation.outputs import ImageFiles, collate_files
+from geopak_lib.metrics import error_km, summarize_errors
+from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.model.inference import mixture_predict
+from geopak_lib.training.checkpoints import latest_epoch_checkpoint
+
+
+@torch.no_grad()
+def view_features(predictor, paths, batch_size: int = 64, progress: bool = True):
+    """Image files -> clip_feat (N, clip_dim), scene_feat (N, scene_dim) on the CPU, in order, from
+    the predictor's own encoders (one GeopakModel). Raises ValueError naming an unreadable file."""
+    paths = [str(p) for p in paths]
+    loader = torch.utils.data.DataLoader(ImageFiles(paths, predictor.image_size), batch_size=batch_size,
+                                         collate_fn=collate_files)
+    clip, scene = [], []
+    for idx, images, errors in tqdm(loader, desc="views", unit="batch", disable=not progress):
+        if errors:
+            i, msg = next(iter(errors.items()))
+            raise ValueError(f"multi-view image {paths[i]} cannot be read: {msg}")
+        c, s = encoder_features(predictor.model, images.to(predictor.device))
+        clip.append(c.cpu())
+        scene.append(s.cpu())
+    return torch.cat(clip), torch.cat(scene)
+
+
+@torch.no_grad()
+def multiview_errors(model, clip_feat, scene_feat, views: pd.DataFrame, n_views: int, combine: str,
+                     top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
+    """One row per place (group, split, lat, lon, error_km), predicted from its views 0..n_views-1.
+    clip_feat/scene_feat: (len(views), D) aligned with the rows of ``views``."""
+    mask = views["view"].to_numpy() < n_views
+    sub = views[mask]
+    codes, names = pd.factorize(sub["group"])
+    device = next(model.parameters()).device
+    feats = [t[torch.as_tensor(np.flatnonzero(mask))].to(device) for t in (clip_feat, scene_feat)]
+    out = features_group_outputs(model, *feats, torch.as_tensor(codes), len(names), combine)
+    pred = mixture_predict(model, out, top_provinces, top_cells)
+    truth = sub.drop_duplicates("group").set_index("group").loc[names]
+    lat, lon = pred["lat"].cpu().numpy(), pred["lon"].cpu().numpy()
+    return pd.DataFrame({"group": names, "split": truth["split"].to_numpy(), "lat": lat, "lon": lon,
+                         "error_km": error_km(lat, lon, truth["latitude"].to_numpy(float),
+                                              truth["longitude"].to_numpy(float))})
+
+
+def multiview_table(model, clip_feat, scene_feat, views: pd.DataFrame, n_views=(1, 2, 4), combines=COMBINE,
+                    top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
+    """Rows (split, views, combine) with n, median/mean/p90 km and accuracy at 1/5/25/200/750 km.
+    Counts above the set's views per place are skipped."""
+    rows = []
+    for k in [k for k in n_views if k <= int(views["view"].max()) + 1]:
+        for combine in combines:
+            e = multiview_errors(model, clip_feat, scene_feat, views, k, combine, top_provinces, top_cells)
+            rows += [{"split": s, "views": k, "combine": combine, **summarize_errors(g["error_km"].to_numpy(float))}
+                     for s, g in e.groupby("split", sort=False)]
+    return pd.DataFrame(rows)
+
+
+def best_combine(table: pd.DataFrame, n_views: int) -> str:
+    """The combine rule with the lower validation median at n_views views (ties: the first in COMBINE)."""
+    val = table[(table["split"] == "val") & (table["views"] == n_views)].set_index("combine")["median_km"]
+    return min(COMBINE, key=lambda c: (val.get(c, np.inf), COMBINE.index(c)))
+
+
+def option_row(option: str, val_without: float, val_with: float, test_without: float, test_with: float) -> dict:
+    """A row of 06's 'which options are on' table: on only when the validation median improves."""
+    return {"option": option, "val_median_km_without": val_without, "val_median_km_with": val_with,
+            "test_median_km_without": test_without, "test_median_km_with": test_with,
+            "on": bool(val_with < val_without)}
+
+
+def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:
+    """06's ensemble: the final checkpoint plus one checkpoint of each phase in ``phases``: its
+    best.pt, or, when that holds weights already in the ensemble (a phase that kept its starting
+    weights saves a copy of them), its latest epoch file; a phase with neither is skipped; at most
+    max_members checkpoints in all (each costs one more pass over the images). load: keyword arguments of GeopakPredictor.from_checkpoint. -> (ensemble predictor, or None when
+    no second distinct checkpoint exists; the members' paths)."""
+    run = RunDir(run_dir)
+    members = [GeopakPredictor.from_checkpoint(final, calibration=None, **load)]
+    for phase in phases:
+        if len(members) >= max_members:
+            break
+        for path in (run.best_checkpoint(phase), latest_epoch_checkpoint(run.phase_dir(phase))):
+            if path is None or not path.is_file():
+                continue
+            candidate = GeopakPredictor.from_checkpoint(path, calibration=None, **load)
+            if not any(same_weights(candidate.model, m.model) for m in members):
+                members.append(candidate)
+                break
+    paths = [str(m.checkpoint) for m in members]
+    return (GeopakPredictor.ensemble(members) if len(members) > 1 else None), paths

@@ -1,0 +1,269 @@
+"""Refinement inside the predicted cells, around the maths of model/refine.py: the gallery of
+training images (or per-cell prototypes) built from the model's fused embeddings, saved beside
+the checkpoint (``best.gallery.npz`` arrays + ``best.gallery.json``, stamped with the checkpoint's
+sha256, like the calibration), refined predictions for a split, and the choice of settings on
+validation. Decisions and figures: docs/decisions/refinement.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from geopak_lib import geo
+from geopak_lib.evaluation.calibration import read_stamped, write_stamped
+from geopak_lib.metrics import error_km, summarize_errors
+from geopak_lib.model.inference import combine_hypotheses, mixture_predict, outputs_to
+from geopak_lib.model.refine import Gallery, refine_hypotheses
+from geopak_lib.utils import atomic_write_bytes, file_sha256
+
+GALLERY_DTYPE = np.float16  # on disk: halves the file (90,000 x 512 -> 88 MiB); float32 in memory, where a
+# per-cell conversion from float16 would cost ~6 µs per item and query (measured)
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """kind: 'images' (every training image) or 'prototypes' (location clusters inside each cell,
+    mean embedding + mean position); k, temperature, step, rescore_temperature: see
+    model.refine.refine_hypotheses (None = weights kept)."""
+
+    kind: str = "images"
+    k: int = 1
+    temperature: float = 0.05
+    step: float = 1.0
+    rescore_temperature: float | None = None
+
+    def label(self) -> str:
+        w = "kept" if self.rescore_temperature is None else f"re-scored (T={self.rescore_temperature:g})"
+        return f"{self.kind}, top-{self.k}, step {self.step:g}, weights {w}"
+
+
+# --- the gallery --------------------------------------------------------------------------------
+
+def prototypes(embedding, lat, lon, cell_id, min_cluster_size: int = 3):
+    """Per cell, HDBSCAN on the images' positions (km, local plane): each cluster becomes one item
+    (mean embedding of unit rows, spherical mean position); unclustered images stay single items.
+    (M, D), (M,) x 3 -> embedding (P, D), lat, lon, cell_id (P,)."""
+    import hdbscan
+
+    emb = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+    out = ([], [], [], [])
+    for c in np.unique(cell_id[cell_id >= 0]):
+        idx = np.flatnonzero(cell_id == c)
+        labels = np.full(len(idx), -1)
+        if len(idx) > min_cluster_size:
+            north = (lat[idx] - lat[idx].mean()) * geo.KM_PER_DEG_LAT
+            east = (lon[idx] - lon[idx].mean()) * geo.KM_PER_DEG_LAT * np.cos(np.radians(lat[idx].mean()))
+            labels = hdbscan.HDBSCAN(min_cluster_size=min_cluster_size).fit_predict(np.c_[north, east])
+        groups = [idx[labels == g] for g in np.unique(labels[labels >= 0])] + [idx[[i]] for i in
+                                                                             np.flatnonzero(labels < 0)]
+        for g in groups:
+            la, lo = geo.spherical_mean(lat[g], lon[g])
+            for lst, v in zip(out, (emb[g].mean(0), la, lo, c)):
+                lst.append(v)
+    return np.array(out[0]), np.array(out[1], float), np.array(out[2], float), np.array(out[3], int)
+
+
+def build_gallery(embedding, lat, lon, cell_id, n_cells: int, kind: str = "images") -> Gallery:
+    """The gallery from training images: embedding (M, D) (the model's fused embedding), lat, lon,
+    cell_id (M,) (their assigned cells); kind 'images' or 'prototypes'."""
+    embedding, lat, lon, cell_id = (np.asarray(embedding, np.float32), np.asarray(lat, float),
+                                    np.asarray(lon, float), np.asarray(cell_id, int))
+    if kind == "prototypes":
+        embedding, lat, lon, cell_id = prototypes(embedding, lat, lon, cell_id)
+    elif kind != "images":
+        raise ValueError(f"gallery kind must be 'images' or 'prototypes', got {kind!r}")
+    return Gallery.from_items(embedding, lat, lon, cell_id, n_cells)
+
+
+def gallery_paths(checkpoint) -> tuple[Path, Path]:
+    """``.../best.pt`` -> (``.../best.gallery.npz``, ``.../best.gallery.json``)."""
+    checkpoint = Path(checkpoint)
+    stem = checkpoint.stem
+    return checkpoint.with_name(stem + ".gallery.npz"), checkpoint.with_name(stem + ".gallery.json")
+
+
+def save_gallery(checkpoint, gallery: Gallery, settings: RefineSettings, record: dict) -> Path:
+    """Arrays to best.gallery.npz (no pickled objects), settings + ``record`` (default on/off,
+    validation figures) to best.gallery.json, stamped with the checkpoint's and the npz's sha256."""
+    npz, meta = gallery_paths(checkpoint)
+    buf = io.BytesIO()
+    np.savez(buf, embedding=gallery.embedding.astype(GALLERY_DTYPE), lat=gallery.lat, lon=gallery.lon, cell_start=gallery.cell_start)
+    atomic_write_bytes(npz, buf.getvalue())
+    body = {"settings": asdict(settings), "arrays_sha256": file_sha256(npz), "n_items": len(gallery.lat),
+            "memory_mb": gallery.nbytes / 2 ** 20, **record}  # in memory (float32)
+    return write_stamped(meta, checkpoint, json.loads(json.dumps(body, default=float)))
+
+
+def load_gallery(checkpoint) -> tuple[Gallery | None, dict | None, str]:
+    """(gallery, record with 'settings' and 'default', why) or (None, None, why not)."""
+    npz, meta = gallery_paths(checkpoint)
+    record, why = read_stamped(meta, checkpoint, "built for", "refinement gallery")
+    if record is None:
+        return None, None, why
+    if not npz.is_file() or file_sha256(npz) != record.get("arrays_sha256"):
+        return None, None, f"{npz.name} is missing or does not match {meta.name}; re-run 06_evaluation"
+    with np.load(npz, allow_pickle=False) as z:
+        gallery = Gallery(z["embedding"].astype(np.float32), z["lat"], z["lon"], z["cell_start"])
+    return gallery, record, f"{why}: {record['n_items']:,} items, {record['memory_mb']:.1f} MB"
+
+
+# --- refined predictions ------------------------------------------------------------------------
+
+def refine_prediction(pred: dict, query, gallery: Gallery, cell_radius_km, settings: RefineSettings) -> dict:
+    """A numpy mixture_predict dict (B rows) refined with query embeddings (B, D): the same keys with
+    lat, lon, hyp_lat, hyp_lon, hyp_weight and spread_km refined, plus hyp_moved_km (B, H)."""
+    valid = pred["hyp_cell_id"] >= 0
+    r = refine_hypotheses(query, pred["hyp_cell_id"], np.nan_to_num(pred["hyp_lat"]), np.nan_to_num(pred["hyp_lon"]),
+                          pred["hyp_weight"], gallery, cell_radius_km, settings.k, settings.step, settings.temperature,
+                          settings.rescore_temperature)
+    lat, lon = combine_hypotheses(r["lat"], r["lon"], r["weight"])
+    spread = (r["weight"] * geo.haversine_km(r["lat"], r["lon"], lat[:, None], lon[:, None])).sum(-1)
+    return {**pred, "lat": lat, "lon": lon, "spread_km": spread, "hyp_weight": r["weight"],
+            "hyp_lat": np.where(valid, r["lat"], np.nan), "hyp_lon": np.where(valid, r["lon"], np.nan),
+            "hyp_moved_km": r["moved_km"]}
+
+
+@torch.no_grad()
+def mixture_numpy(model, outputs: dict, top_provinces: int = 2, top_cells: int = 5) -> dict:
+    """mixture_predict as numpy, plus ``query``: outputs['fused'] (B, D), the refinement's query."""
+    out = outputs_to(outputs, next(model.parameters()).device)
+    pred = {k: v.cpu().numpy() for k, v in mixture_predict(model, out, top_provinces, top_cells).items()}
+    return {**pred, "query": out["fused"].float().cpu().numpy()}
+
+
+def refined_predict(model, outputs: dict, gallery: Gallery, settings: RefineSettings, top_provinces: int = 2,
+                    top_cells: int = 5) -> dict:
+    """mixture_predict, then refine_prediction with the fused embedding as the query (numpy)."""
+    pred = mixture_numpy(model, outputs, top_provinces, top_cells)
+    return refine_prediction(pred, pred["query"], gallery, model.cell_radius_km.cpu().numpy(), settings)
+
+
+def with_refinement(frame: pd.DataFrame, model, outputs: dict, gallery: Gallery, settings: RefineSettings,
+                    top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
+    """A predictions_frame (rows aligned with outputs) plus ``refined_lat/_lon/_error_km`` and
+    ``refined_spread_km``, ``refined_moved_km`` (mean move of the hypotheses, weighted)."""
+    p = refined_predict(model, outputs, gallery, settings, top_provinces, top_cells)
+    f = frame.copy()
+    f["refined_lat"], f["refined_lon"], f["refined_spread_km"] = p["lat"], p["lon"], p["spread_km"]
+    f["refined_error_km"] = error_km(p["lat"], p["lon"], f["latitude"], f["longitude"])
+    f["refined_moved_km"] = (p["hyp_weight"] * p["hyp_moved_km"]).sum(-1)
+    return f
+
+
+def as_refined(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the refined prediction as its prediction (error_km, spread_km, mixture
+    columns), e.g. to fit the radius calibration of the refined predictor."""
+    return frame.assign(error_km=frame["refined_error_km"], spread_km=frame["refined_spread_km"])
+
+
+def selection_table(model, val_frame: pd.DataFrame, val_outputs: dict, galleries: dict, grid, top_provinces: int = 2,
+                    top_cells: int = 5) -> pd.DataFrame:
+    """Each RefineSettings in ``grid`` on validation (galleries: {kind: Gallery}): the error figures
+    against the plain mixture (first row), in the order listed."""
+    pred = mixture_numpy(model, val_outputs, top_provinces, top_cells)
+    radius = model.cell_radius_km.cpu().numpy()
+    rows = [{"settings": "plain mixture (no refinement)", **summarize_errors(val_frame["error_km"])}]
+    for s in grid:
+        p = refine_prediction(pred, pred["query"], galleries[s.kind], radius, s)
+        rows.append({"settings": s.label(),
+                     **summarize_errors(error_km(p["lat"], p["lon"], val_frame["latitude"], val_frame["longitude"]))})
+    return pd.DataFrame(rows).set_index("settings")
+
+
+def choose_settings(table: pd.DataFrame, grid) -> tuple[RefineSettings, bool]:
+    """The settings with the lowest validation median, and whether refinement beats the plain
+    mixture's validation median (then it is the predictor's default)."""
+    medians = table["median_km"].to_numpy()
+    best = int(np.argmin(medians[1:]))
+    return list(grid)[best], bool(medians[1 + best] < medians[0])
+
+
+# The grid 06_evaluation searches on validation: both gallery kinds, best image vs top-5, half or
+# full step, weights kept or re-scored (docs/decisions/refinement.md has the measurements).
+SELECTION_GRID = tuple(RefineSettings(kind, k, 0.05, step, rescore) for kind in ("images", "prototypes")
+                       for k in (1, 5) for step in (0.5, 1.0) for rescore in (None, 0.1))
+
+
+# --- 06_evaluation ------------------------------------------------------------------------------
+
+REFINED_METHOD = {"refined": "GEOPAK mixture + refinement inside the cells"}
+
+
+def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), batch_size: int = 64,
+                        num_workers: int = 0) -> tuple[dict, dict]:
+    """predictor_frames, also handing back the model outputs they came from: ({split: frame},
+    {split: outputs}) (refinement needs the fused embeddings)."""
+    from geopak_lib.evaluation.frame import predictions_frame, split_outputs
+
+    train = table[table["split"] == "train"]
+    outputs = {s: split_outputs(predictor, table, s, batch_size=batch_size, num_workers=num_workers) for s in splits}
+    frames = {s: predictions_frame(predictor.model, outputs[s], table[table["split"] == s], train,
+                                   predictor.top_provinces, predictor.top_cells) for s in splits}
+    return frames, outputs
+
+
+@torch.no_grad()
+def cached_fused(model, table: pd.DataFrame, rows, cache_root="cache", batch_size: int = 1024):
+    """The fused embeddings (N, D) of table rows ``rows`` from a complete feature cache made by exactly
+    this model's encoders (weights sha256) on this manifest, through the model's heads; None if there
+    is no such cache (e.g. after phase 2 fine-tuned an encoder). Saves a pass through the encoders."""
+    from geopak_lib.training.cache import FeatureCache, encoder_fingerprint, manifest_hash
+
+    want = {"clip": encoder_fingerprint(model.clip_encoder), "scene": encoder_fingerprint(model.scene_encoder),
+            "manifest_sha256": manifest_hash(table)}
+    for key_file in sorted(Path(cache_root).glob("*/key.json")):
+        key = json.loads(key_file.read_text())
+        if all(key.get(k) == v for k, v in want.items()) and (key_file.parent / "complete.json").is_file():
+            cache, dev = FeatureCache(key_file.parent), next(model.parameters()).device
+            parts = [model.forward_features(*cache.gather(rows[s:s + batch_size], device=dev))["fused"].cpu()
+                     for s in range(0, len(rows), batch_size)]
+            return torch.cat(parts)
+    return None
+
+
+def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
+                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache") -> dict:
+    """06's refinement step: the training images through the model (their fused embeddings), a
+    gallery of each kind, the grid on validation, the best settings saved beside the checkpoint
+    with ``default`` = it beat the plain mixture's validation median. Returns settings, default,
+    selection (the validation table), val and test (frames with refined_* columns), path, memory_mb,
+    embeddings_from (the cache when it was made by these encoders, else the images)."""
+    from geopak_lib.evaluation.frame import split_outputs
+
+    model, train = predictor.model, table[table["split"] == "train"]
+    fused = cached_fused(model, table, np.flatnonzero(table["split"].to_numpy() == "train"), cache_root)
+    source = "the feature cache of these very encoders" if fused is not None else "the images through the model"
+    if fused is None:
+        fused = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)["fused"]
+    galleries = {kind: build_gallery(fused.float().numpy(), train["latitude"], train["longitude"], train["cell_id"],
+                                     len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
+    selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,
+                                predictor.top_cells)
+    settings, default = choose_settings(selection, grid)
+    medians = {"plain": float(selection["median_km"].iloc[0]), "refined": float(selection.loc[settings.label(),
+                                                                                              "median_km"])}
+    gallery = galleries[settings.kind]
+    path = save_gallery(checkpoint, gallery, settings, {"default": default, "chosen_on": "val",
+                                                        "val_median_km": medians, "n_train_images": len(train)})
+    frames = {s: with_refinement(f, model, outputs[s], gallery, settings, predictor.top_provinces, predictor.top_cells)
+              for s, f in (("val", val), ("test", test))}
+    return {"settings": settings, "default": default, "selection": selection, "val_median_km": medians,
+            "path": path, "memory_mb": gallery.nbytes / 2 ** 20, "embeddings_from": source, **frames}
+
+
+def summary_text(result: dict) -> str:
+    """Markdown: what was chosen on validation and whether the predictor refines by default."""
+    m, s = result["val_median_km"], result["settings"]
+    on = ("**on** by default in the predictor (`geopak predict --refine off` turns it off)" if result["default"] else
+          "**off** by default (it did not lower the validation median; `geopak predict --refine on` uses it)")
+    return (f"Best refinement on validation: {s.label()}; validation median {m['plain']:.1f} km plain, "
+            f"{m['refined']:.1f} km refined. Refinement is {on}. The gallery (`{Path(result['path']).name}`, "
+            f"{result['memory_mb']:.1f} MB; training embeddings from {result['embeddings_from']}) is saved beside "
+            "the checkpoint.")

@@ -1,0 +1,78 @@
+"""The demo's multi-view set (extra crops at the val/test points) and 06's multi-view measurements."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from geopak_lib.book import demo
+from geopak_lib.book.demo_views import build_multiview_set, choose_points
+from geopak_lib.evaluation import multiview
+from geopak_lib.metrics import error_km
+from geopak_lib.model.inference import mixture_predict
+from test_ensemble import tiny_model
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    samples = pd.read_csv(demo.build_demo_dataset(out, n_images=20, seed=0, image_size=32), dtype={"id": str})
+    samples["image_path"] = [str(out / "images" / i) for i in samples["image"]]
+    samples["province_id"] = 0
+    samples["split"] = (["train"] * 10 + ["val"] * 5 + ["test"] * 5)
+    return samples
+
+
+def test_choose_points_per_split(manifest):
+    p = choose_points(manifest, ("val", "test"), 3, seed=0)
+    assert p["split"].value_counts().to_dict() == {"val": 3, "test": 3}
+    assert p.equals(choose_points(manifest, ("val", "test"), 3, seed=0))  # seeded
+    assert len(choose_points(manifest, ("test",), 99)) == 5  # at most the split's size
+
+
+def test_build_multiview_set(manifest, tmp_path):
+    views = build_multiview_set(manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)
+    assert len(views) == 2 * 2 * 3 and views.groupby("group")["view"].apply(list).map(sorted).eq([[0, 1, 2]] * 4).all()
+    own = views[views["view"] == 0].merge(manifest, left_on="group", right_on="id")
+    assert (own["image_path_x"] == own["image_path_y"]).all()  # view 0 is the point's own image
+    assert (own["latitude_x"] == own["latitude_y"]).all() and set(own["split_x"]) == {"val", "test"}
+    extra = views[views["view"] > 0]
+    for path in extra["image_path"]:
+        with Image.open(path) as im:
+            assert im.size == (32, 32) and im.mode == "RGB"
+    first = np.asarray(Image.open(extra["image_path"].iloc[0]), float)
+    assert np.abs(first - np.asarray(Image.open(views["image_path"].iloc[0]), float)).mean() > 1  # another crop
+    stamp = (tmp_path / "mv" / "params.json").stat().st_mtime_ns
+    again = build_multiview_set(manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)  # reused, not rebuilt
+    assert again.equals(views) and (tmp_path / "mv" / "params.json").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "mv" / "params.json").read_text())["n_views"] == 3
+    not_demo = manifest.assign(image_path=[str(tmp_path / "photos" / "x.jpg")] * len(manifest))
+    with pytest.raises(ValueError, match="only be cut for the built-in demo"):
+        build_multiview_set(not_demo, tmp_path / "other")
+
+
+@torch.no_grad()
+def test_multiview_errors_and_table():
+    model = tiny_model(encoders=False)
+    views = pd.DataFrame({"group": ["a", "a", "b", "b"], "view": [0, 1, 0, 1], "split": ["val", "val", "test", "test"],
+                          "latitude": [25.0, 25.0, 31.0, 31.0], "longitude": [68.0, 68.0, 74.0, 74.0]})
+    torch.manual_seed(3)
+    clip, scene = torch.randn(4, 6), torch.randn(4, 5)
+    one = multiview.multiview_errors(model, clip, scene, views, 1, "probs")
+    pred = mixture_predict(model, model.forward_features(clip[[0, 2]], scene[[0, 2]]))  # views 0 alone
+    want = error_km(pred["lat"].numpy(), pred["lon"].numpy(), np.array([25.0, 31.0]), np.array([68.0, 74.0]))
+    assert one["group"].tolist() == ["a", "b"] and np.allclose(one["error_km"], want, rtol=1e-5)
+    two = multiview.multiview_errors(model, clip, scene, views, 2, "embedding")
+    mean = model.forward_features(torch.stack([clip[:2].mean(0), clip[2:].mean(0)]),
+                                  torch.stack([scene[:2].mean(0), scene[2:].mean(0)]))
+    assert np.allclose(two["lat"], mixture_predict(model, mean)["lat"].numpy(), atol=1e-5)
+    table = multiview.multiview_table(model, clip, scene, views, n_views=(1, 2, 4))
+    assert sorted(set(table["views"])) == [1, 2] and len(table) == 2 * 2 * 2  # 4 views skipped: the set has 2
+    assert multiview.best_combine(table, 2) in ("embedding", "probs")
+    t = pd.DataFrame({"split": ["val", "val"], "views": [4, 4], "combine": ["embedding", "probs"],
+                      "median_km": [10.0, 5.0]})
+    assert multiview.best_combine(t, 4) == "probs"
+    assert multiview.option_row("x", 10.0, 9.0, 20.0, 25.0)["on"] and not multiview.option_row("x", 9, 9, 1, 1)["on"]

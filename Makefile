@@ -2,8 +2,8 @@
 #   make book     build the venv if missing, build the demo dataset if missing, run every
 #                 notebook headless with params/demo.yaml, write reports/demo/*.html and the site reports/demo/site/
 #   make test     build the venv if missing, run the library tests and the smoke book
-# and a third opens the book in JupyterLab:
-#   make lab
+# and a third opens the book in JupyterLab, as the last `make book` of that profile left it:
+#   make lab [PROFILE=demo]
 PYTHON  ?= python3
 PROFILE ?= demo
 VENV    := .venv
@@ -17,7 +17,7 @@ help:
 	@echo "make book [PROFILE=demo]   run the whole book (demo dataset): reports in reports/PROFILE/, the site in reports/PROFILE/site/index.html"
 	@echo "make test                  run all tests (library + smoke book)"
 	@echo "make test-fast             library tests only (skips the smoke book)"
-	@echo "make lab                   open the notebooks in JupyterLab with the project's kernel"
+	@echo "make lab [PROFILE=demo]    open the book in JupyterLab as the last run of PROFILE left it"
 	@echo "make benchmark [ARGS=...]  run the speed benchmarks (ARGS=--record adds them to docs/performance.md)"
 
 # torch and torchvision come from this machine's disk via pip (uv does not look there); the
@@ -44,8 +44,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(TESTENV) $(BIN)/python -m pytest tests -m "not book"
 
+# JupyterLab on the executed notebooks of the last run of PROFILE (runs/PROFILE/notebooks/: outputs and
+# injected parameters kept); with no run yet, one line says which command makes one (geopak_lib/book/lab.py).
 lab: $(STAMP)
-	$(BIN)/jupyter-lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) --ServerApp.root_dir=. --ServerApp.default_url=/lab/tree/notebooks/00_data_audit.ipynb
+	$(BIN)/python -m geopak_lib.book.lab $(PROFILE)
 
 # CPU: the small profile, under 15 minutes on 2 cores; a GPU machine runs the full profile.
 # ARGS=--record appends the figures to docs/performance.md; ARGS=--help lists the options.

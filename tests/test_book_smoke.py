@@ -47,3 +47,10 @@ def test_audit_and_geocell_artifacts(smoke_book):
     audit = (REPO_ROOT / "reports" / "smoke" / "00_data_audit.html").read_text()
     for text in ("aerial and terrain crops", "Rejects", "Spatial-block split", "leaflet"):
         assert text in audit
+
+
+def test_explorer_report_shows_its_first_state(smoke_book):
+    """08_explore headless: the widget's static copy (image, prediction, map) is in the report."""
+    page = (REPO_ROOT / "reports" / "smoke" / "08_explore.html").read_text()
+    assert "geopak-explorer-static" in page and "data:image/png;base64" in page and "<iframe srcdoc=" in page
+    assert "test image" in page and "error radius" in page

@@ -72,3 +72,26 @@ def test_artifacts_are_readable_by_others(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_no_run_at_all_names_the_command_that_makes_one(tmp_path, capsys):
+    """A notebook opened with no run behind it (e.g. run_dir = "runs/smoke" absent) fails on its
+    first read with one line naming the command, and IPython shows that line, not a traceback."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from geopak_lib.data.rundir import MissingRunError
+    from geopak_lib.training.selection import select_final_checkpoint
+
+    run = RunDir(tmp_path / "runs" / "smoke")
+    want = f"no run at {run.path}: make one with `make book PROFILE=smoke` (or `geopak book smoke`)"
+    for read in (run.read_manifest, run.read_geocells, lambda: select_final_checkpoint(run.path)):
+        with pytest.raises(MissingRunError, match="make book PROFILE=smoke") as info:
+            read()
+        assert str(info.value).startswith(want)
+    shell = InteractiveShell.instance()
+    shell.user_ns["run"] = run
+    capsys.readouterr()
+    result = shell.run_cell("run.read_manifest()")
+    assert isinstance(result.error_in_exec, MissingRunError)
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert shown == [f"MissingRunError: {result.error_in_exec}"]  # one line, no traceback

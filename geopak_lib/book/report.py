@@ -144,15 +144,19 @@ def clean_outputs(nb):
     """Drop progress-bar noise from an executed notebook before it becomes a report.
 
     tqdm writes every update of a bar as a stderr line in a headless run, and ipywidgets bars
-    would need widget JavaScript from a CDN; other stderr lines (warnings) are kept.
+    would need widget JavaScript from a CDN; other stderr lines (warnings) are kept. A widget that
+    carries a static copy of itself (``text/html`` beside the widget view) keeps that copy.
     """
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
         kept = []
         for out in cell.get("outputs", []):
-            if "application/vnd.jupyter.widget-view+json" in out.get("data", {}):
-                continue
+            data = out.get("data", {})
+            if "application/vnd.jupyter.widget-view+json" in data:
+                data.pop("application/vnd.jupyter.widget-view+json")
+                if set(data) <= {"text/plain"}:  # a bare widget (a progress bar): nothing to show without JS
+                    continue  # otherwise keep the static copy it carries (08's explorer)
             if out.get("output_type") == "stream" and out.get("name") == "stderr":
                 lines = [ln for ln in re.split(r"[\r\n]+", out["text"]) if ln and not _PROGRESS_LINE.match(ln)]
                 if not lines:

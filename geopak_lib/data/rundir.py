@@ -20,8 +20,17 @@ from geopak_lib.utils import atomic_write_bytes
 # file name -> the notebook that writes it (for "run it first" messages)
 WRITERS = {"manifest.csv": "00_data_audit", "rejects.csv": "00_data_audit", "fixes.csv": "00_data_audit",
            "concepts.json": "00_data_audit", "geocells.json": "01_geocells", "geocells.csv": "01_geocells", "assignments.csv": "01_geocells",
-           "baselines_test.csv": "03_phase1_geography", "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune"}
+           "baselines_test.csv": "03_phase1_geography", "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune",
+           "predictions_test.csv": "06_evaluation"}
 ID_DTYPES = {"id": str}
+
+
+class MissingRunError(FileNotFoundError):
+    """A run folder, or an artifact in it, does not exist yet. In a notebook it shows as its one-line
+    message, not a traceback: IPython prints what ``_render_traceback_`` returns."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
 
 
 class RunDir:
@@ -39,11 +48,19 @@ class RunDir:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    def require(self) -> "RunDir":
+        """Self, or MissingRunError naming the command that makes the run (runs/<profile> by convention)."""
+        if not self.path.is_dir():
+            name = self.path.name
+            raise MissingRunError(f"no run at {self.path}: make one with `make book PROFILE={name}` "
+                                  f"(or `geopak book {name}`), or set run_dir to an existing run")
+        return self
+
     def _existing(self, name: str) -> Path:
-        path = self.file(name)
+        path = self.require().file(name)
         if not path.is_file():
             writer = WRITERS.get(name, "the notebook that writes it")
-            raise FileNotFoundError(f"{path} not found: run {writer} first (with the same run_dir)")
+            raise MissingRunError(f"{path} not found: run {writer} first (with the same run_dir)")
         return path
 
     # tables -----------------------------------------------------------------------------------

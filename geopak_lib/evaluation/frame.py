@@ -8,6 +8,8 @@ they are shown. Plots and maps: eval_plots.py. Decisions: docs/decisions/evaluat
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
@@ -42,6 +44,7 @@ BASELINE_NAMES = {"train_centroid": "baseline: training-set centroid",
                   "knn": "baseline: kNN on frozen features"}
 URBAN_MIN_POPULATION = 100_000
 URBAN_RADIUS_KM = 10.0
+PREDICTIONS_FILE = "predictions_test.csv"
 
 
 # --- model outputs for a split ----------------------------------------------------------------
@@ -82,6 +85,21 @@ def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta
     return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta, batch_size, num_workers),
                                  table[table["split"] == s], train, predictor.top_provinces, predictor.top_cells)
             for s in splits}
+
+
+def save_test_predictions(run_dir, frame: pd.DataFrame, checkpoint) -> Path:
+    """06's test predictions_frame as ``predictions_test.csv``, stamped with the checkpoint that made
+    it (08_explore picks the worst and the most confidently wrong images from it)."""
+    return RunDir(run_dir).write_table(PREDICTIONS_FILE, frame.assign(checkpoint=str(checkpoint)))
+
+
+def read_test_predictions(run_dir, checkpoint) -> pd.DataFrame | None:
+    """The saved test predictions if they were made by ``checkpoint``, else None."""
+    run = RunDir(run_dir)
+    if not run.file(PREDICTIONS_FILE).is_file():
+        return None
+    frame = run.read_table(PREDICTIONS_FILE)
+    return frame if len(frame) and (frame["checkpoint"] == str(checkpoint)).all() else None
 
 
 def cell_ranking(model, outputs: dict, k: int = 5) -> np.ndarray:

@@ -88,7 +88,7 @@ class FinalChoice:
 
 def select_final_checkpoint(run_dir) -> FinalChoice:
     """The final model of a run (see the module docstring for the rule)."""
-    run = RunDir(run_dir)
+    run = RunDir(run_dir).require()  # no run at all: one line naming the command that makes one
     found, kept_start = {}, []
     for phase in range(4):
         losses, ckpt = run.losses(phase), run.best_checkpoint(phase)

@@ -75,4 +75,6 @@ def test_multiview_errors_and_table():
     t = pd.DataFrame({"split": ["val", "val"], "views": [4, 4], "combine": ["embedding", "probs"],
                       "median_km": [10.0, 5.0]})
     assert multiview.best_combine(t, 4) == "probs"
-    assert multiview.option_row("x", 10.0, 9.0, 20.0, 25.0)["on"] and not multiview.option_row("x", 9, 9, 1, 1)["on"]
+    assert multiview.option_row("x", 10.0, 9.0, 20.0, 25.0)["improves_val"]
+    assert not multiview.option_row("x", 9, 9, 1, 1, "off")["improves_val"]
+    assert multiview.option_row("x", 9, 9, 1, 1, "off")["in_the_predictor"] == "off"

@@ -79,11 +79,14 @@ def best_combine(table: pd.DataFrame, n_views: int) -> str:
     return min(COMBINE, key=lambda c: (val.get(c, np.inf), COMBINE.index(c)))
 
 
-def option_row(option: str, val_without: float, val_with: float, test_without: float, test_with: float) -> dict:
-    """A row of 06's 'which options are on' table: on only when the validation median improves."""
+def option_row(option: str, val_without: float, val_with: float, test_without: float, test_with: float,
+               how: str = "") -> dict:
+    """A row of 06's 'which options are on' table. ``improves_val``: the validation median drops,
+    the only condition under which an option may be on by default; ``in_the_predictor``: what the
+    predictor does with it (``how``, e.g. "on by default" or "with --group-by")."""
     return {"option": option, "val_median_km_without": val_without, "val_median_km_with": val_with,
             "test_median_km_without": test_without, "test_median_km_with": test_with,
-            "on": bool(val_with < val_without)}
+            "improves_val": bool(val_with < val_without), "in_the_predictor": how}
 
 
 def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from geopak_lib.book import cli
+from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.groups import features_group_outputs, group_mean, merge_group_outputs
 from geopak_lib.evaluation.outputs import merge_view_outputs
 from geopak_lib.evaluation.predictor import GeopakPredictor
@@ -100,6 +101,10 @@ def test_cli_group_by_folder(ckpt, tmp_path, capsys):  # noqa: F811
     assert row("lahore")["n_images"] == 2 and "broken.jpg" in row("lahore")["failed_images"]
     assert row("nowhere")["error"].startswith("none of the 1 images") and row("nowhere")["lat"] == ""
     assert 20 < float(row("karachi")["lat"]) < 40 and "hyp2_weight" in t.columns
+    # a place is named like a single image: the place names of its own predicted point, and the concept columns
+    named = name_places(np.array([float(row("karachi")["lat"])]), np.array([float(row("karachi")["lon"])]))
+    assert (row("karachi")["place"], row("karachi")["district"]) == (named.at[0, "place"], named.at[0, "district"])
+    assert {"place_province", "place_km", "climate", "climate_p", "land_cover", "land_cover_p"} <= set(t.columns)
     assert "1 place(s) could not be predicted" in capsys.readouterr().err
     code = cli.main(["predict", str(tmp_path / "places" / "karachi"), "--group-by", "folder", "--checkpoint",
                      str(path), "--out", str(out), "--no-progress"])  # loose files of a folder: one place

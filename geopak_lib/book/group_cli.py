@@ -13,8 +13,12 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-GROUP_COLUMNS = ("group", "n_images", "lat", "lon", "province", "confidence", "radius_km")
+# The columns a prediction writes, per image (predict_cli) or per place (here).
+PREDICTION_COLUMNS = ("lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
+                      "place_km")
+CONCEPT_COLUMNS = ("climate", "climate_p", "land_cover", "land_cover_p")  # empty for a model without concept heads
 HYP_FIELDS = ("province", "lat", "lon", "weight")
+GROUP_COLUMNS = ("group", "n_images", *PREDICTION_COLUMNS)
 
 
 def _image_files(folder: Path, extensions) -> list[str]:
@@ -82,13 +86,14 @@ def predict_groups(predictor, groups: dict, combine: str | None = None, progress
 
 
 def group_table(records: list[dict], top: int = 3) -> pd.DataFrame:
-    """Records of predict_groups -> the CSV: GROUP_COLUMNS, hyp<k>_<field>, failed_images, error."""
+    """Records of predict_groups -> the CSV: GROUP_COLUMNS, hyp<k>_<field>, CONCEPT_COLUMNS,
+    failed_images, error."""
     hyp_cols = [f"hyp{k}_{f}" for k in range(1, top + 1) for f in HYP_FIELDS]
     rows = []
     for r in records:
-        row = {c: r.get(c) for c in GROUP_COLUMNS}
+        row = {c: r.get(c) for c in (*GROUP_COLUMNS, *CONCEPT_COLUMNS)}
         for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
             row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
         row.update(failed_images=r.get("failed_images", ""), error=r.get("error", ""))
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, *hyp_cols, "failed_images", "error"])
+    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, *hyp_cols, *CONCEPT_COLUMNS, "failed_images", "error"])

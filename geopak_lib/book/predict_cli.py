@@ -13,15 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from geopak_lib.book.group_cli import find_groups, group_table, predict_groups
+from geopak_lib.book.group_cli import (CONCEPT_COLUMNS, HYP_FIELDS, PREDICTION_COLUMNS, find_groups, group_table,
+                                      predict_groups)
 from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-BASE_COLUMNS = ("image", "lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
-                "place_km")
-CONCEPT_COLUMNS = ("climate", "climate_p", "land_cover", "land_cover_p")  # empty for a model without concept heads
-HYP_FIELDS = ("province", "lat", "lon", "weight")
+BASE_COLUMNS = ("image", *PREDICTION_COLUMNS)
 
 DESCRIPTION = """\
 Predict where in Pakistan each image was taken, with a trained GEOPAK checkpoint (--checkpoint,
@@ -43,8 +41,8 @@ A file that cannot be read gets a row with its error and the others are still pr
 
 Several photos of one place: --group-by folder (each sub-folder of a given folder is one place)
 or --group-by COLUMN (the input is one CSV with columns image and COLUMN) writes one row per
-place: group, n_images, the columns above, failed_images (files skipped, with why) and error
-(set when no photo of the place could be read).
+place: group, n_images, the columns above (place names and concepts included), failed_images
+(files skipped, with why) and error (set when no photo of the place could be read).
 
 Ensembles: --checkpoint (or --model) given several times averages the models (shared geocells:
 probabilities before the mixture; different geocells: the final points). radius_km is then not

@@ -107,8 +107,11 @@ def test_concepts_json_round_trip_and_missing(tmp_path):
 
     run = RunDir(tmp_path / "run")
     assert run.read_concepts(required=False) is None
-    with pytest.raises(FileNotFoundError, match="00_data_audit"):
-        run.read_concepts()
+    with pytest.raises(FileNotFoundError, match="no run at .*make book PROFILE=run"):
+        run.read_concepts()  # no run folder at all
+    run.path.mkdir()
+    with pytest.raises(FileNotFoundError, match="concepts.json not found: run 00_data_audit first"):
+        run.read_concepts()  # a run folder without 00's output
     m = pd.DataFrame({"split": ["train"] * 5, "climate": ["B arid"] * 5, "land_cover": ["snow and ice"] * 5})
     mapping = concept_mapping(m)
     run.write_concepts(mapping)

@@ -5,6 +5,8 @@ Marked `book` (a few minutes); `make test` runs it, `make test-fast` skips it. A
 default parameters, which are the smoke settings.
 """
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -52,5 +54,6 @@ def test_audit_and_geocell_artifacts(smoke_book):
 def test_explorer_report_shows_its_first_state(smoke_book):
     """08_explore headless: the widget's static copy (image, prediction, map) is in the report."""
     page = (REPO_ROOT / "reports" / "smoke" / "08_explore.html").read_text()
-    assert "geopak-explorer-static" in page and "data:image/png;base64" in page and "<iframe srcdoc=" in page
+    assert "geopak-explorer-static" in page and "data:image/png;base64" in page
+    assert re.search(r"<iframe\b[^>]*\ssrcdoc=", page), "the hypotheses map (an iframe) is missing"
     assert "test image" in page and "error radius" in page

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from scipy.special import softmax
 
-from geopak_lib.book.explorer import Explorer, ExplorerApp, load_test_predictions, pick_ids, uploaded_image
+from geopak_lib.book.explorer import (Explorer, ExplorerApp, concepts_table, load_test_predictions, pick_ids,
+                                     uploaded_image)
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.predictor import GeopakPredictor
 from test_predict import ckpt  # noqa: F401  (the fixture)
@@ -156,10 +157,13 @@ def test_concept_scores_are_shown_when_the_predictor_gives_them(run, monkeypatch
     frame = load_test_predictions(predictor, rundir.path)
     results = predictor.results_from_outputs
     monkeypatch.setattr(predictor, "results_from_outputs",
-                        lambda out: [{**r, "concepts": {"water": 0.2, "desert": 0.7}} for r in results(out)])
+                        lambda out: [{**r, "concepts": {"land_cover": [("barren", 0.7), ("water", 0.2)],
+                                                        "climate": [("B arid", 0.9)]},
+                                      "probes": [("a hot desert", 0.31)]} for r in results(out)])
     app = ExplorerApp(Explorer(predictor, frame), n=1)
     table = app.concepts.outputs[1]["data"]["text/html"]
-    assert table.index("desert") < table.index("water")  # highest first
+    assert table.index("barren") < table.index("water") < table.index("B arid") < table.index("a hot desert")
+    assert concepts_table({"concepts": {}, "probes": []}) is None
 
 
 def test_report_keeps_the_static_copy_and_drops_the_widget_view():

@@ -83,12 +83,15 @@ def png_bytes(img: Image.Image, size: int = 256) -> bytes:
 
 
 def concepts_table(result: dict) -> pd.DataFrame | None:
-    """Concept scores of a prediction, highest first, when the predictor gives them (else None)."""
-    concepts = result.get("concepts")
-    if not concepts:
+    """What the predictor says the image shows, when it says anything (else None): one row per
+    (concept, class) of the concept heads' top classes ({concept: [(class, probability), ...]}) and
+    of the zero-shot text probes ([(phrase, cosine similarity)], concept "text probe"), each
+    concept's best first."""
+    rows = [(name, cls, p) for name, top in (result.get("concepts") or {}).items() for cls, p in top]
+    rows += [("text probe", phrase, s) for phrase, s in result.get("probes") or []]
+    if not rows:
         return None
-    rows = concepts.items() if isinstance(concepts, dict) else [(c["concept"], c["score"]) for c in concepts]
-    return pd.DataFrame(rows, columns=["concept", "score"]).sort_values("score", ascending=False, ignore_index=True)
+    return pd.DataFrame(rows, columns=["concept", "class", "score"])
 
 
 class Explorer:

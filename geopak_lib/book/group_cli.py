@@ -85,15 +85,21 @@ def predict_groups(predictor, groups: dict, combine: str | None = None, progress
     return records
 
 
-def group_table(records: list[dict], top: int = 3) -> pd.DataFrame:
-    """Records of predict_groups -> the CSV: GROUP_COLUMNS, hyp<k>_<field>, CONCEPT_COLUMNS,
-    failed_images, error."""
+def prediction_table(records: list[dict], lead: tuple, tail: tuple, top: int = 3) -> pd.DataFrame:
+    """Prediction records -> one CSV row each: the ``lead`` columns, hyp<k>_<field> of the ``top``
+    best hypotheses, CONCEPT_COLUMNS, then the ``tail`` columns (missing values empty)."""
     hyp_cols = [f"hyp{k}_{f}" for k in range(1, top + 1) for f in HYP_FIELDS]
     rows = []
     for r in records:
-        row = {c: r.get(c) for c in (*GROUP_COLUMNS, *CONCEPT_COLUMNS)}
+        row = {c: r.get(c) for c in (*lead, *CONCEPT_COLUMNS)}
         for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
             row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
-        row.update(failed_images=r.get("failed_images", ""), error=r.get("error", ""))
+        row.update({c: r.get(c, "") for c in tail})
         rows.append(row)
-    return pd.DataFrame(rows, columns=[*GROUP_COLUMNS, *hyp_cols, *CONCEPT_COLUMNS, "failed_images", "error"])
+    return pd.DataFrame(rows, columns=[*lead, *hyp_cols, *CONCEPT_COLUMNS, *tail])
+
+
+def group_table(records: list[dict], top: int = 3) -> pd.DataFrame:
+    """Records of predict_groups -> the CSV: GROUP_COLUMNS, hyp<k>_<field>, CONCEPT_COLUMNS,
+    failed_images, error."""
+    return prediction_table(records, GROUP_COLUMNS, ("failed_images", "error"), top)

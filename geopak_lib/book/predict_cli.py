@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from geopak_lib.book.group_cli import (CONCEPT_COLUMNS, HYP_FIELDS, PREDICTION_COLUMNS, find_groups, group_table,
-                                      predict_groups)
+from geopak_lib.book.group_cli import PREDICTION_COLUMNS, find_groups, group_table, predict_groups, prediction_table
 from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
@@ -114,15 +113,7 @@ def find_images(inputs) -> tuple[list[str], list[str]]:
 
 def results_table(records: list[dict], top: int = 3) -> pd.DataFrame:
     """Records of GeopakPredictor.predict_many -> the CSV columns, in order (see DESCRIPTION)."""
-    hyp_cols = [f"hyp{k}_{f}" for k in range(1, top + 1) for f in HYP_FIELDS]
-    rows = []
-    for r in records:
-        row = {c: r.get(c) for c in (*BASE_COLUMNS, *CONCEPT_COLUMNS)}
-        for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
-            row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
-        row["error"] = r.get("error", "")
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*BASE_COLUMNS, *hyp_cols, *CONCEPT_COLUMNS, "error"])
+    return prediction_table(records, BASE_COLUMNS, ("error",), top)
 
 
 def geojson(table: pd.DataFrame) -> dict:

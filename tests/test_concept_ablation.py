@@ -44,7 +44,10 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     assert table.loc[table.variant == "off", "concept_weight"].eq(0).all()
     assert table.loc[table.variant == "off", "climate_acc"].isna().all()  # no heads, no accuracy
     assert table.loc[table.variant != "off", "climate_acc"].between(0, 1).all()
-    assert (tmp_path / "run" / "ablations" / "concepts_bottleneck" / "checkpoints" / "phase1" / "best.pt").is_file()
+    variant_dir = tmp_path / "run" / "ablations" / "concepts_bottleneck" / "checkpoints" / "phase1"
+    assert (variant_dir / "best.pt").is_file()
+    assert not list(variant_dir.glob("epoch_*.pt"))  # nobody resumes a variant: no epoch files
+    assert list((tmp_path / "run" / "checkpoints" / "phase1").glob("epoch_*.pt"))  # the main run keeps its own
     back = RunDir(tmp_path / "run").read_table("concept_ablation.csv")
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
     val = table[table.split == "val"].set_index("variant")["median_km"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from geopak_lib.book import cli
+from geopak_lib.constants import PROVINCES
 from geopak_lib.evaluation.ensemble import (EnsembleModel, combine_member_predictions, geocell_relation,
                                             log_mean_probs, normalised_weights)
 from geopak_lib.evaluation.predictor import GeopakPredictor
@@ -210,3 +211,30 @@ def test_model_folders_ensemble(trained, tmp_path, capsys):
     assert cli.main(["predict", str(img), "--model", str(out), "--model", str(out), "--out", str(csv),
                      "--no-progress", "--device", "cpu"]) == 0
     assert float(pd.read_csv(csv)["lat"][0]) == pytest.approx(alone["lat"], abs=1e-5)
+
+
+def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path):
+    """06 hands the final model's own outputs to the ensemble instead of encoding the images again;
+    the frames equal the ensemble predictor's own pass (predictor_frames). (06's members come from one
+    run, so they share geocells; a frame of 'different' geocells has no true-cell diagnostic.)"""
+    from geopak_lib.evaluation.frame import predictor_frames, split_outputs
+    from geopak_lib.evaluation.multiview import ensemble_frames
+
+    names = write_images(tmp_path / "img")
+    table = pd.DataFrame({"id": [f"i{k}" for k in range(6)],
+                          "image_path": [str(tmp_path / "img" / n) for n in names] * 2,
+                          "split": ["train", "train", "val", "val", "test", "test"],
+                          "latitude": [25.0, 31.0, 24.9, 31.5, 32.0, 28.0],
+                          "longitude": [67.0, 73.0, 67.1, 73.5, 74.0, 65.0],
+                          "province_id": [0, 1, 0, 1, 1, 5], "cell_id": [0, 1, 0, 1, 2, -1]})
+    table["province"] = [PROVINCES[p] for p in table["province_id"]]
+    members = [GeopakPredictor.from_checkpoint(ckpts[k], device="cpu", calibration=None, refine="off")
+               for k in ("a", "b")]
+    ens = GeopakPredictor.ensemble(members)
+    known = {s: split_outputs(members[0], table, s, progress=False) for s in ("val", "test")}
+    want, got = predictor_frames(ens, table), ensemble_frames(ens, table, known)
+    alone = predictor_frames(members[0], table)
+    cols = ["mixture_lat", "mixture_lon", "mixture_error_km"]
+    for s in ("val", "test"):
+        assert np.allclose(got[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-5)
+        assert not np.allclose(got[s][cols].to_numpy(float), alone[s][cols].to_numpy(float), atol=1e-3)

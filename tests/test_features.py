@@ -131,6 +131,26 @@ def test_interrupted_build_resumes_and_equals_straight_build(manifest, tmp_path)
     assert np.array_equal(resumed.clip, straight.clip) and np.array_equal(resumed.scene, straight.scene)
 
 
+def test_find_clean_ignores_views_seed_dtype_but_not_encoders_or_manifest(manifest, tmp_path):
+    """Evaluating a frozen-encoder checkpoint reads the clean views of any complete cache of the
+    same encoders and manifest; other weights, another manifest or an unfinished build: none."""
+    root = tmp_path / "c"
+    clip, scene = _encoders()
+    assert FeatureCache.find_clean(manifest, clip, scene, root) is None  # nothing built yet
+    built = _build(manifest, root, clip, scene, views=1, seed=5, dtype="float32")
+    found = FeatureCache.find_clean(manifest, *_encoders(), root)  # fresh encoders, same weights
+    assert found is not None and found.path == built.path
+    assert torch.equal(found.gather([9, 11])[0], built.gather([9, 11])[0])
+    other = _encoders()
+    with torch.no_grad():
+        other[1].net[2].weight.mul_(2.0)
+    assert FeatureCache.find_clean(manifest, *other, root) is None
+    changed = manifest.assign(split=manifest["split"].replace({"test": "val"}))
+    assert FeatureCache.find_clean(changed, clip, scene, root) is None
+    (built.path / "complete.json").unlink()
+    assert FeatureCache.find_clean(manifest, clip, scene, root) is None
+
+
 def test_workers_give_the_same_features(manifest, tmp_path):
     a = _build(manifest, tmp_path / "a", *_encoders(), num_workers=0)
     b = _build(manifest, tmp_path / "b", *_encoders(), num_workers=2)

@@ -170,6 +170,28 @@ def test_tta_predictor_runs(ckpt, tmp_path):
     assert np.isfinite(r["lat"]) and sum(h["weight"] for h in r["hypotheses"]) == pytest.approx(1.0)
 
 
+def test_tta_reuses_the_plain_pass_as_its_identity_view(ckpt, tmp_path):
+    """06 hands its plain outputs to the TTA pass: the identity view is not encoded again (the
+    encoders see 4 views, not 5) and the merged outputs equal a full TTA pass."""
+    path, _ = ckpt
+    names = write_images(tmp_path / "img")
+    files = [str(tmp_path / "img" / n) for n in names]
+    pred = GeopakPredictor.from_checkpoint(path, device="cpu", calibration=None)
+    plain, _, _ = pred.raw_outputs(files, batch_size=2, progress=False)
+    pred.tta = True
+    full, _, _ = pred.raw_outputs(files, batch_size=2, progress=False)
+    seen = []
+    hook = pred.model.scene_encoder.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+    reused, _, _ = pred.raw_outputs(files, batch_size=2, progress=False, identity=plain)
+    hook.remove()
+    assert sum(seen) == 4 * len(files)
+    for key in ("province_logits", "aux_latlon", "fused", "alpha"):
+        assert torch.allclose(reused[key], full[key], atol=1e-6)
+    assert all(torch.allclose(reused["geocell_logits"][p], full["geocell_logits"][p], atol=1e-6)
+               for p in full["geocell_logits"])
+    assert not torch.allclose(reused["province_logits"], plain["province_logits"], atol=1e-4)  # views merged
+
+
 def test_cli_end_to_end(ckpt, tmp_path, capsys):
     path, _ = ckpt
     good = write_images(tmp_path / "img")

@@ -71,7 +71,8 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
                             top_cells=phase.top_cells)
         t0 = time.time()
         train_phase(phase, inputs.model, inputs.data, run.path / "ablations" / f"concepts_{variant}", loss_fn=loss_fn,
-                    resume=False, progress=progress, device=device, start=inputs.start, params=params)
+                    resume=False, progress=progress, device=device, start=inputs.start, params=params,
+                    save_epochs=False)
         rows += evaluate_variant(variant, inputs.model, inputs.data, w, device, phase.eval_batch_size,
                                  round(time.time() - t0, 1))
     table = pd.DataFrame(rows)

@@ -8,6 +8,7 @@ they are shown. Plots and maps: eval_plots.py. Decisions: docs/decisions/evaluat
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_condit
                                         mixture_predict, outputs_to)
 from geopak_lib.training.passes import PassSettings, model_outputs
 from geopak_lib.data.rundir import RunDir
+from geopak_lib.training.cache import FeatureCache
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
 from geopak_lib.training.selection import PHASE_NAMES, best_val_row
 from geopak_lib.utils import pick_device
@@ -63,12 +65,14 @@ def split_frame(model, data, split: str, source: str = "cache", batch_size: int 
 
 
 def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False, batch_size: int = 64,
-                  num_workers: int = 0, progress: bool = True) -> dict:
-    """Model outputs (CPU) for every ``split`` row of ``table`` (image_path column), in table order."""
+                  num_workers: int = 0, progress: bool = True, identity: dict | None = None) -> dict:
+    """Model outputs (CPU) for every ``split`` row of ``table`` (image_path column), in table order.
+    identity (with tta): the same rows' plain outputs, reused as the identity view."""
     rows = table[table["split"] == split]
     saved, predictor.tta = predictor.tta, tta
     try:
-        out, ok, errors = predictor.raw_outputs(rows["image_path"].tolist(), batch_size, progress, num_workers)
+        out, ok, errors = predictor.raw_outputs(rows["image_path"].tolist(), batch_size, progress, num_workers,
+                                                identity)
     finally:
         predictor.tta = saved
     if errors:
@@ -79,10 +83,12 @@ def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False,
 
 
 def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta: bool = False,
-                     batch_size: int = 64, num_workers: int = 0) -> dict:
-    """{split: predictions_frame} through the predictor (what `geopak predict` computes)."""
+                     batch_size: int = 64, num_workers: int = 0, plain: dict | None = None) -> dict:
+    """{split: predictions_frame} through the predictor (what `geopak predict` computes). plain
+    (with tta): {split: outputs without TTA} already computed, so the identity view is not re-run."""
     train = table[table["split"] == "train"]
-    return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta, batch_size, num_workers),
+    return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta, batch_size, num_workers,
+                                                                identity=(plain or {}).get(s) if tta else None),
                                  table[table["split"] == s], train, predictor.top_provinces, predictor.top_cells)
             for s in splits}
 
@@ -217,12 +223,17 @@ def tta_comparison(plain: pd.DataFrame, tta: pd.DataFrame) -> pd.DataFrame:
 
 
 def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_workers: int = 0,
-                     progress: bool = False) -> pd.DataFrame:
+                     progress: bool = False, cache_root="cache") -> pd.DataFrame:
     """What each phase adds: the best checkpoint of every phase that has run, evaluated end to end
-    on val and test through the same path (images through the encoders). Rows (phase, split) with
-    median/p90 km, accuracy at 25/200 km, province accuracy and cell top-5 (fractions). Phase 0's
-    location figures come from untrained location heads."""
+    on val and test. Rows (phase, split) with median/p90 km, accuracy at 25/200 km, province
+    accuracy and cell top-5 (fractions), and ``features``: 'images' (through the encoders) or
+    'cache'. Phases 0-1 never change the encoders, so their clean-view features are read from the
+    feature cache they were trained on when one under ``cache_root`` matches the checkpoint's
+    encoders and the manifest (FeatureCache.find_clean); the numbers are those of the encoders
+    (float16 storage rounds them: 84.65 km either way on the demo). Phase 0's location figures
+    come from untrained location heads."""
     run, rows = RunDir(run_dir), []
+    manifest = run.read_manifest()
     for phase in range(4):
         path, losses = run.best_checkpoint(phase), run.losses(phase)
         if not path.is_file():
@@ -232,11 +243,14 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
             rows += [{**r, "phase": phase, "name": PHASE_NAMES[phase]} for r in rows[-2:]]
             continue
         model = build_model_from_checkpoint(path, with_encoders=True)
+        cache = (FeatureCache.find_clean(manifest, model.clip_encoder, model.scene_encoder, cache_root)
+                 if phase <= 1 else None)
+        split_data = replace(data, cache=cache) if cache is not None else data
         for split in ("val", "test"):
-            h = headline(split_frame(model, data, split, "images", batch_size, device, num_workers=num_workers,
-                                     progress=progress))
+            h = headline(split_frame(model, split_data, split, "cache" if cache is not None else "images",
+                                     batch_size, device, num_workers=num_workers, progress=progress))
             rows.append({"phase": phase, "name": PHASE_NAMES[phase], "split": split, "n": h["n"],
                          "median_km": h["median_km"], "p90_km": h["p90_km"], "acc_25km": h["acc_25km"],
                          "acc_200km": h["acc_200km"], "province_acc": h["province_acc"],
-                         "cell_top5_acc": h["cell_top5_acc"]})
+                         "cell_top5_acc": h["cell_top5_acc"], "features": "cache" if cache is not None else "images"})
     return pd.DataFrame(rows)

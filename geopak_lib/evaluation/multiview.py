@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.ensemble import same_weights
+from geopak_lib.evaluation.frame import predictions_frame, split_outputs
 from geopak_lib.evaluation.groups import COMBINE, encoder_features, features_group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files
 from geopak_lib.metrics import error_km, summarize_errors
@@ -109,3 +110,21 @@ def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:
                 break
     paths = [str(m.checkpoint) for m in members]
     return (GeopakPredictor.ensemble(members) if len(members) > 1 else None), paths
+
+
+def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=("val", "test"),
+                    batch_size: int = 64, num_workers: int = 0) -> dict:
+    """{split: predictions_frame} of an ensemble predictor (what predictor_frames gives), with the
+    first member's outputs taken from ``known`` ({split: outputs of that checkpoint alone}, e.g.
+    06's plain pass of the final model) instead of running its encoders again. Each other member
+    runs once; EnsembleModel.pack combines them exactly as its forward does."""
+    model, train = ens.model, table[table["split"] == "train"]
+    frames = {}
+    for s in splits:
+        outs = [known[s] if m == 0 and known is not None else
+                split_outputs(GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces,
+                                              top_cells=ens.top_cells), table, s, False, batch_size, num_workers)
+                for m, member in enumerate(model.members)]
+        frames[s] = predictions_frame(model, model.pack(outs), table[table["split"] == s], train,
+                                      ens.top_provinces, ens.top_cells)
+    return frames

@@ -219,12 +219,17 @@ class GeopakPredictor:
         return cal.get("refined", cal) if self.gallery is not None else cal  # radius fitted on refined points
 
     @torch.no_grad()
-    def forward_images(self, images: torch.Tensor, tta: bool | None = None) -> dict:
-        """uint8 (B, 3, S, S) -> model outputs (views merged when tta; default: self.tta), on CPU."""
+    def forward_images(self, images: torch.Tensor, tta: bool | None = None, identity: dict | None = None) -> dict:
+        """uint8 (B, 3, S, S) -> model outputs (views merged when tta; default: self.tta), on CPU.
+        identity: these images' outputs without TTA, already computed (06's plain pass): the
+        identity view is then not run again."""
         m, tta = self.model, self.tta if tta is None else tta
         views = tta_views(images) if tta else [images]
         outs = []
-        for v in views:
+        for i, v in enumerate(views):
+            if i == 0 and identity is not None:
+                outs.append(outputs_to(identity, self.device))
+                continue
             v = v.to(self.device)
             clip_in, scene_in = encoder_input(v, m.clip_encoder.preprocess), encoder_input(v, m.scene_encoder.preprocess)
             if self.probes is None:
@@ -237,9 +242,11 @@ class GeopakPredictor:
             out["clip_pooled"] = outs[0]["clip_pooled"]  # the identity view's, like α
         return outputs_to(out, "cpu")
 
-    def raw_outputs(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0):
+    def raw_outputs(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0,
+                    identity: dict | None = None):
         """Model outputs for image files -> (outputs of the readable files in order or None,
-        their indices into ``paths`` (array), {index: error message} for the others)."""
+        their indices into ``paths`` (array), {index: error message} for the others). identity:
+        outputs without TTA of every file in ``paths`` (all readable), reused as TTA's identity view."""
         loader = torch.utils.data.DataLoader(ImageFiles(paths, self.image_size), batch_size=batch_size,
                                              num_workers=num_workers, collate_fn=collate_files)
         parts, ok, errors = [], [], {}
@@ -247,7 +254,8 @@ class GeopakPredictor:
             for idx, images, errs in loader:
                 errors.update(errs)
                 if images is not None:
-                    parts.append(self.forward_images(images))
+                    parts.append(self.forward_images(images, identity=None if identity is None
+                                                     else select_outputs(identity, idx)))
                     ok += idx
                 bar.update(len(idx) + len(errs))
         return (cat_outputs(parts) if parts else None), np.asarray(ok, dtype=int), errors

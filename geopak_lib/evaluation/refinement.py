@@ -214,18 +214,15 @@ def cached_fused(model, table: pd.DataFrame, rows, cache_root="cache", batch_siz
     """The fused embeddings (N, D) of table rows ``rows`` from a complete feature cache made by exactly
     this model's encoders (weights sha256) on this manifest, through the model's heads; None if there
     is no such cache (e.g. after phase 2 fine-tuned an encoder). Saves a pass through the encoders."""
-    from geopak_lib.training.cache import FeatureCache, encoder_fingerprint, manifest_hash
+    from geopak_lib.training.cache import FeatureCache
 
-    want = {"clip": encoder_fingerprint(model.clip_encoder), "scene": encoder_fingerprint(model.scene_encoder),
-            "manifest_sha256": manifest_hash(table)}
-    for key_file in sorted(Path(cache_root).glob("*/key.json")):
-        key = json.loads(key_file.read_text())
-        if all(key.get(k) == v for k, v in want.items()) and (key_file.parent / "complete.json").is_file():
-            cache, dev = FeatureCache(key_file.parent), next(model.parameters()).device
-            parts = [model.forward_features(*cache.gather(rows[s:s + batch_size], device=dev))["fused"].cpu()
-                     for s in range(0, len(rows), batch_size)]
-            return torch.cat(parts)
-    return None
+    cache = FeatureCache.find_clean(table, model.clip_encoder, model.scene_encoder, cache_root)
+    if cache is None:
+        return None
+    dev = next(model.parameters()).device
+    parts = [model.forward_features(*cache.gather(rows[s:s + batch_size], device=dev))["fused"].cpu()
+             for s in range(0, len(rows), batch_size)]
+    return torch.cat(parts)
 
 
 def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,

@@ -174,6 +174,24 @@ class FeatureCache:
         return to(self.clip), to(self.scene)
 
     @classmethod
+    def find_clean(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder,
+                   cache_root="cache") -> "FeatureCache | None":
+        """A complete cache under ``cache_root`` holding these encoders' clean views (view 0) of this
+        manifest's rows, whatever its augmented views, seed or dtype (those change only the other
+        slots and the rounding), or None. For evaluating checkpoints whose encoders were frozen
+        (phases 0-1) without running the encoders again."""
+        want = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
+                "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
+                "n_rows": len(manifest)}
+        for key_file in sorted(Path(cache_root).glob("*/key.json")):
+            if not (key_file.parent / "complete.json").exists():
+                continue
+            key = json.loads(key_file.read_text())
+            if all(key.get(k) == v for k, v in want.items()):
+                return cls(key_file.parent)
+        return None
+
+    @classmethod
     def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, settings: CacheSettings | None = None,
                       device="auto", progress: bool = True, **settings_kwargs) -> "FeatureCache":
         """Open the cache for these inputs, building (or finishing) it first when needed.

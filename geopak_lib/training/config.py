@@ -148,8 +148,12 @@ def make_optimizer(groups: dict, cfg: PhaseConfig):
         if ps and lrs[k] == 0:
             for p in ps:
                 p.requires_grad_(False)  # lr 0 means frozen: no wasted backward
-    # foreach: one kernel per op over all tensors; on CPU torch defaults to a loop over tensors
-    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay, foreach=True)
+    # fused: one kernel for the whole update where torch has it (CPU, CUDA); 17% faster phase-1 epochs
+    # on 2 cores than foreach (docs/performance.md). Otherwise foreach: torch's CPU default loops over tensors
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                for g in param_groups for p in g["params"])
+    opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay, fused=fused or None,
+                            foreach=None if fused else True)
     total = cfg.epochs * cfg.batches_per_epoch
     warm = int(round(cfg.warmup_frac * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
@@ -165,11 +169,11 @@ def carry_optimizer_state(opt, model, previous: dict) -> int:
     if not saved or not names:
         return 0
     by_name = {names[i]: s for i, s in saved["state"].items() if i < len(names)}
-    params, carried = dict(model.named_parameters()), 0
+    params, carried, fused = dict(model.named_parameters()), 0, bool(opt.defaults.get("fused"))
     for name in optimizer_param_names(model, opt):
         p, s = params[name], by_name.get(name)
         if s is not None and tuple(s["exp_avg"].shape) == tuple(p.shape):
-            opt.state[p] = {k: v.detach().clone().to(p.device if v.dim() else "cpu") if torch.is_tensor(v) else v
-                            for k, v in s.items()}
+            opt.state[p] = {k: v.detach().clone().to(p.device if v.dim() or fused else "cpu")
+                            if torch.is_tensor(v) else v for k, v in s.items()}
             carried += 1
     return carried

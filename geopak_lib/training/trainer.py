@@ -144,7 +144,7 @@ def _setup(cfg: PhaseConfig, model, data: TrainData, loss_fn, device):
 
 def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None, resume: bool = True,
                 progress: bool = True, device="auto", params: dict | None = None, callback=None,
-                start: dict | None = None) -> TrainResult:
+                start: dict | None = None, save_epochs: bool = True) -> TrainResult:
     """Train one phase; checkpoints, log.txt and losses.csv go to run_dir/checkpoints/phase{p}/.
 
     start: the checkpoint (dict) whose weights ``model`` holds, normally the previous phase's
@@ -153,7 +153,9 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
     False, or no epoch file to resume from, deletes that folder first. Epoch 0 evaluates the
     starting weights; the best epoch (selection_score on val, epoch 0 included) is saved as best.pt
     and loaded into ``model`` before returning. callback(epoch, val_row) runs after each epoch.
-    params: the profile's parameters, stored in every checkpoint.
+    params: the profile's parameters, stored in every checkpoint. save_epochs: False writes only
+    best.pt, no epoch files (a run nobody resumes, such as a concept-ablation variant: each file
+    of a phase-1 model with its encoders is ~130 MB, ~0.5 s to write on the demo).
     """
     device = pick_device(device)
     loss_fn, opt, sched = _setup(cfg, model, data, loss_fn, device)
@@ -206,8 +208,9 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         ckpt = state(epoch, rows[1])
         if improved:
             save_checkpoint(ckpt, best_path)
-        save_checkpoint(ckpt, ckpt_dir / f"epoch_{epoch}.pt")
-        prune_epoch_checkpoints(ckpt_dir, cfg.keep_last)
+        if save_epochs:
+            save_checkpoint(ckpt, ckpt_dir / f"epoch_{epoch}.pt")
+            prune_epoch_checkpoints(ckpt_dir, cfg.keep_last)
         log.write_csv(run.history)
         log.line(describe_epoch(epoch, cfg.epochs, rows[0], rows[1]) + ("  [best]" if improved else "")
                  + ("\n   early stop" if run.stopped else ""))

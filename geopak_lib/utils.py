@@ -91,6 +91,16 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
+def state_sha256(state: dict) -> str:
+    """sha256 of a state_dict's names and tensor bytes, in name order (the same weights give the same
+    digest whatever the dict's order or the tensors' device)."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d
+    return h.hexdigest()
+
+
 def softmax(z) -> np.ndarray:
     """Row-wise softmax of logits (N, C) -> probabilities (N, C), shifted for stability."""
     z = np.asarray(z, float)

@@ -38,7 +38,8 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     main = add_concept_heads(tiny_model(cells), mapping, 0.5)
     train_phase(cfg, main, data, tmp_path / "run", progress=False, device="cpu")
     table = ablation.concept_ablation(tmp_path / "run", cfg, None, 0.5, "on", main, data, main_seconds=1.0)
-    assert calls == [(0.0, False), (0.5, True)]  # 'on' was the main run: not trained again
+    # 'on' was the main run: not trained again; each other variant is set up to train, then to evaluate
+    assert calls == [(0.0, False), (0.5, True), (0.0, False), (0.5, True)]
     assert table[["variant", "split"]].values.tolist() == [
         ["off", "val"], ["on", "val"], ["bottleneck", "val"], ["off", "test"], ["on", "test"], ["bottleneck", "test"]]
     assert table.loc[table.variant == "off", "concept_weight"].eq(0).all()
@@ -52,3 +53,38 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
     val = table[table.split == "val"].set_index("variant")["median_km"]
     assert ablation.best_on_validation(table) == val.idxmin()
+
+
+@pytest.mark.book
+def test_variants_trained_in_two_processes_equal_the_ones_trained_here(tmp_path):
+    """The demo trains the two extra variants side by side in worker processes (spawned: nothing of
+    this process's state comes along). On the smoke run's phase-0 checkpoint and feature cache, with
+    one thread each, the table equals the one trained in this process, one variant after the other."""
+    import shutil
+    from dataclasses import asdict
+
+    from geopak_lib.book.runner import REPO_ROOT, load_profile, run_book
+    from geopak_lib.training.cache import CacheSettings
+    from geopak_lib.training.config import PhaseConfig
+
+    smoke = REPO_ROOT / load_profile("smoke").common["run_dir"]
+    if not (smoke / "concepts.json").is_file() or not RunDir(smoke).best_checkpoint(0).is_file():
+        run_book("smoke", site=False)
+    cfg = PhaseConfig.for_phase(1, epochs=2, batch_size=16, batches_per_epoch=3, shares="spec003", seed=0)
+    cache = CacheSettings(cache_root=REPO_ROOT / "cache", views=1, seed=0)
+    tables = {}
+    for workers in (1, 2):
+        run = tmp_path / f"run{workers}"
+        (run / "checkpoints").mkdir(parents=True)
+        for f in smoke.iterdir():
+            if f.is_file():
+                shutil.copy(f, run / f.name)
+        shutil.copytree(smoke / "checkpoints" / "phase0", run / "checkpoints" / "phase0")
+        seconds = ablation.train_variant(run, "on", 0.1, asdict(cfg), asdict(cache))
+        model, data = ablation.load_variant(run, "on", 0.1, cache)
+        tables[workers] = ablation.concept_ablation(run, cfg, cache, 0.1, "on", model, data, main_seconds=seconds,
+                                                    workers=workers)
+        assert not list((ablation.variant_dir(run, "off") / "checkpoints" / "phase1").glob("epoch_*.pt"))
+    cols = ["variant", "split", "n", "median_km", "p90_km", "province_acc", "climate_acc", "land_cover_acc"]
+    pd.testing.assert_frame_equal(tables[1][cols], tables[2][cols], check_exact=False, rtol=1e-6)
+    assert tables[2]["variant"].tolist() == ["off", "on", "bottleneck"] * 2

@@ -19,6 +19,7 @@ from geopak_lib.training.inputs import TrainData
 from geopak_lib.evaluation.frame import split_frame
 from geopak_lib.training.passes import autocast_enabled
 from geopak_lib.training.trainer import train_phase
+from geopak_lib.utils import state_sha256
 
 SPEC_CSV = ["epoch", "split", "loss_total", "loss_province", "loss_geocell", "loss_offset", "loss_aux",
             "median_error_km", "mean_error_km", "p90_error_km", "sindh_acc", "punjab_acc", "kpk_acc", "ict_acc",
@@ -211,6 +212,45 @@ def test_resume_refuses_changed_config(tmp_path):
     run(tmp_path, cfg1(epochs=1))
     with pytest.raises(ValueError, match="lr_heads"):
         run(tmp_path, cfg1(epochs=2, lr_heads=1e-2))
+
+
+def test_resume_only_from_epochs_grown_from_this_start(tmp_path):
+    """Re-running the book after an earlier phase was trained again must not continue the old
+    epochs (grown from weights that are gone): phase 1 starts afresh and says so. The same start
+    resumes as before."""
+    cells, data = synthetic()
+    starts = [{"phase": 0, "model_state": tiny_model(cells, seed).state_dict()} for seed in (0, 1)]
+
+    def go(start, epochs, callback=None):
+        model = tiny_model(cells, 0)
+        model.load_state_dict(start["model_state"])
+        return train_phase(cfg1(epochs=epochs, carry_optimizer=False), model, data, tmp_path / "r", progress=False,
+                           device="cpu", start=start, callback=callback)
+
+    def stop_after_1(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        go(starts[0], 2, stop_after_1)
+    folder = tmp_path / "r" / "checkpoints" / "phase1"
+    assert load_checkpoint(folder / "epoch_1.pt")["start_sha256"] == state_sha256(starts[0]["model_state"])
+    go(starts[0], 2)
+    assert "resumed phase 1 from epoch_1.pt" in (folder / "log.txt").read_text()
+    fresh = go(starts[1], 2)  # phase 0 trained again: other start weights
+    log = (folder / "log.txt").read_text()
+    assert "started from other weights" in log and "resumed" not in log
+    assert fresh.history["epoch"].tolist() == [0, 1, 1, 2, 2]
+    assert load_checkpoint(folder / "epoch_2.pt")["start_sha256"] == state_sha256(starts[1]["model_state"])
+
+
+def test_state_sha256_ignores_order_and_sees_one_changed_value():
+    a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor(1.5), "n": torch.tensor(3)}
+    assert state_sha256(a) == state_sha256(dict(reversed(list(a.items()))))
+    b = {**a, "w": a["w"].clone()}
+    b["w"][1, 2] = 5.000001
+    assert state_sha256(a) != state_sha256(b)
+    assert state_sha256(a) != state_sha256({"v": a["w"], "b": a["b"], "n": a["n"]})  # names count too
 
 
 def test_best_follows_end_to_end_metric_not_true_cell(tmp_path, monkeypatch):

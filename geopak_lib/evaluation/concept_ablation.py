@@ -9,15 +9,24 @@ the table is ``run_dir/concept_ablation.csv``. Decisions and measured figures: d
 
 from __future__ import annotations
 
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
 
 import pandas as pd
+import torch
 
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.concepts_eval import concept_accuracy
 from geopak_lib.evaluation.frame import headline, split_frame
+from geopak_lib.training.cache import CacheSettings
+from geopak_lib.training.checkpoints import load_checkpoint
+from geopak_lib.training.config import PhaseConfig
 from geopak_lib.training.inputs import load_phase_inputs, make_loss
 from geopak_lib.training.trainer import train_phase
+from geopak_lib.utils import pick_device, seed_everything
 
 VARIANTS = ("off", "on", "bottleneck")
 DEFAULT_WEIGHT = 0.1  # the on/bottleneck weight when the main run has the heads off
@@ -53,33 +62,76 @@ def evaluate_variant(variant: str, model, data, weight: float, device, batch_siz
     return rows
 
 
+def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict | None, device="cpu",
+                  beta: float = 0.9995, params: dict | None = None, threads: int = 0,
+                  progress: bool = False) -> float:
+    """Train one variant's phase 1 into ``run_dir/ablations/concepts_<variant>/`` from phase 0's
+    best.pt (phase: PhaseConfig fields, cache: CacheSettings fields, so a worker process can take
+    them). Seeded with the phase's seed first, so the new heads' initial weights do not depend on
+    what ran before or in which process. threads > 0 sets torch's thread count. -> seconds."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    cfg = PhaseConfig(**phase)
+    seed_everything(cfg.seed)
+    w, neck = variant_settings(variant, weight)
+    inputs = load_phase_inputs(run_dir, 1, CacheSettings(**cache) if cache else None, device, False,
+                               concept_weight=w, concept_bottleneck=neck)
+    loss_fn = make_loss(inputs.model, inputs.data, beta=beta, top_provinces=cfg.top_provinces,
+                        top_cells=cfg.top_cells)
+    t0 = time.time()
+    train_phase(cfg, inputs.model, inputs.data, variant_dir(run_dir, variant), loss_fn=loss_fn, resume=False,
+                progress=progress, device=device, start=inputs.start, params=params, save_epochs=False)
+    return round(time.time() - t0, 1)
+
+
+def variant_dir(run_dir, variant: str) -> Path:
+    return RunDir(run_dir).path / "ablations" / f"concepts_{variant}"
+
+
+def load_variant(run_dir, variant: str, weight: float, cache: CacheSettings | None, device="cpu"):
+    """(model, data) of a trained variant: its best.pt on the phase-1 inputs."""
+    w, neck = variant_settings(variant, weight)
+    inputs = load_phase_inputs(run_dir, 1, cache, device, False, concept_weight=w, concept_bottleneck=neck)
+    best = load_checkpoint(RunDir(variant_dir(run_dir, variant)).best_checkpoint(1))
+    inputs.model.load_state_dict(best["model_state"])
+    return inputs.model, inputs.data
+
+
 def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, main_model, data, device="cpu",
                      beta: float = 0.9995, params: dict | None = None, main_seconds: float = float("nan"),
-                     progress: bool = False) -> pd.DataFrame:
+                     progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Train the variants other than ``main_variant`` (whose trained model is ``main_model``, on
     ``data``, in ``main_seconds``) with the same ``phase`` (a PhaseConfig) and feature ``cache``
     settings, evaluate all three, write concept_ablation.csv and return it (rows variant x split;
-    validation decides, test is reported)."""
-    run = RunDir(run_dir)
+    validation decides, test is reported).
+
+    workers: processes that train the two variants side by side, each with an equal share of
+    torch's threads (default: 2 on a CPU with 2+ threads, else 1 = in this process, one after the
+    other). The phase-1 step is small and mostly per-op overhead, so two 1-thread processes finish
+    both variants ~30% sooner than one 2-thread process after the other (docs/decisions/concepts.md).
+    Results are the same either way up to float rounding (the thread count changes the order of sums)."""
     rows = evaluate_variant(main_variant, main_model, data, weight, device, phase.eval_batch_size, main_seconds)
-    for variant in VARIANTS:
-        if variant == main_variant:
-            continue
-        w, neck = variant_settings(variant, weight)
-        inputs = load_phase_inputs(run_dir, 1, cache, device, False, concept_weight=w, concept_bottleneck=neck)
-        loss_fn = make_loss(inputs.model, inputs.data, beta=beta, top_provinces=phase.top_provinces,
-                            top_cells=phase.top_cells)
-        t0 = time.time()
-        train_phase(phase, inputs.model, inputs.data, run.path / "ablations" / f"concepts_{variant}", loss_fn=loss_fn,
-                    resume=False, progress=progress, device=device, start=inputs.start, params=params,
-                    save_epochs=False)
-        rows += evaluate_variant(variant, inputs.model, inputs.data, w, device, phase.eval_batch_size,
-                                 round(time.time() - t0, 1))
+    others = [v for v in VARIANTS if v != main_variant]
+    threads = torch.get_num_threads()
+    if workers is None:
+        workers = 2 if pick_device(device).type == "cpu" and threads >= 2 else 1
+    args = (asdict(phase), asdict(cache) if cache is not None else None, str(device), beta, params)
+    if workers > 1:
+        share = max(1, threads // min(workers, len(others)))
+        with ProcessPoolExecutor(min(workers, len(others)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = {v: pool.submit(train_variant, str(run_dir), v, weight, *args, share) for v in others}
+            seconds = {v: job.result() for v, job in jobs.items()}
+    else:
+        seconds = {v: train_variant(run_dir, v, weight, *args, 0, progress) for v in others}
+    for variant in others:
+        model, variant_data = load_variant(run_dir, variant, weight, cache, device)
+        rows += evaluate_variant(variant, model, variant_data, variant_settings(variant, weight)[0], device,
+                                 phase.eval_batch_size, seconds[variant])
     table = pd.DataFrame(rows)
     table["variant"] = pd.Categorical(table["variant"], VARIANTS, ordered=True)
     table = table.sort_values(["split", "variant"], ascending=[False, True], kind="stable").reset_index(drop=True)
     table["variant"] = table["variant"].astype(str)
-    run.write_table("concept_ablation.csv", table)
+    RunDir(run_dir).write_table("concept_ablation.csv", table)
     return table
 
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.data.augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
                       finish_views, item_seed)
-from geopak_lib.utils import atomic_write_bytes, pick_device
+from geopak_lib.utils import atomic_write_bytes, pick_device, state_sha256
 from geopak_lib.model.encoders import preprocess_batch
 
 CACHE_VERSION = 1
@@ -71,13 +71,9 @@ def view_size(*encoders) -> int:
 
 def encoder_fingerprint(encoder) -> dict:
     """Spec, weight status and sha256 of the encoder's parameters and buffers (names + bytes)."""
-    h = hashlib.sha256()
-    for name, t in sorted(encoder.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: 0-d buffers
     pre = encoder.preprocess
     return {"spec": encoder.spec, "weight_status": str(getattr(encoder, "weight_status", "")),
-            "weights_sha256": h.hexdigest(),
+            "weights_sha256": state_sha256(encoder.state_dict()),
             "preprocess": {"image_size": int(pre.image_size), "mean": list(map(float, pre.mean)),
                            "std": list(map(float, pre.std)),
                            "interpolation": str(getattr(pre, "interpolation", ""))}}

@@ -34,7 +34,7 @@ from geopak_lib.training.passes import (Accumulator, batches, epoch_metrics, for
                                         predictions)
 from geopak_lib.training.sampler import ProvinceBalancedSampler
 from geopak_lib.training.selection import phase_start_check, selection_score
-from geopak_lib.utils import pick_device
+from geopak_lib.utils import pick_device, state_sha256
 
 
 @dataclass
@@ -149,8 +149,10 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
 
     start: the checkpoint (dict) whose weights ``model`` holds, normally the previous phase's
     best.pt; with cfg.carry_optimizer its AdamW moments carry over to the parameters both phases
-    train. resume: continue from the newest epoch_{n}.pt there (a finished phase returns at once);
-    False, or no epoch file to resume from, deletes that folder first. Epoch 0 evaluates the
+    train. resume: continue from the newest epoch_{n}.pt there (a finished phase returns at once)
+    when it grew from this very ``start`` (each checkpoint records the start weights' sha256);
+    False, no epoch file to resume from, or epochs grown from other start weights (the earlier
+    phase was trained again) delete that folder first. Epoch 0 evaluates the
     starting weights; the best epoch (selection_score on val, epoch 0 included) is saved as best.pt
     and loaded into ``model`` before returning. callback(epoch, val_row) runs after each epoch.
     params: the profile's parameters, stored in every checkpoint. save_epochs: False writes only
@@ -161,17 +163,24 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
     loss_fn, opt, sched = _setup(cfg, model, data, loss_fn, device)
     ckpt_dir = RunDir(run_dir).phase_dir(cfg.phase)
     latest = latest_epoch_checkpoint(ckpt_dir) if resume and ckpt_dir.exists() else None
+    start_sha = state_sha256(start["model_state"]) if start and "model_state" in start else None
+    ckpt = load_checkpoint(latest) if latest is not None else None
+    stale = ckpt is not None and ckpt.get("start_sha256") != start_sha
+    if stale:  # the earlier phase was trained again: these epochs grew from weights that are gone
+        latest = None
     if latest is None and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh start must not inherit a stale best.pt or losses.csv
     log, best_path, cfg_dict = TrainLog(ckpt_dir, tqdm.write if progress else None), ckpt_dir / "best.pt", asdict(cfg)
     run, first = PhaseProgress(), 1
+    if stale:
+        log.line(f"phase {cfg.phase}: the epoch files there started from other weights than this start "
+                 "(the earlier phase was trained again), so this phase starts afresh")
 
     def state(epoch, metrics):
-        return checkpoint_state(model, opt, sched, cfg_dict, epoch, metrics, run.history, run.best, run.since_best,
-                                run.stopped, {"epoch": epoch, "seed": cfg.seed}, params)
+        return {**checkpoint_state(model, opt, sched, cfg_dict, epoch, metrics, run.history, run.best, run.since_best,
+                                   run.stopped, {"epoch": epoch, "seed": cfg.seed}, params), "start_sha256": start_sha}
 
     if latest is not None:
-        ckpt = load_checkpoint(latest)
         _check_resume(ckpt, cfg_dict, latest)
         model.load_state_dict(ckpt["model_state"])
         opt.load_state_dict(ckpt["optimizer"])

@@ -139,3 +139,13 @@ def test_channels_last_rule_and_bf16_encoder_bound_on_cpu():
 def test_resize_view_is_the_clean_transform_resize():
     x = torch.randint(0, 256, (3, 30, 50), dtype=torch.uint8)
     assert torch.equal(resize_view(x, 20), clean_transform(20)(x))
+
+
+def test_bench_optimizer_needs_a_trained_phase_0(tmp_path, capsys):
+    """The optimiser benchmark runs on a real run's phase-1 inputs; without phase 0 it says which
+    notebook to run, exit code 2, no traceback."""
+    from benchmarks import bench_optimizer
+
+    with pytest.raises(SystemExit) as stop:
+        bench_optimizer.main(["--run-dir", str(tmp_path / "run")])
+    assert stop.value.code == 2 and "run the book up to 02 first" in capsys.readouterr().err

@@ -53,6 +53,10 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     pd.testing.assert_frame_equal(back, table, check_dtype=False)
     val = table[table.split == "val"].set_index("variant")["median_km"]
     assert ablation.best_on_validation(table) == val.idxmin()
+    assert table.loc[table.this_run, "variant"].tolist() == ["on", "on"]  # val and test rows of the main run
+    line = ablation.verdict_markdown(back)
+    assert f"this table: **{val.idxmin()}**" in line and "this run's model: **on**" in line
+    assert "this run's model: **unknown**" in ablation.verdict_markdown(back.drop(columns="this_run"))
 
 
 @pytest.mark.book

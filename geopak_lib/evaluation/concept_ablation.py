@@ -128,11 +128,22 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
         rows += evaluate_variant(variant, model, variant_data, variant_settings(variant, weight)[0], device,
                                  phase.eval_batch_size, seconds[variant])
     table = pd.DataFrame(rows)
+    table["this_run"] = table["variant"] == main_variant  # the variant the run's model carries on with
     table["variant"] = pd.Categorical(table["variant"], VARIANTS, ordered=True)
     table = table.sort_values(["split", "variant"], ascending=[False, True], kind="stable").reset_index(drop=True)
     table["variant"] = table["variant"].astype(str)
     RunDir(run_dir).write_table("concept_ablation.csv", table)
     return table
+
+
+def verdict_markdown(table: pd.DataFrame) -> str:
+    """One line under the table: this table's lowest validation median, the variant the run used,
+    and where the default was decided (over repeats: one run's ranking moves with float rounding)."""
+    used = table.loc[table["this_run"].astype(bool), "variant"] if "this_run" in table else table["variant"][:0]
+    used = str(used.iloc[0]) if len(used) else "unknown"
+    return (f"Lowest validation median in this table: **{best_on_validation(table)}**; this run's model: "
+            f"**{used}**. On the demo a single run's ranking moves by a few km with float rounding alone, so the "
+            "default is chosen on the mean validation median over repeats (docs/decisions/concepts.md).")
 
 
 def best_on_validation(table: pd.DataFrame) -> str:

@@ -20,6 +20,7 @@ from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
+from geopak_lib.evaluation.concepts_eval import concept_scores
 from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
 from geopak_lib.evaluation.export import load_exported_model
 from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
@@ -65,25 +66,6 @@ def _refinement(checkpoint, refine) -> tuple:
     if refine == "auto" and not record.get("default", False):
         return None, None, f"off: it did not improve the validation median ({why}); ask for it to use it"
     return gallery, settings, f"on ({settings.label()}; {why})"
-
-
-def concept_scores(model, outputs: dict, top: int = 3) -> list[dict]:
-    """Each row's concept predictions (issue 15): [{concept: [(class, probability), ... top, best
-    first]}] from outputs['concept_logits']; [] per row for a model without concept heads."""
-    logits = outputs.get("concept_logits")
-    n = len(outputs["province_logits"])
-    if not logits:
-        return [{} for _ in range(n)]
-    classes = model.config.concept_classes
-    probs = {k: torch.softmax(v.float(), -1).cpu().numpy() for k, v in logits.items()}
-    out = []
-    for i in range(n):
-        row = {}
-        for k, p in probs.items():
-            order = np.argsort(-p[i], kind="stable")[:top]
-            row[k] = [(classes[k][j], float(p[i, j])) for j in order]
-        out.append(row)
-    return out
 
 
 class GeopakPredictor:

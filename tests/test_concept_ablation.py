@@ -1,6 +1,8 @@
 """The concept ablation's orchestration on synthetic cached features: the main variant is reused,
 the other two train with the same PhaseConfig from the same start, rows for val and test."""
 
+import logging
+
 import pandas as pd
 import pytest
 
@@ -21,7 +23,7 @@ def test_variant_settings():
         ablation.variant_settings("half", 0.3)
 
 
-def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monkeypatch):
+def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monkeypatch, caplog):
     cells, data = synthetic()
     data = with_concepts(data)
     data.table["split"] = ["train" if i % 10 < 6 else ("val" if i % 10 < 8 else "test") for i in range(len(data.table))]
@@ -30,6 +32,7 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
 
     def fake_inputs(run_dir, phase, cache, device, progress, concept_weight=None, concept_bottleneck=False):
         calls.append((concept_weight, concept_bottleneck))
+        logging.getLogger("geopak_lib.model.encoders").warning("encoder runs on RANDOM weights (variant rebuild)")
         model = add_concept_heads(tiny_model(cells), mapping, concept_weight, concept_bottleneck)
         return PhaseInputs({}, tmp_path / "p0.pt", model, data)
 
@@ -40,6 +43,9 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     table = ablation.concept_ablation(tmp_path / "run", cfg, None, 0.5, "on", main, data, main_seconds=1.0)
     # 'on' was the main run: not trained again; each other variant is set up to train, then to evaluate
     assert calls == [(0.0, False), (0.5, True), (0.0, False), (0.5, True)]
+    assert "variant rebuild" not in caplog.text  # 03 reported the encoders once; the variants stay quiet
+    logging.getLogger("geopak_lib.model.encoders").warning("after the ablation")
+    assert "after the ablation" in caplog.text  # logging is back on
     assert table[["variant", "split"]].values.tolist() == [
         ["off", "val"], ["on", "val"], ["bottleneck", "val"], ["off", "test"], ["on", "test"], ["bottleneck", "test"]]
     assert table.loc[table.variant == "off", "concept_weight"].eq(0).all()

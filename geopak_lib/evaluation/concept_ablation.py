@@ -9,9 +9,11 @@ the table is ``run_dir/concept_ablation.csv``. Decisions and measured figures: d
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -62,6 +64,18 @@ def evaluate_variant(variant: str, model, data, weight: float, device, batch_siz
     return rows
 
 
+@contextmanager
+def quiet_rebuild():
+    """The variants rebuild the encoders 03 already built and reported (random weights and all): log
+    warnings are held back meanwhile, so the report says it once, not once per variant and process."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
 def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict | None, device="cpu",
                   beta: float = 0.9995, params: dict | None = None, threads: int = 0,
                   progress: bool = False) -> float:
@@ -74,8 +88,9 @@ def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict
     cfg = PhaseConfig(**phase)
     seed_everything(cfg.seed)
     w, neck = variant_settings(variant, weight)
-    inputs = load_phase_inputs(run_dir, 1, CacheSettings(**cache) if cache else None, device, False,
-                               concept_weight=w, concept_bottleneck=neck)
+    with quiet_rebuild():
+        inputs = load_phase_inputs(run_dir, 1, CacheSettings(**cache) if cache else None, device, False,
+                                   concept_weight=w, concept_bottleneck=neck)
     loss_fn = make_loss(inputs.model, inputs.data, beta=beta, top_provinces=cfg.top_provinces,
                         top_cells=cfg.top_cells)
     t0 = time.time()
@@ -91,7 +106,8 @@ def variant_dir(run_dir, variant: str) -> Path:
 def load_variant(run_dir, variant: str, weight: float, cache: CacheSettings | None, device="cpu"):
     """(model, data) of a trained variant: its best.pt on the phase-1 inputs."""
     w, neck = variant_settings(variant, weight)
-    inputs = load_phase_inputs(run_dir, 1, cache, device, False, concept_weight=w, concept_bottleneck=neck)
+    with quiet_rebuild():
+        inputs = load_phase_inputs(run_dir, 1, cache, device, False, concept_weight=w, concept_bottleneck=neck)
     best = load_checkpoint(RunDir(variant_dir(run_dir, variant)).best_checkpoint(1))
     inputs.model.load_state_dict(best["model_state"])
     return inputs.model, inputs.data

@@ -214,6 +214,42 @@ def test_resume_refuses_changed_config(tmp_path):
         run(tmp_path, cfg1(epochs=2, lr_heads=1e-2))
 
 
+def test_fused_adamw_with_carried_moments_equals_foreach():
+    """make_optimizer's fused AdamW, given the moments an earlier phase's foreach optimiser built
+    (carry_optimizer_state), takes the same steps as a foreach AdamW given the same moments."""
+    import copy
+
+    from geopak_lib.training.checkpoints import optimizer_param_names
+    from geopak_lib.training.config import carry_optimizer_state
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    earlier = torch.optim.AdamW(net.parameters(), lr=1e-2, foreach=True)
+    for _ in range(3):
+        earlier.zero_grad()
+        net(torch.randn(8, 5)).pow(2).sum().backward()
+        earlier.step()
+    start = {"optimizer": earlier.state_dict(), "optimizer_params": optimizer_param_names(net, earlier)}
+    cfg = PhaseConfig.for_phase(1, epochs=1, batches_per_epoch=10)
+    after = {}
+    for fused in (True, False):
+        model = copy.deepcopy(net)
+        opt, _ = make_optimizer({"heads": list(model.parameters()), "clip": [], "scene": []}, cfg)
+        assert bool(opt.defaults.get("fused")) is True
+        if not fused:
+            opt = torch.optim.AdamW(list(model.parameters()), lr=cfg.lr_heads, weight_decay=cfg.weight_decay,
+                                    foreach=True)
+        assert carry_optimizer_state(opt, model, start) == 4
+        torch.manual_seed(1)
+        for _ in range(5):
+            opt.zero_grad()
+            model(torch.randn(8, 5)).pow(2).sum().backward()
+            opt.step()
+        after[fused] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(after[True], after[False]))
+    assert not all(torch.equal(a, b) for a, b in zip(after[True], net.parameters()))  # it did train
+
+
 def test_resume_only_from_epochs_grown_from_this_start(tmp_path):
     """Re-running the book after an earlier phase was trained again must not continue the old
     epochs (grown from weights that are gone): phase 1 starts afresh and says so. The same start

@@ -245,12 +245,12 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
         model = build_model_from_checkpoint(path, with_encoders=True)
         cache = (FeatureCache.find_clean(manifest, model.clip_encoder, model.scene_encoder, cache_root)
                  if phase <= 1 else None)
-        split_data = replace(data, cache=cache) if cache is not None else data
+        source, split_data = ("cache", replace(data, cache=cache)) if cache is not None else ("images", data)
         for split in ("val", "test"):
-            h = headline(split_frame(model, split_data, split, "cache" if cache is not None else "images",
-                                     batch_size, device, num_workers=num_workers, progress=progress))
+            h = headline(split_frame(model, split_data, split, source, batch_size, device, num_workers=num_workers,
+                                     progress=progress))
             rows.append({"phase": phase, "name": PHASE_NAMES[phase], "split": split, "n": h["n"],
                          "median_km": h["median_km"], "p90_km": h["p90_km"], "acc_25km": h["acc_25km"],
                          "acc_200km": h["acc_200km"], "province_acc": h["province_acc"],
-                         "cell_top5_acc": h["cell_top5_acc"], "features": "cache" if cache is not None else "images"})
+                         "cell_top5_acc": h["cell_top5_acc"], "features": source})
     return pd.DataFrame(rows)

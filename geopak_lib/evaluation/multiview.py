@@ -119,12 +119,12 @@ def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=
     06's plain pass of the final model) instead of running its encoders again. Each other member
     runs once; EnsembleModel.pack combines them exactly as its forward does."""
     model, train = ens.model, table[table["split"] == "train"]
+    solo = [GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces, top_cells=ens.top_cells)
+            for m, member in enumerate(model.members)]
     frames = {}
     for s in splits:
-        outs = [known[s] if m == 0 and known is not None else
-                split_outputs(GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces,
-                                              top_cells=ens.top_cells), table, s, False, batch_size, num_workers)
-                for m, member in enumerate(model.members)]
+        outs = [known[s] if m == 0 and known is not None else split_outputs(p, table, s, False, batch_size, num_workers)
+                for m, p in enumerate(solo)]
         frames[s] = predictions_frame(model, model.pack(outs), table[table["split"] == s], train,
                                       ens.top_provinces, ens.top_cells)
     return frames

@@ -21,6 +21,7 @@ from geopak_lib.evaluation.calibration import read_stamped, write_stamped
 from geopak_lib.metrics import error_km, summarize_errors
 from geopak_lib.model.inference import combine_hypotheses, mixture_predict, outputs_to
 from geopak_lib.model.refine import Gallery, refine_hypotheses
+from geopak_lib.training.cache import FeatureCache
 from geopak_lib.utils import atomic_write_bytes, file_sha256
 
 GALLERY_DTYPE = np.float16  # on disk: halves the file (90,000 x 512 -> 88 MiB); float32 in memory, where a
@@ -214,8 +215,6 @@ def cached_fused(model, table: pd.DataFrame, rows, cache_root="cache", batch_siz
     """The fused embeddings (N, D) of table rows ``rows`` from a complete feature cache made by exactly
     this model's encoders (weights sha256) on this manifest, through the model's heads; None if there
     is no such cache (e.g. after phase 2 fine-tuned an encoder). Saves a pass through the encoders."""
-    from geopak_lib.training.cache import FeatureCache
-
     cache = FeatureCache.find_clean(table, model.clip_encoder, model.scene_encoder, cache_root)
     if cache is None:
         return None

@@ -97,7 +97,7 @@ def test_phase1_logs_checkpoints_and_rampup(tmp_path):
     assert list(csv.columns[:17]) == SPEC_CSV and len(csv) == 11  # epoch 0 (val), then 5 epochs x (train, val)
     assert csv.loc[0, "epoch"] == 0 and csv.loc[0, "split"] == "val"
     assert "Val Error" in (folder / "log.txt").read_text()
-    assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_4.pt", "epoch_5.pt"]  # keep_last=2
+    assert sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_5.pt"]  # keep_last=1 (default)
     # offset ramp-up min(1, epoch/5) (spec 003 §4.3)
     assert csv[csv.split == "train"].offset_weight.tolist() == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
     val = res.history[res.history.split == "val"]

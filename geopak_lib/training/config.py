@@ -61,7 +61,7 @@ class PhaseConfig:
     num_workers: int = 0
     top_provinces: int = 2
     top_cells: int = 5
-    keep_last: int = 2
+    keep_last: int = 1  # newest epoch files kept for resume; saves are atomic, so one is enough
     seed: int = 0
 
     def __post_init__(self):

@@ -152,3 +152,65 @@ def test_export_refuses_a_calibration_of_another_checkpoint(tmp_path, trained):
     save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 4, {}, [], {}, 0, False, {}), path)  # retrained
     with pytest.raises(ValueError, match="calibration file .* another checkpoint"):
         export_model(path, tmp_path / "m")
+
+
+def test_export_with_gallery_refines_as_the_checkpoint(tmp_path, trained, capsys):
+    from test_refine_predict import save_gallery
+
+    from geopak_lib.evaluation.refinement import gallery_paths
+
+    path, model, imgs = trained
+    files = sorted(str(p) for p in imgs.iterdir())
+    out = tmp_path / "model"
+    assert cli.main(["export", str(path), "--out", str(out), "--with-gallery"]) == 2  # nothing to add yet
+    assert "no usable refinement gallery" in capsys.readouterr().err
+    save_gallery(path, model, default=True)
+    assert cli.main(["export", str(path), "--out", str(out), "--with-gallery"]) == 0
+    assert "gallery.npz: 3 training images" in capsys.readouterr().out
+    assert (out / "gallery.npz").read_bytes() == gallery_paths(path)[0].read_bytes()
+    config = json.loads((out / "config.json").read_text())
+    assert config["refinement"]["settings"]["k"] == 1 and "checkpoint_sha256" not in config["refinement"]
+    assert "3 training images" in (out / "README.md").read_text()
+    a = GeopakPredictor.from_checkpoint(path, device="cpu").predict_many(files, progress=False)
+    b = GeopakPredictor.from_pretrained(out, device="cpu").predict_many(files, progress=False)
+    plain = GeopakPredictor.from_pretrained(out, device="cpu", refine=False).predict_many(files, progress=False)
+    for x, y, z in zip(a, b, plain):
+        assert x["refined"] and y["refined"] and not z["refined"]
+        assert abs(x["lat"] - y["lat"]) < 1e-5 and abs(x["lon"] - y["lon"]) < 1e-5
+        assert (y["lat"], y["lon"]) != (z["lat"], z["lon"])
+    refined_csv = tmp_path / "r.csv"
+    assert cli.main(["predict", str(imgs), "--model", str(out), "--out", str(refined_csv), "--no-progress",
+                     "--refine", "on"]) == 0
+    assert "refinement: on" in capsys.readouterr().err
+    assert np.abs(pd.read_csv(refined_csv)[["lat", "lon"]].to_numpy()
+                  - np.array([[r["lat"], r["lon"]] for r in a])).max() < 1e-5
+    data = bytearray((out / "gallery.npz").read_bytes())
+    data[-1] ^= 1
+    (out / "gallery.npz").write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match="gallery.npz does not match the sha256"):
+        GeopakPredictor.from_pretrained(out)
+    export_model(path, out)  # again without: the old gallery does not stay behind
+    assert not (out / "gallery.npz").exists()
+    assert GeopakPredictor.from_pretrained(out, device="cpu").info["refinement"].startswith("off: the model folder")
+    assert cli.main(["predict", str(imgs), "--model", str(out), "--out", str(refined_csv), "--refine", "on"]) == 2
+    assert "--with-gallery" in capsys.readouterr().err
+
+
+def test_a_gallery_that_does_not_fit_the_model_is_refused(tmp_path, trained):
+    from test_refine_predict import save_gallery
+
+    from geopak_lib.utils import file_sha256
+
+    path, model, _ = trained
+    save_gallery(path, model)
+    out = tmp_path / "model"
+    export_model(path, out, include_gallery=True)
+    with np.load(out / "gallery.npz") as z:
+        arrays = dict(z)
+    np.savez(out / "gallery.npz", **{**arrays, "embedding": np.zeros((3, 7), np.float16)})  # 7 != fused_dim 16
+    config = json.loads((out / "config.json").read_text())
+    config["weights"]["gallery.npz"]["sha256"] = file_sha256(out / "gallery.npz")  # a consistent folder...
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="does not fit the model .* dimension 7"):  # ...of the wrong shape
+        GeopakPredictor.from_pretrained(out, device="cpu")
+    assert GeopakPredictor.from_pretrained(out, device="cpu", refine=False).gallery is None  # not even read

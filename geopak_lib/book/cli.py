@@ -78,11 +78,15 @@ GeopakPredictor.from_pretrained(DIR) load with nothing else:
   config.json        model configuration, geocells, encoder specs and preprocessing, provinces, the
                      calibration and test summary of 06_evaluation, and the sha256 of the weights
   README.md          a model card: data, test figures per province, weight status, use, licences
+  gallery.npz        only with --with-gallery: the refinement gallery of 06_evaluation (plain arrays:
+                     each training image's embedding and latitude/longitude), so that the folder
+                     refines its predictions as the checkpoint does. It reveals where the training
+                     photos were taken: leave it out where those positions are not yours to share.
 
-A calibration or summary made from another checkpoint is refused. Loading checks the sha256.
+A calibration, summary or gallery made from another checkpoint is refused. Loading checks the sha256.
 
 example:
-  geopak export "$(cat runs/demo/final_checkpoint.txt)" --out shared_model/
+  geopak export "$(cat runs/demo/final_checkpoint.txt)" --out shared_model/ --with-gallery
   geopak predict photos/ --model shared_model/ --out predictions.csv
 """
 
@@ -90,7 +94,7 @@ example:
 def _cmd_export(args) -> int:
     checkpoint = Path(args.checkpoint)
     try:
-        config = export_model(checkpoint, args.out, args.include_encoders)
+        config = export_model(checkpoint, args.out, args.include_encoders, args.with_gallery)
     except (FileNotFoundError, ValueError) as exc:
         print(f"geopak export: {exc}", file=sys.stderr)
         return 2
@@ -105,6 +109,11 @@ def _cmd_export(args) -> int:
         print(f"  {slot}: {e['spec']} ({e['weight_status']}); weights in file: {e['weights_in_file']}")
     if config["calibration"] is None:
         print("  no calibration beside the checkpoint: run 06_evaluation first for a calibrated radius_km")
+    if config["refinement"]:
+        print(f"  gallery.npz: {config['refinement']['n_items']:,} training images (embeddings and positions); "
+              f"refinement {'on' if config['refinement']['default'] else 'off'} by default")
+    else:
+        print("  no refinement gallery (--with-gallery adds it): predictions from this folder are not refined")
     return 0
 
 
@@ -172,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write (created; files in it are replaced)")
     p.add_argument("--include-encoders", action="store_true",
                    help="copy every encoder tensor, not only those its spec cannot rebuild")
+    p.add_argument("--with-gallery", action="store_true",
+                   help="add the refinement gallery that 06_evaluation saved beside the checkpoint (gallery.npz): "
+                        "the embedding and the latitude/longitude of every training image. It makes predictions "
+                        "from the folder refined as from the checkpoint; share it only where those positions "
+                        "may be shared")
     p.add_argument("--run-dir", help="the run folder, for the model card's data section "
                                      "(default: the folder three levels above the checkpoint)")
     p.set_defaults(func=_cmd_export)

@@ -74,6 +74,21 @@ def evaluation_section(summary: dict | None) -> str:
             + markdown_table(prov[cols].round(3)))
 
 
+def refinement_section(refinement: dict | None) -> str:
+    """The card's words on the gallery (``geopak export --with-gallery``) or its absence."""
+    if not refinement:
+        return ("No refinement gallery in this folder (`geopak export --with-gallery` adds one): predictions "
+                "are the mixture's points, not refined inside the cells.")
+    val = refinement.get("val_median_km", {})
+    figures = (f" Validation median: {val['plain']:.1f} km plain, {val['refined']:.1f} km refined."
+               if {"plain", "refined"} <= set(val) else "")
+    on = "on by default (`--refine auto`)" if refinement.get("default") else "off by default (`--refine on` uses it)"
+    return (f"`gallery.npz` holds {refinement['n_items']:,} training images (their fused embeddings and "
+            f"positions). Each hypothesis moves towards its best-matching training images inside its own "
+            f"cell, never beyond the cell radius: {on}.{figures} The gallery reveals where the training "
+            "photos were taken.")
+
+
 def model_card(config: dict, run_dir=None) -> str:
     """README.md text for an exported model folder."""
     data, demo = training_data(run_dir)
@@ -116,6 +131,10 @@ predictor.predict("photo.jpg")  # province, lat, lon, confidence, radius_km, hyp
 ## Evaluation
 
 {evaluation_section(config.get('evaluation'))}
+
+## Refinement
+
+{refinement_section(config.get('refinement'))}
 
 ## Encoders
 {warn}

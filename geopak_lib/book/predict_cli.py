@@ -83,8 +83,9 @@ def add_parser(subparsers, func):
                    help="test-time augmentation: average 5 geography-safe views (no flips); 5x slower")
     p.add_argument("--refine", choices=("auto", "on", "off"), default="auto",
                    help="refinement inside the predicted cells (a gallery of training images that 06_evaluation "
-                        "saves beside the checkpoint): auto (default) uses it when 06 found that it improved the "
-                        "validation median; on uses it whenever the gallery exists (exit 2 without one); off never")
+                        "saves beside the checkpoint, or that `geopak export --with-gallery` puts in a model "
+                        "folder): auto (default) uses it when 06 found that it improved the validation median; "
+                        "on uses it whenever the gallery exists (exit 2 without one); off never")
     p.add_argument("--top", type=int, default=3, help="hypotheses per row in the CSV (default 3)")
     p.add_argument("--group-by", metavar="folder|COLUMN",
                    help="one prediction per place: 'folder' (each sub-folder is a place) or a column of the input CSV")
@@ -142,15 +143,15 @@ def run(args) -> int:
     if problem:
         err(problem)
         return 2
+    refine = {"auto": "auto", "on": True, "off": False}[args.refine]
+    if len(args.model or args.checkpoint) > 1 and args.refine == "on":
+        err("--refine on works with one --checkpoint or --model: each refinement gallery fits one model")
+        return 2
     try:
         if args.model:
             predictor = GeopakPredictor.from_pretrained(args.model[0] if len(args.model) == 1 else args.model,
-                                                        device=args.device, tta=args.tta)
+                                                        device=args.device, tta=args.tta, refine=refine)
         else:
-            refine = {"auto": "auto", "on": True, "off": False}[args.refine]
-            if len(args.checkpoint) > 1 and args.refine == "on":
-                err("--refine on works with one --checkpoint: each refinement gallery fits one checkpoint")
-                return 2
             predictor = GeopakPredictor.from_checkpoint(
                 args.checkpoint[0] if len(args.checkpoint) == 1 else args.checkpoint,
                 device=args.device, tta=args.tta, refine=refine)
@@ -159,10 +160,7 @@ def run(args) -> int:
         return 2
     for w in predictor.warnings:
         err(f"warning: {w}")
-    if args.model and args.refine == "on":
-        err("warning: --refine on needs --checkpoint (an exported model folder carries no gallery); not refined")
-    elif args.checkpoint:
-        err(f"refinement: {predictor.info.get('refinement', 'off (ensembles are not refined)')}")
+    err(f"refinement: {predictor.info.get('refinement', 'off (ensembles are not refined)')}")
     if args.group_by:
         return write_groups(args, predictor, groups, err)
     workers = args.workers

@@ -5,8 +5,10 @@ is written by the app (geopak_lib/book/model_card.py). Decisions: docs/decisions
 What the weights file holds: every head, plus those encoder tensors that cannot be rebuilt from
 the encoder's spec on another machine: tensors that differ from what ``build_encoder(spec)``
 gives here (fine-tuned top blocks, a random-weight encoder, weights from a local file). With
-``include_encoders`` every encoder tensor is copied. ``config.json`` records each weight file's
-sha256, and loading refuses a file whose bytes differ.
+``include_encoders`` every encoder tensor is copied. With ``include_gallery`` the refinement gallery
+that 06 saved beside the checkpoint goes in as ``gallery.npz`` (plain arrays, read with
+``allow_pickle=False``): the fused embedding and the position of every training image, so it is
+opt-in. ``config.json`` records each file's sha256, and loading refuses a file whose bytes differ.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -28,6 +31,8 @@ from geopak_lib.utils import atomic_write_bytes, file_sha256
 
 MODEL_FORMAT = "geopak-model-v1"
 WEIGHTS_FILE = "model.safetensors"
+GALLERY_FILE = "gallery.npz"
+STAMP_KEYS = ("checkpoint", "checkpoint_sha256", "arrays_sha256")  # the checkpoint's own stamps stay behind
 
 
 class ModelFolderError(ValueError):
@@ -72,8 +77,22 @@ def exported_tensors(state: dict, encoders: dict, fresh: dict, include_encoders:
     return out, how
 
 
-def export_model(checkpoint, out_dir, include_encoders: bool = False) -> dict:
-    """Write model.safetensors and config.json for ``checkpoint`` into out_dir; -> the config.
+def export_gallery(checkpoint, out_dir: Path) -> tuple[dict, dict]:
+    """Copy the refinement gallery beside ``checkpoint`` into out_dir -> (config's 'refinement'
+    block: settings, default, validation figures; its 'weights' entry). No usable gallery is an error."""
+    from geopak_lib.evaluation.refinement import gallery_paths, load_gallery
+
+    gallery, record, why = load_gallery(checkpoint)
+    if gallery is None:
+        raise ValueError(f"--with-gallery: {checkpoint} has no usable refinement gallery: {why}")
+    atomic_write_bytes(out_dir / GALLERY_FILE, gallery_paths(checkpoint)[0].read_bytes())
+    entry = {"sha256": file_sha256(out_dir / GALLERY_FILE), "items": int(record["n_items"])}
+    return {k: v for k, v in record.items() if k not in STAMP_KEYS}, entry
+
+
+def export_model(checkpoint, out_dir, include_encoders: bool = False, include_gallery: bool = False) -> dict:
+    """Write model.safetensors and config.json for ``checkpoint`` into out_dir (and gallery.npz
+    with ``include_gallery``); -> the config.
 
     The calibration and evaluation summary beside the checkpoint go in when they were made from
     this very checkpoint (sha256); one made from another checkpoint is an error, not skipped."""
@@ -90,6 +109,8 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False) -> dict:
     fresh = {s: _fresh_encoder(ckpt["encoders"][s]["spec"]) for s in ENCODER_SLOTS}
     tensors, how = exported_tensors(ckpt["model_state"], ckpt["encoders"], fresh, include_encoders)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / GALLERY_FILE).unlink(missing_ok=True)  # a gallery of an earlier export never stays behind
+    refinement, gallery_entry = export_gallery(checkpoint, out_dir) if include_gallery else (None, None)
     save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
     (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; the folder is meant to be shared
     model = GeopakModel.from_meta(ckpt["model_meta"])
@@ -100,7 +121,10 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False) -> dict:
                          "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"), "params": ckpt.get("params", {})},
               "prediction": {"top_provinces": 2, "top_cells": 5}, "n_cells": len(model.cells),
               "calibration": records["calibration"], "evaluation": records["evaluation"],
+              "refinement": refinement,
               "weights": {WEIGHTS_FILE: {"sha256": file_sha256(out_dir / WEIGHTS_FILE), "tensors": len(tensors)}}}
+    if gallery_entry:
+        config["weights"][GALLERY_FILE] = gallery_entry
     atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=1, default=str).encode())
     return config
 
@@ -126,6 +150,22 @@ def read_model_folder(folder) -> dict:
             raise ModelFolderError(f"{path} does not match the sha256 in config.json: the file was changed or "
                                    "damaged after export; get the folder again from its source")
     return config
+
+
+def load_folder_gallery(folder, config: dict):
+    """(Gallery, refinement record, why) of an exported folder, or (None, None, why not); the
+    sha256 was checked by read_model_folder."""
+    from geopak_lib.model.refine import Gallery
+
+    if GALLERY_FILE not in config.get("weights", {}) or not config.get("refinement"):
+        return None, None, "the model folder carries no refinement gallery (export it with --with-gallery)"
+    with np.load(Path(folder) / GALLERY_FILE, allow_pickle=False) as z:
+        gallery = Gallery(z["embedding"].astype(np.float32), z["lat"], z["lon"], z["cell_start"])
+    if gallery.n_cells != config["n_cells"] or gallery.embedding.shape[1] != config["model"]["config"]["fused_dim"]:
+        raise ModelFolderError(f"{folder}/{GALLERY_FILE} does not fit the model in config.json "
+                               f"({gallery.n_cells} cells, dimension {gallery.embedding.shape[1]})")
+    record = config["refinement"]
+    return gallery, record, f"gallery in the model folder: {record['n_items']:,} items"
 
 
 def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:

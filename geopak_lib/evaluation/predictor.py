@@ -22,7 +22,7 @@ from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
 from geopak_lib.evaluation.concepts_eval import concept_scores
 from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
-from geopak_lib.evaluation.export import load_exported_model
+from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery, read_model_folder
 from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
 from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction
@@ -53,11 +53,19 @@ def _warnings(info: dict, calibration) -> list[str]:
     return out
 
 
-def _refinement(checkpoint, refine) -> tuple:
-    """(gallery or None, RefineSettings or None, what the predictor says about refinement)."""
+def _gallery_loader(source, model_folder: bool = False):
+    """The zero-argument loader of a checkpoint's gallery (beside it) or an exported folder's (inside it)."""
+    if model_folder:
+        return lambda: load_folder_gallery(source, read_model_folder(source))
+    return lambda: load_gallery(source)
+
+
+def _refinement(load, refine) -> tuple:
+    """(gallery or None, RefineSettings or None, what the predictor says about refinement);
+    load: see _gallery_loader (called only when refinement may be on)."""
     if refine is False:
         return None, None, "off (not asked for)"
-    gallery, record, why = load_gallery(checkpoint)
+    gallery, record, why = load()
     if gallery is None:
         if refine is True:
             raise ValueError(f"refinement was asked for but there is no usable gallery: {why}")
@@ -123,7 +131,7 @@ class GeopakPredictor:
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
         if calibration == "auto":
             calibration, why = load_calibration(path)
-        gallery, settings, refinement = _refinement(path, refine)
+        gallery, settings, refinement = _refinement(_gallery_loader(path), refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
                 "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
         predictor = cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
@@ -132,23 +140,25 @@ class GeopakPredictor:
 
     @classmethod
     def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
-                        top_cells: int | None = None) -> "GeopakPredictor":
+                        top_cells: int | None = None, refine="auto") -> "GeopakPredictor":
         """Load a model folder written by ``geopak export`` (config.json + model.safetensors): nothing
         else is needed. Its sha256 stamps are checked first; its calibration travels in config.json.
-        A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
+        refine: as in :meth:`from_checkpoint`, with the gallery inside the folder (``geopak export
+        --with-gallery``). A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
         if isinstance(folder, (list, tuple)):
-            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells) for f in folder])
+            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells, refine=False)
+                                 for f in folder])
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
         src = config["source"]
+        gallery, settings, refinement = _refinement(lambda: load_folder_gallery(folder, config), refine)
         info = {"checkpoint": str(folder), "phase": src["phase"], "epoch": src.get("epoch"),
-                "encoders": config["encoders"], "model_folder": True,
-                "refinement": "off (an exported model folder carries no refinement gallery)",
+                "encoders": config["encoders"], "model_folder": True, "refinement": refinement,
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
                 else "no calibration was exported with this model"}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
         predictor = cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
-                   _warnings(info, calibration))
+                        _warnings(info, calibration), gallery, settings)
         return predictor.with_probes()
 
     @classmethod
@@ -184,10 +194,11 @@ class GeopakPredictor:
 
     def with_refinement(self, on: bool = True) -> "GeopakPredictor":
         """The same model (shared, not copied) with refinement on (needs the gallery that 06 saved
-        beside the checkpoint; ValueError otherwise) or off."""
+        beside the checkpoint, or one inside an exported folder; ValueError otherwise) or off."""
         if isinstance(self.checkpoint, list) and on:
             raise ValueError("an ensemble is not refined: each gallery fits one checkpoint")
-        gallery, settings, why = _refinement(self.checkpoint, bool(on))
+        gallery, settings, why = _refinement(_gallery_loader(self.checkpoint, self.info.get("model_folder", False)),
+                                             bool(on))
         return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
                                self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery,
                                settings)._share_probes(self)

@@ -213,7 +213,7 @@ def test_model_folders_ensemble(trained, tmp_path, capsys):
     assert float(pd.read_csv(csv)["lat"][0]) == pytest.approx(alone["lat"], abs=1e-5)
 
 
-def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path):
+def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkeypatch):
     """06 hands the final model's own outputs to the ensemble instead of encoding the images again;
     the frames equal the ensemble predictor's own pass (predictor_frames). (06's members come from one
     run, so they share geocells; a frame of 'different' geocells has no true-cell diagnostic.)"""
@@ -238,3 +238,18 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path):
     for s in ("val", "test"):
         assert np.allclose(got[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-5)
         assert not np.allclose(got[s][cols].to_numpy(float), alone[s][cols].to_numpy(float), atol=1e-3)
+    # a member whose encoders' features are in the feature cache (a phase-1 member in 06) runs its heads alone
+    from geopak_lib.evaluation import multiview
+    from geopak_lib.training.cache import FeatureCache
+
+    b = ens.model.members[1]
+    FeatureCache.build_or_load(table, b.clip_encoder, b.scene_encoder, cache_root=tmp_path / "cache", views=0,
+                               dtype="float32", device="cpu", progress=False)
+
+    def no_encoders(*args, **kwargs):
+        raise AssertionError("the cached member's encoders ran")
+
+    monkeypatch.setattr(multiview, "split_outputs", no_encoders)
+    cached = ensemble_frames(ens, table, known, cache_root=tmp_path / "cache")
+    for s in ("val", "test"):
+        assert np.allclose(cached[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-4)

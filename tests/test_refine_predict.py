@@ -85,10 +85,11 @@ def test_cli_refine_on_off(ckpt, tmp_path, capsys):
     assert torch.isfinite(torch.tensor(on[["lat", "lon", "radius_km"]].to_numpy(float))).all()
 
 
-def test_cached_fused_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path):
+def test_cached_outputs_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path):
     from PIL import Image
 
     from geopak_lib.data.augment import clean_transform
+    from geopak_lib.evaluation.frame import cached_outputs, feature_source
     from geopak_lib.training.cache import FeatureCache, encoder_input
 
     _, model = ckpt
@@ -103,12 +104,35 @@ def test_cached_fused_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path):
     table = pd.DataFrame(rows)
     FeatureCache.build_or_load(table, model.clip_encoder, model.scene_encoder, cache_root=tmp_path / "c", views=0,
                                dtype="float32", device="cpu", progress=False)
-    fused = rf.cached_fused(model, table, np.array([1, 3]), tmp_path / "c")
-    x = torch.stack([clean_transform(16)(Image.open(table.image_path[i]).convert("RGB")) for i in (1, 3)])
+    before, source = cached_outputs(model, table, "val", tmp_path / "c")  # rows 4 and 5
+    got = before
+    assert source == "cache"
+    x = torch.stack([clean_transform(16)(Image.open(table.image_path[i]).convert("RGB")) for i in (4, 5)])
     with torch.no_grad():
         want = model(encoder_input(x, model.clip_encoder.preprocess),
-                     encoder_input(x, model.scene_encoder.preprocess))["fused"]
-    torch.testing.assert_close(fused, want, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():  # an encoder changed since the cache was built (phase 2): no cache for it
-        next(model.scene_encoder.parameters()).add_(0.01)
-    assert rf.cached_fused(model, table, np.array([1, 3]), tmp_path / "c") is None
+                     encoder_input(x, model.scene_encoder.preprocess))
+    for key in ("fused", "province_logits", "aux_latlon", "alpha"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+    for p in want["geocell_logits"]:
+        torch.testing.assert_close(got["geocell_logits"][p], want["geocell_logits"][p], rtol=1e-4, atol=1e-5)
+    assert len(cached_outputs(model, table, "train", tmp_path / "c")[0]["fused"]) == 4
+    assert feature_source(model, table, tmp_path / "c")[0] == "cache"
+    with torch.no_grad():  # phase 2 tuned the scene encoder: CLIP from the cache, the scene encoder on the images
+        for p in model.scene_encoder.parameters():
+            p.mul_(1.05)
+        want = model(encoder_input(x, model.clip_encoder.preprocess), encoder_input(x, model.scene_encoder.preprocess))
+    assert feature_source(model, table, tmp_path / "c")[0] == "clip_cache"
+    got, source = cached_outputs(model, table, "val", tmp_path / "c")
+    assert source == "clip_cache" and not torch.allclose(got["fused"], before["fused"], atol=1e-3)  # the new scene weights count
+    for key in ("fused", "province_logits", "aux_latlon", "alpha"):
+        torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
+    from geopak_lib.training.inputs import TrainData
+    from geopak_lib.training.passes import PassSettings, batches
+    with pytest.raises(ValueError, match="for evaluation"):  # a training view is augmented afresh: not cached
+        next(batches(model, TrainData(table, FeatureCache.find_clean(table, model.clip_encoder, None, tmp_path / "c",
+                                                                     ("clip",))),
+                     [np.array([0, 1])], PassSettings(source="clip_cache"), 1, True, torch.device("cpu")))
+    with torch.no_grad():  # and the CLIP encoder too: nothing in the cache fits
+        next(model.clip_encoder.parameters()).add_(0.01)
+    assert feature_source(model, table, tmp_path / "c") == ("images", None)
+    assert cached_outputs(model, table, "val", tmp_path / "c") == (None, "images")

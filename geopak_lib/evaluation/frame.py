@@ -26,6 +26,7 @@ from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_condit
 from geopak_lib.training.passes import PassSettings, model_outputs
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.cache import FeatureCache
+from geopak_lib.training.inputs import TrainData
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
 from geopak_lib.training.selection import PHASE_NAMES, best_val_row
 from geopak_lib.utils import pick_device
@@ -80,6 +81,39 @@ def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False,
         raise ValueError(f"{len(errors)} {split} images could not be read (e.g. {rows['image_path'].iloc[i]}: {msg}); "
                          "the manifest from 00_data_audit lists only readable images: re-run it")
     return out
+
+
+FEATURE_SOURCES = {"cache": "cache", "clip_cache": "cache (CLIP) + images (scene)", "images": "images"}
+
+
+def feature_source(model, table: pd.DataFrame, cache_root="cache") -> tuple[str, FeatureCache | None]:
+    """How a model can be evaluated on ``table``'s rows (the manifest, or load_data's table in its
+    order): 'cache' (a complete feature cache of exactly both its encoders: the heads alone),
+    'clip_cache' (one of its CLIP encoder, which phases 2-3 left frozen: only the scene encoder
+    runs on the images) or 'images' (no cache fits), with that cache. Weights sha256 decide."""
+    for source, slots in (("cache", ("clip", "scene")), ("clip_cache", ("clip",))):
+        cache = FeatureCache.find_clean(table, model.clip_encoder, model.scene_encoder, cache_root, slots)
+        if cache is not None:
+            return source, cache
+    return "images", None
+
+
+def cached_outputs(model, table: pd.DataFrame, split: str, cache_root="cache",
+                   batch_size: int = 256) -> tuple[dict | None, str]:
+    """(model outputs (CPU) for the ``split`` rows of ``table``, source) with what the feature cache
+    holds of this model's encoders (feature_source): the same numbers as split_outputs up to the
+    cache's float16 rounding, with one encoder's pass over the images or none; (None, 'images')
+    when no cache fits."""
+    source, cache = feature_source(model, table, cache_root)
+    if cache is None:
+        return None, source
+    data = TrainData(table.reset_index(drop=True), cache)
+    device, was_training = next(model.parameters()).device, model.training
+    try:
+        settings = PassSettings(source=source, batch_size=batch_size)
+        return model_outputs(model, data, data.rows(split), settings, device), source
+    finally:
+        model.train(was_training)
 
 
 def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta: bool = False,
@@ -226,12 +260,12 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
                      progress: bool = False, cache_root="cache") -> pd.DataFrame:
     """What each phase adds: the best checkpoint of every phase that has run, evaluated end to end
     on val and test. Rows (phase, split) with median/p90 km, accuracy at 25/200 km, province
-    accuracy and cell top-5 (fractions), and ``features``: 'images' (through the encoders) or
-    'cache'. Phases 0-1 never change the encoders, so their clean-view features are read from the
-    feature cache they were trained on when one under ``cache_root`` matches the checkpoint's
-    encoders and the manifest (FeatureCache.find_clean); the numbers are those of the encoders
-    (float16 storage rounds them: 84.65 km either way on the demo). Phase 0's location figures
-    come from untrained location heads."""
+    accuracy and cell top-5 (fractions), and ``features`` (FEATURE_SOURCES). Phases 0-1 never
+    change the encoders, so their clean-view features are read from the feature cache they were
+    trained on when one under ``cache_root`` matches the checkpoint's encoders and the manifest;
+    phases 2-3 read the CLIP slot's from it when they left that encoder frozen (feature_source).
+    The numbers are those of the encoders up to float16 storage (84.65 km either way on the demo).
+    Phase 0's location figures come from untrained location heads."""
     run, rows = RunDir(run_dir), []
     manifest = run.read_manifest()
     for phase in range(4):
@@ -243,14 +277,13 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
             rows += [{**r, "phase": phase, "name": PHASE_NAMES[phase]} for r in rows[-2:]]
             continue
         model = build_model_from_checkpoint(path, with_encoders=True)
-        cache = (FeatureCache.find_clean(manifest, model.clip_encoder, model.scene_encoder, cache_root)
-                 if phase <= 1 else None)
-        source, split_data = ("cache", replace(data, cache=cache)) if cache is not None else ("images", data)
+        source, cache = feature_source(model, manifest, cache_root)
+        split_data = replace(data, cache=cache) if cache is not None else data
         for split in ("val", "test"):
             h = headline(split_frame(model, split_data, split, source, batch_size, device, num_workers=num_workers,
                                      progress=progress))
             rows.append({"phase": phase, "name": PHASE_NAMES[phase], "split": split, "n": h["n"],
                          "median_km": h["median_km"], "p90_km": h["p90_km"], "acc_25km": h["acc_25km"],
                          "acc_200km": h["acc_200km"], "province_acc": h["province_acc"],
-                         "cell_top5_acc": h["cell_top5_acc"], "features": source})
+                         "cell_top5_acc": h["cell_top5_acc"], "features": FEATURE_SOURCES[source]})
     return pd.DataFrame(rows)

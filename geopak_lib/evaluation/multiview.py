@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.ensemble import same_weights
-from geopak_lib.evaluation.frame import predictions_frame, split_outputs
+from geopak_lib.evaluation.frame import cached_outputs, predictions_frame, split_outputs
 from geopak_lib.evaluation.groups import COMBINE, encoder_features, features_group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files
 from geopak_lib.metrics import error_km, summarize_errors
@@ -113,18 +113,26 @@ def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:
 
 
 def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=("val", "test"),
-                    batch_size: int = 64, num_workers: int = 0) -> dict:
+                    batch_size: int = 64, num_workers: int = 0, cache_root="cache") -> dict:
     """{split: predictions_frame} of an ensemble predictor (what predictor_frames gives), with the
     first member's outputs taken from ``known`` ({split: outputs of that checkpoint alone}, e.g.
     06's plain pass of the final model) instead of running its encoders again. Each other member
-    runs once; EnsembleModel.pack combines them exactly as its forward does."""
+    runs once, with what the feature cache holds of its encoders (frame.cached_outputs: the heads
+    alone for a phase-0/1 member, the scene encoder alone for one with a frozen CLIP slot);
+    EnsembleModel.pack combines them exactly as its forward does."""
     model, train = ens.model, table[table["split"] == "train"]
     solo = [GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces, top_cells=ens.top_cells)
             for m, member in enumerate(model.members)]
+
+    def member_outputs(m, split):
+        if m == 0 and known is not None:
+            return known[split]
+        cached = cached_outputs(solo[m].model, table, split, cache_root)[0]
+        return cached if cached is not None else split_outputs(solo[m], table, split, False, batch_size, num_workers)
+
     frames = {}
     for s in splits:
-        outs = [known[s] if m == 0 and known is not None else split_outputs(p, table, s, False, batch_size, num_workers)
-                for m, p in enumerate(solo)]
+        outs = [member_outputs(m, s) for m in range(len(solo))]
         frames[s] = predictions_frame(model, model.pack(outs), table[table["split"] == s], train,
                                       ens.top_provinces, ens.top_cells)
     return frames

@@ -21,7 +21,6 @@ from geopak_lib.evaluation.calibration import read_stamped, write_stamped
 from geopak_lib.metrics import error_km, summarize_errors
 from geopak_lib.model.inference import combine_hypotheses, mixture_predict, outputs_to
 from geopak_lib.model.refine import Gallery, refine_hypotheses
-from geopak_lib.training.cache import FeatureCache
 from geopak_lib.utils import atomic_write_bytes, file_sha256
 
 GALLERY_DTYPE = np.float16  # on disk: halves the file (90,000 x 512 -> 88 MiB); float32 in memory, where a
@@ -195,6 +194,9 @@ SELECTION_GRID = tuple(RefineSettings(kind, k, 0.05, step, rescore) for kind in 
 # --- 06_evaluation ------------------------------------------------------------------------------
 
 REFINED_METHOD = {"refined": "GEOPAK mixture + refinement inside the cells"}
+EMBEDDINGS_FROM = {"cache": "the feature cache of these very encoders",
+                   "clip_cache": "the feature cache (CLIP slot, frozen) and the images through the tuned scene encoder",
+                   "images": "the images through the model"}
 
 
 def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), batch_size: int = 64,
@@ -210,20 +212,6 @@ def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), 
     return frames, outputs
 
 
-@torch.no_grad()
-def cached_fused(model, table: pd.DataFrame, rows, cache_root="cache", batch_size: int = 1024):
-    """The fused embeddings (N, D) of table rows ``rows`` from a complete feature cache made by exactly
-    this model's encoders (weights sha256) on this manifest, through the model's heads; None if there
-    is no such cache (e.g. after phase 2 fine-tuned an encoder). Saves a pass through the encoders."""
-    cache = FeatureCache.find_clean(table, model.clip_encoder, model.scene_encoder, cache_root)
-    if cache is None:
-        return None
-    dev = next(model.parameters()).device
-    parts = [model.forward_features(*cache.gather(rows[s:s + batch_size], device=dev))["fused"].cpu()
-             for s in range(0, len(rows), batch_size)]
-    return torch.cat(parts)
-
-
 def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
                    batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache") -> dict:
     """06's refinement step: the training images through the model (their fused embeddings), a
@@ -231,13 +219,14 @@ def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFr
     with ``default`` = it beat the plain mixture's validation median. Returns settings, default,
     selection (the validation table), val and test (frames with refined_* columns), path, memory_mb,
     embeddings_from (the cache when it was made by these encoders, else the images)."""
-    from geopak_lib.evaluation.frame import split_outputs
+    from geopak_lib.evaluation.frame import cached_outputs, split_outputs
 
     model, train = predictor.model, table[table["split"] == "train"]
-    fused = cached_fused(model, table, np.flatnonzero(table["split"].to_numpy() == "train"), cache_root)
-    source = "the feature cache of these very encoders" if fused is not None else "the images through the model"
-    if fused is None:
-        fused = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)["fused"]
+    out, source = cached_outputs(model, table, "train", cache_root)
+    source = EMBEDDINGS_FROM[source]
+    if out is None:
+        out = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)
+    fused = out["fused"]
     galleries = {kind: build_gallery(fused.float().numpy(), train["latitude"], train["longitude"], train["cell_id"],
                                      len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
     selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,

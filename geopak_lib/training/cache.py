@@ -171,14 +171,15 @@ class FeatureCache:
 
     @classmethod
     def find_clean(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder,
-                   cache_root="cache") -> "FeatureCache | None":
+                   cache_root="cache", slots=("clip", "scene")) -> "FeatureCache | None":
         """A complete cache under ``cache_root`` holding these encoders' clean views (view 0) of this
         manifest's rows, whatever its augmented views, seed or dtype (those change only the other
         slots and the rounding), or None. For evaluating checkpoints whose encoders were frozen
-        (phases 0-1) without running the encoders again."""
-        want = {"version": CACHE_VERSION, "clip": encoder_fingerprint(clip_encoder),
-                "scene": encoder_fingerprint(scene_encoder), "manifest_sha256": manifest_hash(manifest),
-                "n_rows": len(manifest)}
+        (phases 0-1) without running the encoders again; slots=("clip",) asks for the CLIP
+        slot's features alone (phases 2-3 tune the scene encoder only)."""
+        want = {"version": CACHE_VERSION, "manifest_sha256": manifest_hash(manifest), "n_rows": len(manifest),
+                **{s: encoder_fingerprint(e) for s, e in (("clip", clip_encoder), ("scene", scene_encoder))
+                   if s in slots}}
         for key_file in sorted(Path(cache_root).glob("*/key.json")):
             if not (key_file.parent / "complete.json").exists():
                 continue

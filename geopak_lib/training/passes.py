@@ -22,15 +22,17 @@ from geopak_lib.training.cache import encoder_input, view_size
 from geopak_lib.model.inference import cat_outputs, mixture_predict, outputs_to
 from geopak_lib.metrics import error_km, per_class_accuracy, summarize_errors
 
-SOURCES = ("cache", "images")
+SOURCES = ("cache", "images", "clip_cache")
 
 
 @dataclass(frozen=True)
 class PassSettings:
     """Where a pass's inputs come from and how it runs.
 
-    source: 'cache' (frozen features; the model's heads only) or 'images' (decoded, augmented when
-    training, through the encoders). phase 0 trains and predicts the province only (the geocell and
+    source: 'cache' (frozen features; the model's heads only), 'images' (decoded, augmented when
+    training, through the encoders) or, for evaluation only, 'clip_cache' (the CLIP slot's
+    features from the cache, while phases 2-3 keep that encoder frozen; the images through the
+    scene encoder). phase 0 trains and predicts the province only (the geocell and
     offset heads are untrained then). offset_rampup: the offset loss ramps up over the first
     epochs (phase 1); otherwise it has its full weight. seed: view choice and augmentation."""
 
@@ -74,6 +76,9 @@ def batches(model, data, row_batches, cfg: PassSettings, epoch: int, train: bool
             views = rng.integers(0, data.cache.views + 1, len(rows)) if train else 0
             yield rows, data.cache.gather(rows, views, device)
         return
+    if cfg.source == "clip_cache" and train:
+        raise ValueError("source 'clip_cache' is for evaluation: a training view is augmented afresh, so its "
+                         "CLIP features are not in the cache")
     dataset = ImageViewDataset(data.table["image_path"].tolist(), view_size(model.clip_encoder, model.scene_encoder))
     prov = data.table["province"].to_numpy()
     if positions is None:
@@ -84,14 +89,20 @@ def batches(model, data, row_batches, cfg: PassSettings, epoch: int, train: bool
                                          collate_fn=collate_views)
     for rows, images in loader:
         images = images.to(device)
-        yield rows.numpy(), (encoder_input(images, model.clip_encoder.preprocess),
-                             encoder_input(images, model.scene_encoder.preprocess))
+        clip_in = data.cache.gather(rows.numpy(), 0, device)[0] if cfg.source == "clip_cache" else \
+            encoder_input(images, model.clip_encoder.preprocess)
+        yield rows.numpy(), (clip_in, encoder_input(images, model.scene_encoder.preprocess))
 
 
 def forward(model, cfg: PassSettings, inputs, device) -> dict:
     """Model outputs in float32 (bf16 autocast inside where cfg.amp allows)."""
     with torch.autocast(device.type, torch.bfloat16, enabled=autocast_enabled(cfg.amp, device)):
-        out = model.forward_features(*inputs) if cfg.source == "cache" else model(*inputs)
+        if cfg.source == "cache":
+            out = model.forward_features(*inputs)
+        elif cfg.source == "clip_cache":
+            out = model.forward_features(inputs[0], model.scene_encoder(inputs[1]))
+        else:
+            out = model(*inputs)
     return float_outputs(out)
 
 

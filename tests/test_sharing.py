@@ -182,6 +182,9 @@ def test_export_with_gallery_refines_as_the_checkpoint(tmp_path, trained, capsys
     assert cli.main(["predict", str(imgs), "--model", str(out), "--out", str(refined_csv), "--no-progress",
                      "--refine", "on"]) == 0
     assert "refinement: on" in capsys.readouterr().err
+    assert cli.main(["predict", str(imgs), "--model", str(out), "--model", str(out), "--out", str(refined_csv),
+                     "--refine", "on"]) == 2  # an ensemble is not refined
+    assert "each refinement gallery fits one model" in capsys.readouterr().err
     assert np.abs(pd.read_csv(refined_csv)[["lat", "lon"]].to_numpy()
                   - np.array([[r["lat"], r["lon"]] for r in a])).max() < 1e-5
     data = bytearray((out / "gallery.npz").read_bytes())

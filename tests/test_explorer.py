@@ -60,6 +60,8 @@ def test_picks_worst_and_most_confident_wrong_with_the_calibrated_temperature():
                           "province_id": [1, 1, 0, 0], "province_pred": logits.argmax(1),
                           **{f"logit_{p}": logits[:, p] for p in range(7)}})
     assert pick_ids(frame, "worst", 2) == ["b", "d"]
+    refined = frame.assign(refined_error_km=[500.0, 1.0, 3.0, 90.0])  # refinement fixed b and broke a
+    assert pick_ids(refined, "worst", 2, error_col="refined_error_km") == ["a", "d"]
     assert pick_ids(frame, "id") == ["a", "b", "c", "d"]
     for t in (1.0, 10.0):  # confidence order of a and b flips with the temperature (scipy's softmax)
         conf = softmax(logits / t, axis=1).max(1)
@@ -179,3 +181,23 @@ def test_report_keeps_the_static_copy_and_drops_the_widget_view():
     nb.cells = [cell]
     outs = clean_outputs(nb).cells[0].outputs
     assert [dict(o["data"]) for o in outs] == [{"text/plain": "VBox()", "text/html": "<b>map</b>"}]
+
+
+def test_labels_and_worst_follow_the_refined_error_when_the_predictor_refines(run, tmp_path):
+    from test_refine_predict import save_gallery
+
+    from geopak_lib.evaluation.frame import read_test_predictions, save_test_predictions
+
+    run, predictor = run
+    frame = load_test_predictions(predictor, run.path)
+    plain = Explorer(predictor, frame)
+    assert plain.error_col == "error_km" and " km plain · " in plain.label(frame["id"].iloc[0])
+    frame = frame.assign(refined_error_km=frame["error_km"][::-1].to_numpy() + 1000)  # 06 adds refined columns
+    save_test_predictions(run.path, frame, predictor.checkpoint)
+    save_gallery(predictor.checkpoint, predictor.model, default=True)
+    refining = GeopakPredictor.from_checkpoint(predictor.checkpoint, device="cpu")
+    ex = Explorer(refining, read_test_predictions(run.path, refining.checkpoint))
+    worst = frame.loc[frame["refined_error_km"].idxmax()]
+    assert ex.error_col == "refined_error_km"
+    assert ex.label(worst["id"]).endswith(f"{worst['refined_error_km']:.0f} km refined · conf {worst['confidence']:.2f}")
+    assert Explorer(predictor, frame).error_col == "error_km"  # a predictor that does not refine: plain figures

@@ -44,11 +44,12 @@ def load_test_predictions(predictor, run_dir, batch_size: int = 64, num_workers:
     return frame
 
 
-def pick_ids(frame: pd.DataFrame, pick: str, n: int = 10, temperature: float = 1.0) -> list[str]:
-    """Test ids for a pick: 'worst' (n largest errors), 'confident_wrong' (the n wrong provinces with
-    the highest confidence, softmax(logits / temperature)) or 'id' (every id, sorted)."""
+def pick_ids(frame: pd.DataFrame, pick: str, n: int = 10, temperature: float = 1.0,
+             error_col: str = "error_km") -> list[str]:
+    """Test ids for a pick: 'worst' (n largest ``error_col``), 'confident_wrong' (the n wrong
+    provinces with the highest confidence, softmax(logits / temperature)) or 'id' (every id, sorted)."""
     if pick == "worst":
-        return frame.nlargest(n, "error_km")["id"].tolist()
+        return frame.nlargest(n, error_col)["id"].tolist()
     if pick == "confident_wrong":
         conf = softmax(frame[[f"logit_{p}" for p in range(NUM_PROVINCES)]].to_numpy(float) / temperature).max(1)
         wrong = frame.assign(confidence=conf)[frame["province_pred"] != frame["province_id"]]
@@ -103,16 +104,20 @@ class Explorer:
         self.top_provinces, self.top_cells, self.tta = top_provinces, top_cells, tta
         self.image, self.title, self.truth, self._outputs = None, "", None, {}
         self.max_cells = int(np.bincount(predictor.model.cell_province_id.cpu().numpy()).max())
+        # the error of what the explorer shows: refined when the predictor refines and 06 saved refined figures
+        refined = predictor.gallery is not None and "refined_error_km" in self.frame
+        self.error_col, self.error_kind = ("refined_error_km", "refined") if refined else ("error_km", "plain")
 
     @property
     def temperature(self) -> float:
         return float((self.predictor.calibration or {}).get("temperature", 1.0))
 
     def label(self, image_id: str) -> str:
-        """A dropdown label: id, true -> predicted province, error, confidence (as 06 computed them)."""
+        """A dropdown label: id, true -> predicted province, error (refined or plain, as the predictor
+        predicts; error_kind), confidence, as 06 computed them (single view)."""
         r = self.frame.loc[image_id]
         return (f"{image_id} · {r['province']} → {PROVINCES[int(r['province_pred'])]} · "
-                f"{r['error_km']:.0f} km · conf {r['confidence']:.2f}")
+                f"{r[self.error_col]:.0f} km {self.error_kind} · conf {r['confidence']:.2f}")
 
     def choose_test(self, image_id: str) -> dict:
         if image_id not in self.frame.index:
@@ -207,7 +212,7 @@ class ExplorerApp:
 
     def _fill_images(self, image_id: str = "") -> None:
         ex = self.explorer
-        ids = pick_ids(ex.frame, self.pick.value, self.n, ex.temperature)
+        ids = pick_ids(ex.frame, self.pick.value, self.n, ex.temperature, ex.error_col)
         if image_id and image_id not in ids:
             ids.insert(0, image_id)  # a test id asked for by the parameters; choose_test checks it
         first = ids[0] if ids else None

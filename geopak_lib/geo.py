@@ -155,3 +155,23 @@ def locate_province(lat, lon, tolerance_km: float = BORDER_TOLERANCE_KM) -> np.n
         ok = km <= tolerance_km
         out[todo[ok]] = names[best[ok]]
     return out
+
+
+@lru_cache(maxsize=1)
+def boundary_vertices() -> np.ndarray:
+    """(V, 3) unit vectors of every vertex of the shipped province polygons (all rings)."""
+    import shapely
+
+    coords = np.concatenate([shapely.get_coordinates(g) for g in province_shapes().values()])  # (lon, lat)
+    return to_unit_vectors(coords[:, 1], coords[:, 0])
+
+
+def farthest_in_pakistan_km(lat, lon) -> np.ndarray:
+    """Great-circle distance (km) from each point to the farthest point of Pakistan: its farthest
+    polygon vertex, plus BORDER_TOLERANCE_KM (points that close outside still count as Pakistan).
+    No location in Pakistan lies farther from the point, so an error radius never needs to be larger.
+    (The farthest point of a polygon lies at a vertex; the polygons' short edges make the
+    spherical difference negligible beside the tolerance.)"""
+    v = to_unit_vectors(np.atleast_1d(np.asarray(lat, float)), np.atleast_1d(np.asarray(lon, float)))
+    cos = np.clip((v @ boundary_vertices().T).min(-1), -1.0, 1.0)  # the smallest cosine is the farthest vertex
+    return np.degrees(np.arccos(cos)) * KM_PER_DEG_LAT + BORDER_TOLERANCE_KM

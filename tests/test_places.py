@@ -110,3 +110,19 @@ def test_sentences_and_model_card_carry_the_names():
     assert "district accuracy" not in evaluation_section({"headline": head, "per_province": []})
     card = evaluation_section({"headline": {**head, **d}, "per_province": []})
     assert "| district accuracy |" in card and "| 0.800 | 0.250 |" in card
+
+
+def test_farthest_point_of_pakistan_bounds_every_point_inside():
+    """No point of the province polygons (edges densified to ~1 km) is farther from a query than
+    farthest_in_pakistan_km says, and the answer is attained (within the 10 km tolerance)."""
+    from pyproj import Geod
+
+    pts = np.concatenate([shapely.get_coordinates(shapely.segmentize(g, 0.01)) for g in geo.province_shapes().values()])
+    geod = Geod(ellps="sphere", a=6371.0088e3, b=6371.0088e3)  # an independent great-circle distance
+    queries = np.array([[24.86, 67.0], [33.68, 73.05], [35.92, 74.31], [30.2, 67.0], [40.0, 60.0]])  # last: outside
+    got = geo.farthest_in_pakistan_km(queries[:, 0], queries[:, 1])
+    for (lat, lon), far in zip(queries, got):
+        _, _, m = geod.inv(np.full(len(pts), lon), np.full(len(pts), lat), pts[:, 0], pts[:, 1])
+        true_max = m.max() / 1000
+        assert true_max <= far <= true_max + geo.BORDER_TOLERANCE_KM + 0.5
+    assert 1500 < got[0] < 1700  # Karachi: the far north of Gilgit-Baltistan is ~1,580 km away

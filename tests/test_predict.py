@@ -17,6 +17,7 @@ from geopak_lib.evaluation.outputs import merge_view_outputs, tta_views
 from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.book.predict_cli import results_table
 from geopak_lib.data.places import name_places
+from geopak_lib.geo import farthest_in_pakistan_km
 
 CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
                       "center_lon": [68.0, 68.5, 74.3], "radius_km": [30.0, 20.0, 25.0],
@@ -126,8 +127,10 @@ def test_calibration_file_is_used_only_for_its_own_checkpoint(ckpt, tmp_path):
     raw = GeopakPredictor.from_checkpoint(path, device="cpu", calibration=None)
     r, r0 = pred.predict(tmp_path / "img" / "a.jpg"), raw.predict(tmp_path / "img" / "a.jpg")
     assert r["radius_calibrated"] and r["radius_coverage"] == 0.8
-    assert r["radius_km"] == pytest.approx(3.0 * (r["spread_km"] + 1.0))
-    assert r["radii_km"]["0.95"] == pytest.approx(7.0 * (r["spread_km"] + 1.0))
+    far = float(farthest_in_pakistan_km(r["lat"], r["lon"])[0])  # the cap (test_radius_never_reaches_beyond_pakistan)
+    assert r["radius_km"] == pytest.approx(min(3.0 * (r["spread_km"] + 1.0), far))
+    assert r["radii_km"]["0.95"] == pytest.approx(min(7.0 * (r["spread_km"] + 1.0), far))
+    assert r["radii_km"]["0.5"] == pytest.approx(0.5 * (r["spread_km"] + 1.0)) and r["radii_km"]["0.5"] < far
     p0 = np.array(list(r0["province_probs"].values()))  # T = 2 flattens: p ∝ sqrt(p0)
     assert r["confidence"] == pytest.approx(np.sqrt(p0).max() / np.sqrt(p0).sum(), rel=1e-5)
     assert r["lat"] == pytest.approx(r0["lat"])  # the temperature never moves the location
@@ -323,3 +326,16 @@ def test_concept_scores_in_predict_and_the_csv(concept_ckpt, tmp_path):
     # with TTA, the concept probabilities are averaged over the views and still sum to 1
     t = GeopakPredictor.from_checkpoint(path, device="cpu", tta=True).predict(img)
     assert t["climate"] in CONCEPTS["climate"] and 0 < t["climate_p"] <= 1
+
+
+def test_radius_never_reaches_beyond_pakistan(ckpt, tmp_path):
+    """A scale fitted on hard validation images times a wide spread can give thousands of km; the
+    radius stops at the farthest point of Pakistan (no image taken there is farther away)."""
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    save_calibration(path, {"temperature": 1.0, "radius_scales": {"0.5": 2.0, "0.8": 1e5}})
+    r = GeopakPredictor.from_checkpoint(path, device="cpu").predict(tmp_path / "img" / "a.jpg")
+    far = float(farthest_in_pakistan_km(r["lat"], r["lon"])[0])
+    assert r["radius_km"] == pytest.approx(far) and r["radii_km"]["0.8"] == pytest.approx(far)
+    assert r["radii_km"]["0.5"] == pytest.approx(min(2.0 * (r["spread_km"] + 1.0), far))  # below the cap: unchanged
+    assert 300 < far < 2500

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.places import name_places
+from geopak_lib.geo import farthest_in_pakistan_km
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
 from geopak_lib.evaluation.concepts_eval import concept_scores
 from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
@@ -270,6 +271,7 @@ class GeopakPredictor:
         scales, by_province = cal.get("radius_scales", {}), cal.get("radius_scales_by_province", {})
         names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch, after any refinement
         concepts = concept_scores(self.model, out)
+        farthest = farthest_in_pakistan_km(pred["lat"], pred["lon"])  # no radius needs to reach beyond the country
         probes = self.probes.top(out["clip_pooled"], k=3) if self.probes is not None and "clip_pooled" in out \
             else [[] for _ in range(len(probs))]
         results = []
@@ -281,13 +283,14 @@ class GeopakPredictor:
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
                      "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
             spread, province = float(pred["spread_km"][i]), str(int(probs[i].argmax()))
-            radii = {str(c): float(error_radius(spread, by_province.get(str(c), {}).get(province, s),  # its province's
-                                                RADIUS_FLOOR_KM)) for c, s in scales.items()}  # scale, where fitted
+            radii = {str(c): min(float(error_radius(spread, by_province.get(str(c), {}).get(province, s),  # its
+                                                    RADIUS_FLOOR_KM)), float(farthest[i]))  # province's scale, where
+                     for c, s in scales.items()}  # fitted; capped at the farthest point of Pakistan
             key = str(RADIUS_COVERAGE)
             results.append({
                 "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
                 "lat": float(pred["lat"][i]), "lon": float(pred["lon"][i]), "confidence": float(probs[i].max()),
-                "radius_km": radii.get(key, float(error_radius(spread, 1.0, RADIUS_FLOOR_KM))),
+                "radius_km": radii.get(key, min(float(error_radius(spread, 1.0, RADIUS_FLOOR_KM)), float(farthest[i]))),
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},
@@ -303,7 +306,7 @@ class GeopakPredictor:
         """One image (PIL image, numpy array or path) -> dict: province, province_id, lat, lon (degrees),
         confidence (calibrated probability of that province), radius_km (the truth lies within it for
         ~80% of validation images when radius_calibrated; the predicted province's own scale where
-        06 fitted one), radius_calibrated, radius_coverage, radii_km {coverage: km}, spread_km,
+        06 fitted one; never beyond the farthest point of Pakistan, geo.farthest_in_pakistan_km), radius_calibrated, radius_coverage, radii_km {coverage: km}, spread_km,
         province_probs, place (the nearest GeoNames place of the predicted point's province),
         district, place_province (the polygon province of the predicted point, which can differ
         from ``province``), place_km (km from the point to place; place and district are "" and

@@ -24,8 +24,10 @@ from safetensors.torch import load_file, save_file
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.evaluation.calibration import load_calibration, load_evaluation_summary
+from geopak_lib.evaluation.refinement import gallery_paths, load_gallery
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
+from geopak_lib.model.refine import Gallery
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
 from geopak_lib.utils import atomic_write_bytes, file_sha256
 
@@ -80,8 +82,6 @@ def exported_tensors(state: dict, encoders: dict, fresh: dict, include_encoders:
 def export_gallery(checkpoint, out_dir: Path) -> tuple[dict, dict]:
     """Copy the refinement gallery beside ``checkpoint`` into out_dir -> (config's 'refinement'
     block: settings, default, validation figures; its 'weights' entry). No usable gallery is an error."""
-    from geopak_lib.evaluation.refinement import gallery_paths, load_gallery
-
     gallery, record, why = load_gallery(checkpoint)
     if gallery is None:
         raise ValueError(f"--with-gallery: {checkpoint} has no usable refinement gallery: {why}")
@@ -155,8 +155,6 @@ def read_model_folder(folder) -> dict:
 def load_folder_gallery(folder, config: dict):
     """(Gallery, refinement record, why) of an exported folder, or (None, None, why not); the
     sha256 was checked by read_model_folder."""
-    from geopak_lib.model.refine import Gallery
-
     if GALLERY_FILE not in config.get("weights", {}) or not config.get("refinement"):
         return None, None, "the model folder carries no refinement gallery (export it with --with-gallery)"
     with np.load(Path(folder) / GALLERY_FILE, allow_pickle=False) as z:

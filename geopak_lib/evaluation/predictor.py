@@ -26,7 +26,7 @@ from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
 from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery, read_model_folder
 from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
-from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction
+from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction, refinement_choice
 from geopak_lib.metrics import error_radius
 from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
@@ -59,22 +59,6 @@ def _gallery_loader(source, model_folder: bool = False):
     if model_folder:
         return lambda: load_folder_gallery(source, read_model_folder(source))
     return lambda: load_gallery(source)
-
-
-def _refinement(load, refine) -> tuple:
-    """(gallery or None, RefineSettings or None, what the predictor says about refinement);
-    load: see _gallery_loader (called only when refinement may be on)."""
-    if refine is False:
-        return None, None, "off (not asked for)"
-    gallery, record, why = load()
-    if gallery is None:
-        if refine is True:
-            raise ValueError(f"refinement was asked for but there is no usable gallery: {why}")
-        return None, None, f"off: {why}"
-    settings = RefineSettings(**record["settings"])
-    if refine == "auto" and not record.get("default", False):
-        return None, None, f"off: it did not improve the validation median ({why}); ask for it to use it"
-    return gallery, settings, f"on ({settings.label()}; {why})"
 
 
 class GeopakPredictor:
@@ -132,7 +116,7 @@ class GeopakPredictor:
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
         if calibration == "auto":
             calibration, why = load_calibration(path)
-        gallery, settings, refinement = _refinement(_gallery_loader(path), refine)
+        gallery, settings, refinement = refinement_choice(_gallery_loader(path), refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
                 "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
         predictor = cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
@@ -152,7 +136,7 @@ class GeopakPredictor:
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
         src = config["source"]
-        gallery, settings, refinement = _refinement(lambda: load_folder_gallery(folder, config), refine)
+        gallery, settings, refinement = refinement_choice(lambda: load_folder_gallery(folder, config), refine)
         info = {"checkpoint": str(folder), "phase": src["phase"], "epoch": src.get("epoch"),
                 "encoders": config["encoders"], "model_folder": True, "refinement": refinement,
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
@@ -198,8 +182,8 @@ class GeopakPredictor:
         beside the checkpoint, or one inside an exported folder; ValueError otherwise) or off."""
         if isinstance(self.checkpoint, list) and on:
             raise ValueError("an ensemble is not refined: each gallery fits one checkpoint")
-        gallery, settings, why = _refinement(_gallery_loader(self.checkpoint, self.info.get("model_folder", False)),
-                                             bool(on))
+        gallery, settings, why = refinement_choice(_gallery_loader(self.checkpoint, self.info.get("model_folder", False)),
+                                                   bool(on))
         return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
                                self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery,
                                settings)._share_probes(self)

@@ -114,6 +114,22 @@ def load_gallery(checkpoint) -> tuple[Gallery | None, dict | None, str]:
     return gallery, record, f"{why}: {record['n_items']:,} items, {record['memory_mb']:.1f} MB"
 
 
+def refinement_choice(load, refine) -> tuple:
+    """(gallery or None, RefineSettings or None, what the predictor says about refinement);
+    load: a zero-argument function -> load_gallery's triple (called only when refinement may be on)."""
+    if refine is False:
+        return None, None, "off (not asked for)"
+    gallery, record, why = load()
+    if gallery is None:
+        if refine is True:
+            raise ValueError(f"refinement was asked for but there is no usable gallery: {why}")
+        return None, None, f"off: {why}"
+    settings = RefineSettings(**record["settings"])
+    if refine == "auto" and not record.get("default", False):
+        return None, None, f"off: it did not improve the validation median ({why}); ask for it to use it"
+    return gallery, settings, f"on ({settings.label()}; {why})"
+
+
 # --- refined predictions ------------------------------------------------------------------------
 
 def refine_prediction(pred: dict, query, gallery: Gallery, cell_radius_km, settings: RefineSettings) -> dict:

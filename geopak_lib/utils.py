@@ -4,9 +4,11 @@ array maths used across layers (a row softmax and L2 normalisation)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import random
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,16 @@ def l2_normalize(a) -> np.ndarray:
     """Rows of (N, D) scaled to unit length (a zero row stays zero), float32."""
     a = np.asarray(a, np.float32)
     return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+
+
+@contextmanager
+def quiet_rebuild():
+    """Log warnings held back while a model is rebuilt whose encoders the book already reported
+    (random weights and all: 03's concept variants, 05's phase comparison), so a report says it
+    once, not once per rebuild."""
+    before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(before)

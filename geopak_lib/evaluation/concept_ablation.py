@@ -9,11 +9,9 @@ the table is ``run_dir/concept_ablation.csv``. Decisions and measured figures: d
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from geopak_lib.training.checkpoints import load_checkpoint
 from geopak_lib.training.config import PhaseConfig
 from geopak_lib.training.inputs import load_phase_inputs, make_loss
 from geopak_lib.training.trainer import train_phase
-from geopak_lib.utils import pick_device, seed_everything
+from geopak_lib.utils import pick_device, quiet_rebuild, seed_everything
 
 VARIANTS = ("off", "on", "bottleneck")
 DEFAULT_WEIGHT = 0.1  # the on/bottleneck weight when the main run has the heads off
@@ -62,18 +60,6 @@ def evaluate_variant(variant: str, model, data, weight: float, device, batch_siz
                      **{f"{c}_acc": acc.loc["all", f"{c}_acc"] for c in ("climate", "land_cover")
                         if f"{c}_acc" in acc}, "train_seconds": seconds})
     return rows
-
-
-@contextmanager
-def quiet_rebuild():
-    """The variants rebuild the encoders 03 already built and reported (random weights and all): log
-    warnings are held back meanwhile, so the report says it once, not once per variant and process."""
-    before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(before)
 
 
 def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict | None, device="cpu",

@@ -29,7 +29,7 @@ from geopak_lib.training.cache import FeatureCache
 from geopak_lib.training.inputs import TrainData
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
 from geopak_lib.training.selection import PHASE_NAMES, best_val_row
-from geopak_lib.utils import pick_device
+from geopak_lib.utils import pick_device, quiet_rebuild
 
 METHODS = {  # column prefix -> what the ablation table calls it
     "mixture": "GEOPAK mixture (top-2 provinces × top-5 cells)",
@@ -83,7 +83,7 @@ def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False,
     return out
 
 
-FEATURE_SOURCES = {"cache": "cache", "clip_cache": "cache (CLIP) + images (scene)", "images": "images"}
+FEATURE_SOURCES = {"cache": "cache", "clip_cache": "cache+scene", "images": "images"}  # 05's `features` column
 
 
 def feature_source(model, table: pd.DataFrame, cache_root="cache") -> tuple[str, FeatureCache | None]:
@@ -276,7 +276,8 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
         if rows and best is not None and int(best["epoch"]) == 0:  # kept its start: the previous phase's weights
             rows += [{**r, "phase": phase, "name": PHASE_NAMES[phase]} for r in rows[-2:]]
             continue
-        model = build_model_from_checkpoint(path, with_encoders=True)
+        with quiet_rebuild():  # the encoders' status was reported by the notebooks that trained them
+            model = build_model_from_checkpoint(path, with_encoders=True)
         source, cache = feature_source(model, manifest, cache_root)
         split_data = replace(data, cache=cache) if cache is not None else data
         for split in ("val", "test"):

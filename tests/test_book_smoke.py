@@ -57,3 +57,13 @@ def test_explorer_report_shows_its_first_state(smoke_book):
     assert "geopak-explorer-static" in page and "data:image/png;base64" in page
     assert re.search(r"<iframe\b[^>]*\ssrcdoc=", page), "the hypotheses map (an iframe) is missing"
     assert "test image" in page and "error radius" in page
+
+
+def test_evaluation_leaves_refined_test_predictions_and_the_comparison_is_quiet(smoke_book):
+    """06 saves the test frame again after refinement (08 labels by the error it shows), and 05's
+    phase comparison rebuilds each checkpoint without repeating the encoders' warnings."""
+    run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
+    frame = pd.read_csv(run_dir / "predictions_test.csv")
+    assert frame["refined_error_km"].notna().all() and (frame["refined_error_km"] >= 0).all()
+    page = (REPO_ROOT / "reports" / "smoke" / "05_phase3_finetune.html").read_text()
+    assert page.count("Model initialized randomly") <= 1  # phase 3's own set-up may say it; the comparison not

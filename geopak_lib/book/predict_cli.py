@@ -31,10 +31,11 @@ The CSV has one row per file: image, lat, lon (degrees), province, confidence (c
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
 once 06_evaluation has calibrated the checkpoint; never beyond the farthest point of Pakistan),
 place (the nearest GeoNames place of 1,000+ people in the predicted point's province), district,
-place_province (the province the predicted point lies in) and place_km (km from the point to that place; place and district are empty when
-the point is outside Pakistan or more than 60 km from any place), hyp1_province, hyp1_lat, hyp1_lon,
-hyp1_weight, ... for the --top best hypotheses, the concepts the model reads in the image with their
-probabilities (climate, climate_p, land_cover, land_cover_p; empty for a model without concept heads),
+place_province (the province the predicted point lies in) and place_km (km from the point to that
+place; place and district are empty when the point is outside Pakistan or more than 60 km from any
+place), hyp1_province, hyp1_lat, hyp1_lon, hyp1_weight, ... for the --top best hypotheses, the
+concepts the model reads in the image with their probabilities (climate, climate_p, land_cover,
+land_cover_p; empty for a model without concept heads),
 and error (empty when the file was predicted).
 A file that cannot be read gets a row with its error and the others are still predicted.
 

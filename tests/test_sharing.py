@@ -165,8 +165,13 @@ def test_export_with_gallery_refines_as_the_checkpoint(tmp_path, trained, capsys
     assert cli.main(["export", str(path), "--out", str(out), "--with-gallery"]) == 2  # nothing to add yet
     assert "no usable refinement gallery" in capsys.readouterr().err
     save_gallery(path, model, default=True)
+    headline = {"n": 4, "median_km": 12.5, "p90_km": 80.0, "acc_25km": 0.5, "acc_200km": 1.0, "province_acc": 0.75}
+    save_evaluation_summary(path, headline, pd.DataFrame({"province": ["Sindh"], "n": [4], "median_km": [12.5]}),
+                            {"refined": {"default": True, "median_km": 7.26, "p90_km": 41.0}})
     assert cli.main(["export", str(path), "--out", str(out), "--with-gallery"]) == 0
     assert "gallery.npz: 3 training images" in capsys.readouterr().out
+    assert "Test median, as 06_evaluation reported it: 12.5 km plain (the table above), 7.3 km refined (p90 41.0 km)" \
+        in (out / "README.md").read_text()
     assert (out / "gallery.npz").read_bytes() == gallery_paths(path)[0].read_bytes()
     config = json.loads((out / "config.json").read_text())
     assert config["refinement"]["settings"]["k"] == 1 and "checkpoint_sha256" not in config["refinement"]

@@ -74,14 +74,19 @@ def evaluation_section(summary: dict | None) -> str:
             + markdown_table(prov[cols].round(3)))
 
 
-def refinement_section(refinement: dict | None) -> str:
-    """The card's words on the gallery (``geopak export --with-gallery``) or its absence."""
+def refinement_section(refinement: dict | None, summary: dict | None = None) -> str:
+    """The card's words on the gallery (``geopak export --with-gallery``) or its absence; summary:
+    06's evaluation summary, whose ``refined`` block has the refined test figures."""
     if not refinement:
         return ("No refinement gallery in this folder (`geopak export --with-gallery` adds one): predictions "
                 "are the mixture's points, not refined inside the cells.")
     val = refinement.get("val_median_km", {})
     figures = (f" Validation median: {val['plain']:.1f} km plain, {val['refined']:.1f} km refined."
                if {"plain", "refined"} <= set(val) else "")
+    test = (summary or {}).get("refined")
+    if test and "median_km" in test:
+        figures += (f" Test median, as 06_evaluation reported it: {summary['headline']['median_km']:.1f} km plain "
+                    f"(the table above), {test['median_km']:.1f} km refined (p90 {test['p90_km']:.1f} km).")
     on = "on by default (`--refine auto`)" if refinement.get("default") else "off by default (`--refine on` uses it)"
     return (f"`gallery.npz` holds {refinement['n_items']:,} training images (their fused embeddings and "
             f"positions). Each hypothesis moves towards its best-matching training images inside its own "
@@ -134,7 +139,7 @@ predictor.predict("photo.jpg")  # province, lat, lon, confidence, radius_km, hyp
 
 ## Refinement
 
-{refinement_section(config.get('refinement'))}
+{refinement_section(config.get('refinement'), config.get('evaluation'))}
 
 ## Encoders
 {warn}

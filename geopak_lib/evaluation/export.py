@@ -18,16 +18,14 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from geopak_lib.constants import PROVINCES
 from geopak_lib.evaluation.calibration import load_calibration, load_evaluation_summary
-from geopak_lib.evaluation.refinement import gallery_paths, load_gallery
+from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, read_gallery
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
-from geopak_lib.model.refine import Gallery
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
 from geopak_lib.utils import atomic_write_bytes, file_sha256
 
@@ -157,8 +155,7 @@ def load_folder_gallery(folder, config: dict):
     sha256 was checked by read_model_folder."""
     if GALLERY_FILE not in config.get("weights", {}) or not config.get("refinement"):
         return None, None, "the model folder carries no refinement gallery (export it with --with-gallery)"
-    with np.load(Path(folder) / GALLERY_FILE, allow_pickle=False) as z:
-        gallery = Gallery(z["embedding"].astype(np.float32), z["lat"], z["lon"], z["cell_start"])
+    gallery = read_gallery(Path(folder) / GALLERY_FILE)
     if gallery.n_cells != config["n_cells"] or gallery.embedding.shape[1] != config["model"]["config"]["fused_dim"]:
         raise ModelFolderError(f"{folder}/{GALLERY_FILE} does not fit the model in config.json "
                                f"({gallery.n_cells} cells, dimension {gallery.embedding.shape[1]})")

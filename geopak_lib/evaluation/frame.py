@@ -25,7 +25,7 @@ from geopak_lib.model.inference import (argmax_predict, aux_predict, cell_condit
                                         mixture_predict, outputs_to)
 from geopak_lib.training.passes import PassSettings, model_outputs
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.training.cache import FeatureCache
+from geopak_lib.training.cache import FeatureCache, encoder_fingerprint
 from geopak_lib.training.inputs import TrainData
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
 from geopak_lib.training.selection import PHASE_NAMES, best_val_row
@@ -90,9 +90,11 @@ def feature_source(model, table: pd.DataFrame, cache_root="cache") -> tuple[str,
     """How a model can be evaluated on ``table``'s rows (the manifest, or load_data's table in its
     order): 'cache' (a complete feature cache of exactly both its encoders: the heads alone),
     'clip_cache' (one of its CLIP encoder, which phases 2-3 left frozen: only the scene encoder
-    runs on the images) or 'images' (no cache fits), with that cache. Weights sha256 decide."""
+    runs on the images) or 'images' (no cache fits), with that cache. Weights sha256 decide (each
+    encoder's weights are hashed once)."""
+    prints = {"clip": encoder_fingerprint(model.clip_encoder), "scene": encoder_fingerprint(model.scene_encoder)}
     for source, slots in (("cache", ("clip", "scene")), ("clip_cache", ("clip",))):
-        cache = FeatureCache.find_clean(table, model.clip_encoder, model.scene_encoder, cache_root, slots)
+        cache = FeatureCache.find_matching(table, {s: prints[s] for s in slots}, cache_root)
         if cache is not None:
             return source, cache
     return "images", None
@@ -107,11 +109,16 @@ def cached_outputs(model, table: pd.DataFrame, split: str, cache_root="cache",
     source, cache = feature_source(model, table, cache_root)
     if cache is None:
         return None, source
+    return outputs_from_cache(model, table, split, source, cache, batch_size), source
+
+
+def outputs_from_cache(model, table: pd.DataFrame, split: str, source: str, cache: FeatureCache,
+                       batch_size: int = 256) -> dict:
+    """cached_outputs with feature_source's answer already in hand (several splits, one lookup)."""
     data = TrainData(table.reset_index(drop=True), cache)
     device, was_training = next(model.parameters()).device, model.training
     try:
-        settings = PassSettings(source=source, batch_size=batch_size)
-        return model_outputs(model, data, data.rows(split), settings, device), source
+        return model_outputs(model, data, data.rows(split), PassSettings(source=source, batch_size=batch_size), device)
     finally:
         model.train(was_training)
 

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.ensemble import same_weights
-from geopak_lib.evaluation.frame import cached_outputs, predictions_frame, split_outputs
+from geopak_lib.evaluation.frame import feature_source, outputs_from_cache, predictions_frame, split_outputs
 from geopak_lib.evaluation.groups import COMBINE, encoder_features, features_group_outputs
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files
 from geopak_lib.metrics import error_km, summarize_errors
@@ -117,18 +117,22 @@ def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=
     """{split: predictions_frame} of an ensemble predictor (what predictor_frames gives), with the
     first member's outputs taken from ``known`` ({split: outputs of that checkpoint alone}, e.g.
     06's plain pass of the final model) instead of running its encoders again. Each other member
-    runs once, with what the feature cache holds of its encoders (frame.cached_outputs: the heads
+    runs once, with what the feature cache holds of its encoders (frame.feature_source: the heads
     alone for a phase-0/1 member, the scene encoder alone for one with a frozen CLIP slot);
     EnsembleModel.pack combines them exactly as its forward does."""
     model, train = ens.model, table[table["split"] == "train"]
     solo = [GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces, top_cells=ens.top_cells)
             for m, member in enumerate(model.members)]
+    found = [None if m == 0 and known is not None else feature_source(p.model, table, cache_root)
+             for m, p in enumerate(solo)]  # one cache lookup per member, for every split
 
     def member_outputs(m, split):
-        if m == 0 and known is not None:
+        if found[m] is None:
             return known[split]
-        cached = cached_outputs(solo[m].model, table, split, cache_root)[0]
-        return cached if cached is not None else split_outputs(solo[m], table, split, False, batch_size, num_workers)
+        source, cache = found[m]
+        if cache is not None:
+            return outputs_from_cache(solo[m].model, table, split, source, cache)
+        return split_outputs(solo[m], table, split, False, batch_size, num_workers)
 
     frames = {}
     for s in splits:

@@ -267,14 +267,14 @@ class GeopakPredictor:
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
                      "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
             spread, province = float(pred["spread_km"][i]), str(int(probs[i].argmax()))
-            radii = {str(c): min(float(error_radius(spread, by_province.get(str(c), {}).get(province, s),  # its
-                                                    RADIUS_FLOOR_KM)), float(farthest[i]))  # province's scale, where
+            radius = lambda scale: min(float(error_radius(spread, scale, RADIUS_FLOOR_KM)), float(farthest[i]))  # noqa: E731
+            radii = {str(c): radius(by_province.get(str(c), {}).get(province, s))  # its province's scale, where
                      for c, s in scales.items()}  # fitted; capped at the farthest point of Pakistan
             key = str(RADIUS_COVERAGE)
             results.append({
                 "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
                 "lat": float(pred["lat"][i]), "lon": float(pred["lon"][i]), "confidence": float(probs[i].max()),
-                "radius_km": radii.get(key, min(float(error_radius(spread, 1.0, RADIUS_FLOOR_KM)), float(farthest[i]))),
+                "radius_km": radii.get(key, radius(1.0)),
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},

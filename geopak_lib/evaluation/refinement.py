@@ -101,6 +101,12 @@ def save_gallery(checkpoint, gallery: Gallery, settings: RefineSettings, record:
     return write_stamped(meta, checkpoint, json.loads(json.dumps(body, default=float)))
 
 
+def read_gallery(npz) -> Gallery:
+    """The Gallery in a gallery npz (plain arrays; float16 embeddings become float32)."""
+    with np.load(npz, allow_pickle=False) as z:
+        return Gallery(z["embedding"].astype(np.float32), z["lat"], z["lon"], z["cell_start"])
+
+
 def load_gallery(checkpoint) -> tuple[Gallery | None, dict | None, str]:
     """(gallery, record with 'settings' and 'default', why) or (None, None, why not)."""
     npz, meta = gallery_paths(checkpoint)
@@ -109,9 +115,7 @@ def load_gallery(checkpoint) -> tuple[Gallery | None, dict | None, str]:
         return None, None, why
     if not npz.is_file() or file_sha256(npz) != record.get("arrays_sha256"):
         return None, None, f"{npz.name} is missing or does not match {meta.name}; re-run 06_evaluation"
-    with np.load(npz, allow_pickle=False) as z:
-        gallery = Gallery(z["embedding"].astype(np.float32), z["lat"], z["lon"], z["cell_start"])
-    return gallery, record, f"{why}: {record['n_items']:,} items, {record['memory_mb']:.1f} MB"
+    return read_gallery(npz), record, f"{why}: {record['n_items']:,} items, {record['memory_mb']:.1f} MB"
 
 
 def refinement_choice(load, refine) -> tuple:

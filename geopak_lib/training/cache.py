@@ -177,9 +177,14 @@ class FeatureCache:
         slots and the rounding), or None. For evaluating checkpoints whose encoders were frozen
         (phases 0-1) without running the encoders again; slots=("clip",) asks for the CLIP
         slot's features alone (phases 2-3 tune the scene encoder only)."""
+        return cls.find_matching(manifest, {s: encoder_fingerprint(e) for s, e in
+                                            (("clip", clip_encoder), ("scene", scene_encoder)) if s in slots}, cache_root)
+
+    @classmethod
+    def find_matching(cls, manifest: pd.DataFrame, fingerprints: dict, cache_root="cache") -> "FeatureCache | None":
+        """find_clean with the encoders' fingerprints already taken ({slot: encoder_fingerprint})."""
         want = {"version": CACHE_VERSION, "manifest_sha256": manifest_hash(manifest), "n_rows": len(manifest),
-                **{s: encoder_fingerprint(e) for s, e in (("clip", clip_encoder), ("scene", scene_encoder))
-                   if s in slots}}
+                **fingerprints}
         for key_file in sorted(Path(cache_root).glob("*/key.json")):
             if not (key_file.parent / "complete.json").exists():
                 continue

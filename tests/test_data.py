@@ -142,7 +142,7 @@ def test_load_rgb_pixel_values(dataset):
 def test_load_rgb_applies_exif_orientation(dataset):
     assert Image.open(dataset / "images" / "exif.jpg").size == (40, 20)
     assert load_rgb(dataset / "images" / "exif.jpg").size == (20, 40)  # (width, height) transposed
-    w, h, sha1 = inspect_image(dataset / "images" / "exif.jpg")
+    w, h, sha1, _ = inspect_image(dataset / "images" / "exif.jpg")
     assert (w, h) == (20, 40)
     assert sha1 == hashlib.sha1((dataset / "images" / "exif.jpg").read_bytes()).hexdigest()
 

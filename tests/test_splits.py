@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from geopak_lib.constants import PROVINCES
+from geopak_lib.data import splits
 from geopak_lib.geo import KM_PER_DEG_LAT, haversine_km, locate_province
 from geopak_lib.data.splits import (block_ids, min_cross_split_distance_km, spatial_block_split,
                                split_summary)
@@ -143,3 +144,70 @@ def test_buffer_keeps_training_away_from_held_out(manifest, split):
         assert (db.min(1) < 8.0).all()
     with pytest.raises(ValueError, match="buffer_km"):
         spatial_block_split(manifest, buffer_km=-1)
+
+
+def _geod_boxes(meta):
+    """Window boxes from demo_meta.csv, by pyproj's geodesic (independent of geo.km_to_deg)."""
+    from pyproj import Geod
+
+    g, n = Geod(ellps="WGS84"), len(meta)
+    half_m = meta["window_km"].to_numpy(float) * 500.0
+    lat, lon = meta["window_lat"].to_numpy(float), meta["window_lon"].to_numpy(float)
+    _, north, _ = g.fwd(lon, lat, np.zeros(n), half_m)
+    _, south, _ = g.fwd(lon, lat, np.full(n, 180.0), half_m)
+    east, _, _ = g.fwd(lon, lat, np.full(n, 90.0), half_m)
+    west, _, _ = g.fwd(lon, lat, np.full(n, 270.0), half_m)
+    return np.stack([south, north, west, east], axis=1)
+
+
+@pytest.mark.parametrize("n", [400, 3000])  # the smoke and the demo build
+def test_demo_split_shares_no_ground(n):
+    """No val/test crop overlaps any training crop (windows recomputed independently), every province is held out."""
+    from geopak_lib.book import demo
+
+    locs = demo.sample_locations(n, 0, region_km=demo.REGION_KM)
+    views = demo.fit_windows(locs["latitude"], locs["longitude"], demo.sample_views(n, 0), demo.REGION_KM)
+    m = locs[["latitude", "longitude", "province"]].assign(id=[f"pk{i:06d}" for i in range(n)])
+    s = splits.spatial_block_split(m, block_km=demo.REGION_KM, seed=0)
+    box = _geod_boxes(views)
+    # every label point lies in its own crop
+    assert ((box[:, 0] <= locs["latitude"]) & (locs["latitude"] <= box[:, 1])
+            & (box[:, 2] <= locs["longitude"]) & (locs["longitude"] <= box[:, 3])).all()
+    tr, held = box[(s["split"] == "train").to_numpy()], box[s["split"].isin(["val", "test"]).to_numpy()]
+    overlap = ((tr[:, None, 0] < held[None, :, 1]) & (held[None, :, 0] < tr[:, None, 1])
+               & (tr[:, None, 2] < held[None, :, 3]) & (held[None, :, 2] < tr[:, None, 3]))
+    assert not overlap.any()
+    assert splits.shared_ground(s, views.assign(id=m["id"]))["shared"].max() == 0.0
+    if n == 3000:
+        counts = pd.crosstab(s["province"], s["split"])
+        assert (counts["test"] >= 5).all() and (counts["val"] >= 5).all(), counts
+
+
+def test_shared_ground_by_hand():
+    """A held-out window half inside a training window shares 0.5; a disjoint one 0."""
+    from geopak_lib.geo import km_to_deg
+
+    dlat, _ = km_to_deg(5.0, 0.0, 30.0)
+    m = pd.DataFrame({"id": ["a", "b", "c"], "split": ["train", "test", "val"]})
+    w = pd.DataFrame({"id": ["a", "b", "c"], "window_lat": [30.0, 30.0 + float(dlat), 35.0],
+                      "window_lon": [70.0, 70.0, 70.0], "window_km": [10.0, 10.0, 10.0]})
+    got = splits.shared_ground(m, w).set_index("id")["shared"]
+    assert got["b"] == pytest.approx(0.5, abs=0.01) and got["c"] == 0.0
+
+
+def test_duplicates_and_borders_share_a_split():
+    """Rows at one spot (across a province border) or with one sha1/phash are never in two splits."""
+    rng = np.random.default_rng(0)
+    n = 600
+    m = pd.DataFrame({"id": [f"r{i}" for i in range(n)], "latitude": rng.uniform(24, 36, n),
+                      "longitude": rng.uniform(62, 76, n), "province": "Punjab",
+                      "sha1": [f"s{i}" for i in range(n)], "phash": [f"p{i}" for i in range(n)]})
+    m.loc[1, ["latitude", "longitude"]] = m.loc[0, ["latitude", "longitude"]].to_numpy()
+    m.loc[1, "province"] = "Islamabad Capital Territory"  # same spot, other province: one block anyway
+    for a, b, col in [(10, 300, "sha1"), (20, 400, "phash"), (30, 500, "sha1"), (500, 550, "phash")]:
+        m.loc[b, col] = m.loc[a, col]
+    for seed in range(5):
+        s = splits.spatial_block_split(m, block_km=100.0, seed=seed).set_index("id")["split"]
+        assert s["r0"] == s["r1"]
+        assert s["r10"] == s["r300"] and s["r20"] == s["r400"] and s["r30"] == s["r500"] == s["r550"]
+    assert len(splits.duplicate_links(m)) == 5

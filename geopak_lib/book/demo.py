@@ -11,7 +11,8 @@ Layout of ``out_dir`` (see docs/decisions/demo.md):
 
     samples.csv      id, image, latitude, longitude, province   (image is relative to images/)
     images/          <id>.jpg, RGB, image_size x image_size, JPEG quality 90
-    demo_meta.csv    id, town, town_population, spread, distance_km, kind, poor_mode, raster, window_km
+    demo_meta.csv    id, town, town_population, spread, distance_km, kind, poor_mode, raster,
+                     window_lat, window_lon, window_km (the crop's centre in degrees and its side in km)
     README.txt       what the images are, and attribution
     demo_params.json build stamp, written last: a folder without it is an incomplete build
 """
@@ -35,7 +36,7 @@ from geopak_lib.geo import km_to_deg, locate_province
 from geopak_lib.data.places import MIN_POPULATION, pakistan_towns
 from geopak_lib.utils import atomic_write_bytes
 
-FORMAT_VERSION = 1  # bump when the builder's output changes, so old stamps no longer match
+FORMAT_VERSION = 2  # bump when the builder's output changes, so old stamps no longer match
 SAMPLE_COLUMNS = ["id", "image", "latitude", "longitude", "province"]
 IMAGE_DIR = "images"
 STAMP_FILE = "demo_params.json"
@@ -51,9 +52,17 @@ FLOOR_SHARE, FLOOR_MIN, FLOOR_MAX = 0.04, 15, 120  # per-province floor, see pro
 REGION = {"lat_top": 40.0, "lat_bottom": 21.0, "lon_left": 58.0, "lon_right": 80.0}
 RASTERS = {"bmng": "bmng.jpg", "shadedrelief": "shadedrelief.jpg"}
 RASTER_CHOICE = {"bmng": 0.45, "shadedrelief": 0.30, "blend": 0.25}
-WINDOW_KM = (40.0, 160.0)       # side of a normal crop, drawn log-uniformly
+WINDOW_KM = (10.0, 25.0)        # side of a normal crop, drawn log-uniformly (then fitted into its region)
 ZOOM_WINDOW_KM = (4.0, 10.0)    # "poor" tight zoom: one or two raster pixels, almost flat colour
 MAX_SHIFT = 0.25                # window centre moves up to 25% of its side, so the point is off-centre
+# Every crop lies inside its point's region: the square of side region_km on the split's block grid
+# (splits.block_index). A split that keeps regions whole then shares no ground between splits
+# (docs/decisions/demo.md). Points keep EDGE_KM from their region's edge, so the window, pulled
+# inside the region, still holds its point; ROTATION_SLACK covers the few-degree turn between a
+# north-up crop and the block grid far from its centre.
+REGION_KM = 30.0
+EDGE_KM = 2.5
+ROTATION_SLACK = 0.1
 POOR_MODES = ("zoom", "blur", "occlusion")
 
 
@@ -111,13 +120,14 @@ def _jitter(rng, town_lat, town_pop, spread_town):
     return dist, dlat, dlon
 
 
-def sample_locations(n: int, seed: int, floor: int | None = None,
-                     population_power: float = POPULATION_POWER) -> pd.DataFrame:
+def sample_locations(n: int, seed: int, floor: int | None = None, population_power: float = POPULATION_POWER,
+                     region_km: float = REGION_KM) -> pd.DataFrame:
     """Draw ``n`` labelled locations around Pakistani towns. Pure: the same (n, seed) give the same frame.
 
     Per province (counts from :func:`province_counts`): a town by population**power, then 70% within
     the town's 3-8 km radius, 30% rural up to 40 km. A point outside its province polygon is redrawn
-    (new jitter; every 10th try also a new town), so every label equals ``locate_province``.
+    (new jitter; every 10th try also a new town), so every label equals ``locate_province``; so is
+    a point within EDGE_KM of its region's edge (region: the ``region_km`` block holding it).
     Returns n rows in random order: latitude, longitude (degrees, rounded to 1e-6), province, town,
     town_population, spread ('town' | 'rural'), distance_km.
     """
@@ -141,7 +151,7 @@ def sample_locations(n: int, seed: int, floor: int | None = None,
             d, dlat, dlon = _jitter(rng, t["latitude"].to_numpy(), t["population"].to_numpy(), spread_town[todo])
             la = np.round(t["latitude"].to_numpy() + dlat, 6)  # rounded before the test: the CSV round-trips
             lo = np.round(t["longitude"].to_numpy() + dlon, 6)
-            ok = locate_province(la, lo, tolerance_km=0.0) == province
+            ok = (locate_province(la, lo, tolerance_km=0.0) == province) & (edge_distance_km(la, lo, region_km) >= EDGE_KM)
             lat[todo[ok]], lon[todo[ok]], dist[todo[ok]] = la[ok], lo[ok], d[ok]
             todo = todo[~ok]
             if todo.size == 0:
@@ -186,6 +196,61 @@ def sample_views(n: int, seed: int, poor_share: float = 0.15) -> pd.DataFrame:
     })
 
 
+# --- windows: each crop inside its point's region ------------------------------------------
+
+def edge_distance_km(lat, lon, region_km: float) -> np.ndarray:
+    """Distance (km) from each point to the nearest edge of its ``region_km`` block (block grid plane)."""
+    from geopak_lib.data.splits import block_plane_km
+
+    x, y = block_plane_km(lat, lon)
+    fx, fy = np.mod(x, region_km), np.mod(y, region_km)
+    return np.minimum.reduce([fx, region_km - fx, fy, region_km - fy])
+
+
+def window_corners(c_lat, c_lon, window_km):
+    """The four corners (lat, lon), degrees, of the north-up crop of side ``window_km`` centred at c_lat, c_lon.
+
+    Returns two (N, 4) arrays. This is the ground the crop covers (window_box cuts exactly it).
+    """
+    half_lat, half_lon = km_to_deg(np.asarray(window_km) / 2, np.asarray(window_km) / 2, np.asarray(c_lat))
+    lat = np.stack([c_lat - half_lat, c_lat - half_lat, c_lat + half_lat, c_lat + half_lat], axis=-1)
+    lon = np.stack([c_lon - half_lon, c_lon + half_lon, c_lon - half_lon, c_lon + half_lon], axis=-1)
+    return lat, lon
+
+
+def fit_windows(lat, lon, views: pd.DataFrame, region_km: float = REGION_KM) -> pd.DataFrame:
+    """``views`` with window_lat, window_lon, window_km: each crop moved (and if need be shrunk) into its region.
+
+    The wanted centre is the point shifted by (shift_north, shift_east) x side; it is clamped so the
+    whole crop lies inside the point's ``region_km`` block, and the side is capped below the region.
+    Every returned crop is checked: its four corners lie in the point's block. lat, lon: (N,) degrees.
+    """
+    from geopak_lib.data.splits import block_plane_km, from_block_plane_km
+
+    lat, lon = np.asarray(lat, float), np.asarray(lon, float)
+    x, y = block_plane_km(lat, lon)
+    x0, y0 = np.floor(x / region_km) * region_km, np.floor(y / region_km) * region_km
+    side = np.minimum(views["window_km"].to_numpy(float), region_km - 2 * EDGE_KM)
+    for _ in range(20):
+        half = side / 2 * (1 + ROTATION_SLACK)
+        cx = np.clip(x + views["shift_east"].to_numpy() * side, x0 + half, x0 + region_km - half)
+        cy = np.clip(y + views["shift_north"].to_numpy() * side, y0 + half, y0 + region_km - half)
+        c_lat, c_lon = from_block_plane_km(cx, cy)
+        k_lat, k_lon = window_corners(c_lat, c_lon, side)
+        kx, ky = block_plane_km(k_lat.ravel(), k_lon.ravel())
+        kx, ky = kx.reshape(-1, 4), ky.reshape(-1, 4)
+        inside = ((kx > x0[:, None]) & (kx < x0[:, None] + region_km)
+                  & (ky > y0[:, None]) & (ky < y0[:, None] + region_km)).all(axis=1)
+        if inside.all():
+            break
+        side = np.where(inside, side, side * 0.9)
+    else:
+        raise RuntimeError(f"{int((~inside).sum())} crops could not be fitted into their {region_km} km region")
+    out = views.copy()
+    out["window_lat"], out["window_lon"], out["window_km"] = np.round(c_lat, 6), np.round(c_lon, 6), side
+    return out
+
+
 # --- rasters and crops -----------------------------------------------------------------------
 
 @lru_cache(maxsize=1)
@@ -221,12 +286,18 @@ def window_box(lat, lon, window_km, shift_north, shift_east, px_per_deg,
 
 
 def render_image(lat: float, lon: float, view, image_size: int, rng: np.random.Generator) -> Image.Image:
-    """One RGB image (image_size x image_size) for a point and a row of :func:`sample_views`."""
+    """One RGB image (image_size x image_size) for a point and a row of :func:`sample_views`.
+
+    A row of :func:`fit_windows` is cut at its fitted centre (window_lat, window_lon); a raw row is
+    cut around (lat, lon) moved by its shift.
+    """
     rasters = load_rasters()
+    fitted = "window_lat" in getattr(view, "_fields", getattr(view, "index", ()))
 
     def cut(name):
         image, ppd = rasters[name]
-        box = window_box(lat, lon, view.window_km, view.shift_north, view.shift_east, ppd)
+        box = (window_box(view.window_lat, view.window_lon, view.window_km, 0.0, 0.0, ppd) if fitted
+               else window_box(lat, lon, view.window_km, view.shift_north, view.shift_east, ppd))
         return image.transform((image_size, image_size), Image.Transform.EXTENT, box, Image.Resampling.BICUBIC)
 
     if view.raster == "blend":
@@ -262,9 +333,10 @@ samples.csv: id, image, latitude, longitude, province. image is relative to imag
 """
 
 
-def _params(n_images, seed, poor_share, image_size) -> dict:
+def _params(n_images, seed, poor_share, image_size, region_km) -> dict:
     return {"builder": "geopak_lib.book.demo", "format_version": FORMAT_VERSION, "n_images": int(n_images),
-            "seed": int(seed), "poor_share": float(poor_share), "image_size": int(image_size)}
+            "seed": int(seed), "poor_share": float(poor_share), "image_size": int(image_size),
+            "region_km": float(region_km)}
 
 
 def _is_complete(out: Path, params: dict) -> bool:
@@ -288,13 +360,15 @@ def _is_demo_folder(out: Path) -> bool:
 
 
 def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share: float = 0.15,
-                       image_size: int = 224, overwrite: bool = False) -> Path:
+                       image_size: int = 224, overwrite: bool = False, region_km: float = REGION_KM) -> Path:
     """Build (or reuse) the demo dataset in ``out_dir``; return the path of its samples.csv.
 
     A folder that already holds a complete build with the same parameters is returned as is,
     unless ``overwrite``. An incomplete or differently built demo folder is rebuilt. A non-empty
     folder this builder did not make raises FileExistsError unless ``overwrite``.
-    The same (n_images, seed, poor_share, image_size) give byte-identical files.
+    The same (n_images, seed, poor_share, image_size, region_km) give byte-identical files. Every crop
+    lies inside its point's ``region_km`` block of the split grid: split with ``block_km`` equal to
+    (or a multiple of) ``region_km`` and no two splits share ground.
     """
     from tqdm.auto import tqdm
 
@@ -302,7 +376,9 @@ def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share:
     samples_path = out / "samples.csv"
     if image_size < 16:
         raise ValueError(f"image_size must be >= 16 pixels, got {image_size}")
-    params = _params(n_images, seed, poor_share, image_size)
+    if region_km < 4 * EDGE_KM + ZOOM_WINDOW_KM[1]:
+        raise ValueError(f"region_km must be >= {4 * EDGE_KM + ZOOM_WINDOW_KM[1]} km, got {region_km}")
+    params = _params(n_images, seed, poor_share, image_size, region_km)
     if not overwrite and _is_complete(out, params):
         return samples_path
     if not overwrite and not _is_demo_folder(out):
@@ -313,8 +389,8 @@ def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share:
     (out / IMAGE_DIR).mkdir(parents=True)
     atomic_write_bytes(out / "README.txt", README_TEXT.encode())
 
-    locs = sample_locations(n_images, seed)
-    views = sample_views(n_images, seed, poor_share)
+    locs = sample_locations(n_images, seed, region_km=region_km)
+    views = fit_windows(locs["latitude"], locs["longitude"], sample_views(n_images, seed, poor_share), region_km)
     ids = [f"pk{i:06d}" for i in range(n_images)]  # a letter first: nothing parses the id as an int
     for i, (loc, view) in enumerate(tqdm(zip(locs.itertuples(), views.itertuples()), total=n_images,
                                          desc="demo images", unit="img")):
@@ -325,7 +401,7 @@ def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share:
                             "longitude": locs["longitude"], "province": locs["province"]})
     samples_csv = samples[SAMPLE_COLUMNS].to_csv(index=False, float_format="%.6f").encode()
     meta = pd.concat([samples[["id"]], locs[["town", "town_population", "spread", "distance_km"]],
-                      views[["kind", "poor_mode", "raster", "window_km"]]], axis=1)
+                      views[["kind", "poor_mode", "raster", "window_lat", "window_lon", "window_km"]]], axis=1)
     atomic_write_bytes(samples_path, samples_csv)
     atomic_write_bytes(out / "demo_meta.csv", meta.to_csv(index=False).encode())
     stamp = {**params, "samples_sha1": hashlib.sha1(samples_csv).hexdigest()}

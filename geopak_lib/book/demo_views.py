@@ -60,7 +60,7 @@ def build_multiview_set(manifest: pd.DataFrame, out_dir, n_views: int = 4, max_p
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     out = Path(out_dir)
     params = {"n_views": n_views, "max_points": max_points, "seed": seed, "splits": list(splits),
-              "demo": {k: stamp[k] for k in ("samples_sha1", "image_size", "poor_share")}}
+              "demo": {k: stamp.get(k) for k in ("samples_sha1", "image_size", "poor_share", "region_km")}}
     try:
         if json.loads((out / "params.json").read_text()) == params:
             return pd.read_csv(out / VIEWS_FILE, dtype={"group": str})
@@ -70,6 +70,10 @@ def build_multiview_set(manifest: pd.DataFrame, out_dir, n_views: int = 4, max_p
     (out / "views").mkdir(parents=True, exist_ok=True)
     points = choose_points(manifest, splits, max_points, seed)
     extra = demo.sample_views(len(points) * (n_views - 1), seed + 1, stamp["poor_share"])
+    # each extra view stays inside its point's region too, so a test place's views share no training ground
+    extra = demo.fit_windows(np.repeat(points["latitude"].to_numpy(), n_views - 1),
+                             np.repeat(points["longitude"].to_numpy(), n_views - 1), extra,
+                             float(stamp.get("region_km", demo.REGION_KM)))
     rows = []
     for i, p in enumerate(points.itertuples()):
         rows.append({"group": p.id, "view": 0, "image_path": p.image_path})

@@ -92,15 +92,18 @@ def load_rgb(path) -> Image.Image:
     return _to_rgb(img)
 
 
-def inspect_image(path) -> tuple[int, int, str]:
-    """Cheap but complete check of one image: (width, height, sha1 of the file bytes).
+def inspect_image(path) -> tuple[int, int, str, str]:
+    """Cheap but complete check of one image: (width, height, sha1 of the file bytes, perceptual hash).
 
     width/height are in pixels after EXIF orientation (what :func:`load_rgb` returns). The file is
     decoded in full (JPEG at 1/8 scale, which still reads every byte, so truncation is caught).
-    Raises :class:`ImageLoadError`.
+    The perceptual hash (imagehash's 64-bit DCT hash, hex) of the decoded image groups near-identical
+    copies (re-encoded, resized) into one split. Raises :class:`ImageLoadError`.
     """
+    import imagehash
+
     img, data, (width, height) = _open(path, draft=True)
     if exif_orientation(img) in (5, 6, 7, 8):  # 90-degree rotations swap the sides
         width, height = height, width
-    _to_rgb(img)  # same conversion as load_rgb, so a mode it cannot handle is caught here
-    return width, height, hashlib.sha1(data).hexdigest()
+    rgb = _to_rgb(img)  # same conversion as load_rgb, so a mode it cannot handle is caught here
+    return width, height, hashlib.sha1(data).hexdigest(), str(imagehash.phash(rgb))

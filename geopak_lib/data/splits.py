@@ -1,9 +1,10 @@
 """Spatial-block train/val/test splits and the leak check.
 
 Samples are binned into square blocks of ``block_km`` on one azimuthal-equidistant projection
-centred on Pakistan (fixed, so a block id never depends on which samples arrived). Whole blocks
-are assigned to splits, province by province, so no block lies on two sides and each province
-gets roughly the requested fractions. See docs/decisions/data.md.
+centred on Pakistan (fixed, so a block id never depends on which samples arrived). Blocks that
+share a duplicate (same spot, same bytes, same perceptual hash) are joined, and whole units are
+assigned to splits, stratified by their home province, so no block lies on two sides and each
+province gets roughly the requested fractions. See docs/decisions/data.md.
 """
 
 from __future__ import annotations
@@ -31,14 +32,29 @@ def _aeqd():
                                 always_xy=True)
 
 
+def block_plane_km(lat, lon) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) in km of each point on the block grid's plane (AEQD centred at BLOCK_CENTER)."""
+    x, y = _aeqd().transform(np.asarray(lon, float), np.asarray(lat, float))
+    return np.asarray(x) / 1000.0, np.asarray(y) / 1000.0
+
+
+def from_block_plane_km(x, y) -> tuple[np.ndarray, np.ndarray]:
+    """(lat, lon) in degrees of plane points (x, y) in km: the inverse of :func:`block_plane_km`."""
+    from pyproj.enums import TransformDirection
+
+    lon, lat = _aeqd().transform(np.asarray(x, float) * 1000.0, np.asarray(y, float) * 1000.0,
+                                 direction=TransformDirection.INVERSE)
+    return np.asarray(lat), np.asarray(lon)
+
+
 def block_ids(lat, lon, block_km: float) -> np.ndarray:
     """Block id 'ix_iy' of each point: the ``block_km`` square holding it on the AEQD plane.
 
     lat, lon: (N,) degrees. Returns an object array (N,) of strings, e.g. '-3_12'.
     """
-    x, y = _aeqd().transform(np.asarray(lon, float), np.asarray(lat, float))
-    ix = np.floor(np.asarray(x) / (block_km * 1000.0)).astype(int)
-    iy = np.floor(np.asarray(y) / (block_km * 1000.0)).astype(int)
+    x, y = block_plane_km(lat, lon)
+    ix = np.floor(x / block_km).astype(int)
+    iy = np.floor(y / block_km).astype(int)
     return np.array([f"{a}_{b}" for a, b in zip(np.atleast_1d(ix), np.atleast_1d(iy))], dtype=object)
 
 
@@ -60,18 +76,54 @@ def _assign_province(sizes: pd.Series, fractions: dict, rng: np.random.Generator
     return out
 
 
+def duplicate_links(manifest: pd.DataFrame) -> list[np.ndarray]:
+    """Row groups that must share a split: the same coordinates, the same file bytes, the same perceptual hash.
+
+    Returns one integer array of row positions per group with >= 2 rows (sha1/phash only where present).
+    Hash joins, so linear in the number of rows.
+    """
+    keys = [manifest["latitude"].round(6).astype(str) + "," + manifest["longitude"].round(6).astype(str)]
+    keys += [manifest[c] for c in ("sha1", "phash") if c in manifest.columns]
+    groups = []
+    for key in keys:
+        key = key.reset_index(drop=True)
+        key = key[key.notna() & (key.astype(str) != "") & (key.astype(str) != "<NA>")]
+        dup = key[key.duplicated(keep=False)]
+        groups += [idx.to_numpy() for _, idx in dup.groupby(dup, sort=False).groups.items()]
+    return groups
+
+
+def linked_units(block: np.ndarray, links: list[np.ndarray]) -> np.ndarray:
+    """Unit label per row: blocks joined (transitively) when a link group has rows in several of them.
+
+    block: (N,) block ids; links: row-position groups. Connected components of the block graph.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    codes, uniq = pd.factorize(pd.Series(block), sort=True)
+    a = [np.full(len(g) - 1, codes[g[0]]) for g in links if len(g) > 1]
+    b = [codes[g[1:]] for g in links if len(g) > 1]
+    a = np.concatenate(a) if a else np.zeros(0, int)
+    b = np.concatenate(b) if b else np.zeros(0, int)
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(uniq), len(uniq)))
+    _, comp = connected_components(graph, directed=False)
+    return comp[codes]
+
+
 def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_frac: float = 0.15,
                         test_frac: float = 0.15, seed: int = 0, buffer_km: float = 0.0) -> pd.DataFrame:
-    """Return a copy of ``manifest`` with ``block_id`` and ``split`` (train/val/test/buffer) columns.
+    """Return a copy of ``manifest`` with ``block_id``, ``split`` (train/val/test/buffer) and ``split_unit``.
 
-    A block is a grid square within one province (a square crossing a border is one block per
-    province, so even Islamabad's few squares can be stratified); the blocks of each province
-    are split to approximate (1 - val - test, val, test) of its samples. Blocks alone cannot keep
-    samples on either side of a block edge apart, so with ``buffer_km`` > 0 every training sample
-    within that distance of a validation or test sample becomes ``buffer``: kept in the
-    manifest, used neither for training nor for scoring, and counted in the audit. Then no
-    training sample lies within ``buffer_km`` of a held-out one. Deterministic for a seed and
-    independent of row order.
+    A block is a ``block_km`` square on the ground (the same grid for every province). Blocks that
+    hold rows at the same coordinates, with the same file bytes (sha1) or the same perceptual hash
+    (phash) are joined into one unit (:func:`duplicate_links`), so such rows never sit in two splits.
+    A unit's home province is the one with most rows; the units of each home province are split to
+    approximate (1 - val - test, val, test) of its rows. With ``buffer_km`` > 0 every training
+    sample within that distance of a validation or test sample becomes ``buffer``: kept in the
+    manifest, used neither for training nor for scoring. Deterministic for a seed and independent
+    of row order. The demo builder keeps every crop inside its ``block_km`` block, so its splits
+    share no ground (docs/decisions/demo.md).
     """
     if buffer_km < 0:
         raise ValueError(f"buffer_km must be >= 0, got {buffer_km}")
@@ -83,18 +135,21 @@ def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_f
     pid = out["province"].map(PROVINCE_ID)
     if pid.isna().any():
         raise ValueError(f"unknown province(s) {sorted(set(out['province'][pid.isna()]))}; expected {PROVINCES}")
-    cell = block_ids(out["latitude"], out["longitude"], block_km)
-    out["block_id"] = [f"{c}_p{int(p)}" for c, p in zip(cell, pid)]
-    counts = pd.DataFrame({"block_id": out["block_id"], "pid": pid}).value_counts().reset_index(name="n")
+    out["block_id"] = block_ids(out["latitude"], out["longitude"], block_km)
+    unit = linked_units(out["block_id"].to_numpy(), duplicate_links(out))
+    # a unit is named by its smallest block id, so the name does not depend on the row order
+    names = pd.Series(out["block_id"].to_numpy()).groupby(unit).transform("min").to_numpy()
+    out["split_unit"] = names
+    counts = pd.DataFrame({"unit": names, "pid": pid.to_numpy()}).value_counts().reset_index(name="n")
     # home province: most samples, then lower id (value_counts order is not a tie-break we control)
-    home = counts.sort_values(["block_id", "n", "pid"], ascending=[True, False, True]).drop_duplicates("block_id")
-    block_n = out["block_id"].value_counts()
+    home = counts.sort_values(["unit", "n", "pid"], ascending=[True, False, True]).drop_duplicates("unit")
+    unit_n = out["split_unit"].value_counts()
     fractions = {"train": 1 - val_frac - test_frac, "val": val_frac, "test": test_frac}
     split_of = {}
-    for p, blocks in home.groupby("pid")["block_id"]:
+    for p, units in home.groupby("pid")["unit"]:
         rng = np.random.default_rng([seed, int(p)])
-        split_of.update(_assign_province(block_n[blocks.to_numpy()], fractions, rng))
-    out["split"] = out["block_id"].map(split_of)
+        split_of.update(_assign_province(unit_n[units.to_numpy()], fractions, rng))
+    out["split"] = out["split_unit"].map(split_of)
     if buffer_km > 0:
         out.loc[_near_held_out(out, buffer_km), "split"] = "buffer"
     cols = [c for c in MANIFEST_COLUMNS if c in out.columns]
@@ -150,3 +205,38 @@ def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     table.loc["All", "n_blocks"] = manifest["block_id"].nunique()
     table.index.name = "province"
     return table
+
+
+def window_boxes(windows: pd.DataFrame) -> np.ndarray:
+    """(N, 4) lat_min, lat_max, lon_min, lon_max (degrees) of square crops: window_lat, window_lon, window_km."""
+    from geopak_lib.geo import km_to_deg
+
+    half = windows["window_km"].to_numpy(float) / 2
+    c_lat, c_lon = windows["window_lat"].to_numpy(float), windows["window_lon"].to_numpy(float)
+    half_lat, half_lon = km_to_deg(half, half, c_lat)
+    return np.stack([c_lat - half_lat, c_lat + half_lat, c_lon - half_lon, c_lon + half_lon], axis=1)
+
+
+def shared_ground(manifest: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """Per val/test row, the largest share of its window's area inside one training window.
+
+    manifest: id, split; windows: id, window_lat, window_lon, window_km (the demo's demo_meta.csv).
+    Returns id, split, shared (0-1, in degree-box area). Rows sorted by latitude, so each held-out
+    window is compared only with training windows whose latitude range meets it.
+    """
+    df = manifest[["id", "split"]].merge(windows, on="id", how="inner")
+    box = window_boxes(df)
+    train = box[(df["split"] == "train").to_numpy()]
+    train = train[np.argsort(train[:, 0])]
+    max_half = (train[:, 1] - train[:, 0]).max() if len(train) else 0.0
+    held = np.flatnonzero(df["split"].isin(["val", "test"]).to_numpy())
+    shared = np.zeros(len(held))
+    for k, i in enumerate(held):
+        b = box[i]
+        lo, hi = np.searchsorted(train[:, 0], [b[0] - max_half, b[1]])
+        t = train[lo:hi]
+        dlat = np.clip(np.minimum(t[:, 1], b[1]) - np.maximum(t[:, 0], b[0]), 0, None)
+        dlon = np.clip(np.minimum(t[:, 3], b[3]) - np.maximum(t[:, 2], b[2]), 0, None)
+        area = (b[1] - b[0]) * (b[3] - b[2])
+        shared[k] = (dlat * dlon).max() / area if len(t) else 0.0
+    return pd.DataFrame({"id": df["id"].to_numpy()[held], "split": df["split"].to_numpy()[held], "shared": shared})

@@ -35,7 +35,7 @@ from geopak_lib.data.rundir import RunDir
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
 MANIFEST_COLUMNS = ("id", "image", "image_path", "latitude", "longitude", "province", "province_id",
-                    "split", "block_id", "width", "height", "sha1")
+                    "split", "block_id", "width", "height", "sha1", "phash")
 REJECT_COLUMNS = ("id", "row", "reason", "detail", "image", "latitude", "longitude", "province")
 FIX_COLUMNS = ("id", "row", "column", "original", "value", "rule")
 # A label whose polygon lies within this distance (km) of the point is kept: the simplified
@@ -177,7 +177,7 @@ def _km_outside(province: str, lat: float, lon: float) -> float:
 
 
 def _check_images(paths: list, check_images: bool, progress: bool, workers: int) -> list:
-    """Per path: (width, height, sha1) or an ImageLoadError. No path -> ImageLoadError(image_missing)."""
+    """Per path: (width, height, sha1, phash) or an ImageLoadError. No path -> ImageLoadError(image_missing)."""
     def one(path):
         if path is None:
             return ImageLoadError("", "no image path given", "image_missing")
@@ -188,7 +188,7 @@ def _check_images(paths: list, check_images: bool, progress: bool, workers: int)
                 raise ImageLoadError(path, "file not found", "image_missing")
             if path.stat().st_size == 0:
                 raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
-            return (None, None, None)
+            return (None, None, None, None)
         except ImageLoadError as e:
             return e
 
@@ -312,6 +312,7 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
         "width": pd.array([info[i][0] for i in keep], dtype="Int64"),
         "height": pd.array([info[i][1] for i in keep], dtype="Int64"),
         "sha1": pd.array([info[i][2] for i in keep], dtype="str"),
+        "phash": pd.array([info[i][3] for i in keep], dtype="str"),
     })
     fix_rows = [(ids.iloc[i], i + 1, c, o, v, r) for i, c, o, v, r in fixes if i not in bad]
     return ValidationResult(manifest, rejects[list(REJECT_COLUMNS)],

@@ -133,7 +133,7 @@ def test_misspelled_profile_key_and_help(tmp_path, capsys):
     _, profile = _run_and_profile(tmp_path, manifest=False)
     profile.write_text(profile.read_text().replace("cache_views", "cache_view"))
     assert distributed_cli.main(["cache", "--profile", str(profile)]) == 2
-    assert "key 'cache_view' (section notebooks.02_phase0_province)" in capsys.readouterr().err
+    assert "notebooks.02_phase0_province: unknown key 'cache_view' (did you mean 'cache_views'?)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         distributed_cli.main(["cache", "--help"])
     assert exit_.value.code == 0

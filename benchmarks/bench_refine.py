@@ -1,4 +1,4 @@
-"""Inference with refinement inside the cells against plain inference, on the CPU (issue 14:
+"""Inference with refinement inside the cells against plain inference, on the CPU (docs/decisions/refinement.md:
 refined / plain time must stay under 2x). The gallery is synthetic at the size asked for (default
 90,000 training images, spread over the checkpoint's cells like a long-tailed data set), so its
 memory and per-cell search cost are those of a full-size run; the images are the run's test images.

@@ -117,13 +117,19 @@ def l2_normalize(a) -> np.ndarray:
 
 
 @contextmanager
-def quiet_rebuild():
-    """Log warnings held back while a model is rebuilt whose encoders the book already reported
-    (random weights and all: 03's concept variants, 05's phase comparison), so a report says it
-    once, not once per rebuild."""
+def quiet_logging(level: int = logging.WARNING):
+    """Hold back log records of ``level`` and below inside the block, then restore the caller's own
+    process-wide logging.disable level (not NOTSET: a caller that had silenced logging stays silent)."""
     before = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    logging.disable(max(level, before))
     try:
         yield
     finally:
         logging.disable(before)
+
+
+def quiet_rebuild():
+    """Log warnings held back while a model is rebuilt whose encoders the book already reported
+    (random weights and all: 03's concept variants, 05's phase comparison), so a report says it
+    once, not once per rebuild."""
+    return quiet_logging(logging.WARNING)

@@ -48,9 +48,13 @@ def _jpegs(folder, n=6):
 
 def test_quick_suite_runs_and_writes_every_ratio(tmp_path, capsys):
     res = run_all.main(["--quick", "--skip-geocells", "--device", "cpu", "--out", str(tmp_path)])
-    for key in ("extraction_ratio", "inference_ratio", "phase1_speedup", "phase2_speedup", "phase2_data_path_cost",
-                "latency_s"):
-        assert np.isfinite(res[key]) and res[key] > -1, key
+    # each figure within what it can physically be: a throughput ratio or speed-up is positive (and a
+    # JPEG path cannot run 5x faster than the bare encoders); the data path's extra time is a fraction
+    # above -1 (noise can make it slightly negative); one image's latency is seconds, not minutes
+    bounds = {"extraction_ratio": (0, 5), "inference_ratio": (0, 5), "phase1_speedup": (0, 1e4),
+              "phase2_speedup": (0, 1e4), "phase2_data_path_cost": (-1, 20), "latency_s": (0, 60)}
+    for key, (low, high) in bounds.items():
+        assert np.isfinite(res[key]) and low < res[key] < high, (key, res[key])
     assert set(res["targets"]) == set(run_all.TARGETS)
     written = json.loads(next(tmp_path.glob("run_quick_*.json")).read_text())
     assert written["machine_start"]["loadavg"] and written["encoder_bound"]["both"]["items_per_s"] > 0

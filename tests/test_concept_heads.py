@@ -1,4 +1,4 @@
-"""Concept heads (issue 15): shapes, the bottleneck, the loss by hand, weight 0 == no term, a step
+"""Concept heads: shapes, the bottleneck, the loss by hand, weight 0 == no term, a step
 that lowers the concept loss, concept targets from concepts.json, and the checkpoint round trip."""
 
 import math

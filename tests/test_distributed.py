@@ -81,10 +81,12 @@ def _run_and_profile(tmp_path, manifest=True):
     if manifest:
         _table(tmp_path / "img").to_csv(run / "manifest.csv", index=False)
     profile = tmp_path / "tiny.yaml"
+    cache = {"cache_dir": str(tmp_path / "cache"), "cache_views": 1, "cache_batch_size": 4}
     profile.write_text(yaml.safe_dump({
         "common": {"run_dir": str(run), "seed": 3, "device": "cpu"},
-        "notebooks": {"02_phase0_province": {**SPECS, "cache_dir": str(tmp_path / "cache"), "cache_views": 1,
-                                             "cache_batch_size": 4}}}))
+        # 03 reads 02's cache, so a profile gives both the same cache keys (geopak_lib.config)
+        "notebooks": {"02_phase0_province": {**SPECS, **cache},
+                      "03_phase1_geography": cache}}))
     return run, profile
 
 
@@ -133,7 +135,7 @@ def test_misspelled_profile_key_and_help(tmp_path, capsys):
     _, profile = _run_and_profile(tmp_path, manifest=False)
     profile.write_text(profile.read_text().replace("cache_views", "cache_view"))
     assert distributed_cli.main(["cache", "--profile", str(profile)]) == 2
-    assert "key 'cache_view' (section notebooks.02_phase0_province)" in capsys.readouterr().err
+    assert "notebooks.02_phase0_province: unknown key 'cache_view' (did you mean 'cache_views'?)" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         distributed_cli.main(["cache", "--help"])
     assert exit_.value.code == 0

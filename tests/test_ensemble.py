@@ -16,7 +16,7 @@ from geopak_lib.evaluation.predictor import GeopakPredictor
 from geopak_lib.model.geopak import GeopakModel, ModelConfig
 from geopak_lib.model.inference import build_hypotheses, mixture_predict
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
-from test_predict import CELLS, SPECS, TinyEncoder, write_images
+from tiny_predictor import CELLS, SPECS, TinyEncoder, write_images
 from test_sharing import trained  # noqa: F401  (the fixture)
 
 OTHER_CELLS = pd.DataFrame({"cell_id": [0, 1, 2, 3], "province_id": [0, 1, 1, 5],

@@ -13,7 +13,6 @@ from geopak_lib.book.explorer import (Explorer, ExplorerApp, concepts_table, loa
                                      uploaded_image)
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.predictor import GeopakPredictor
-from test_predict import ckpt  # noqa: F401  (the fixture)
 
 PLACES = [(25.1, 68.1, 0), (26.4, 68.4, 0), (31.4, 74.2, 1), (24.9, 67.9, 0), (31.6, 74.4, 1), (26.6, 68.6, 0)]
 

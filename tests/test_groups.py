@@ -12,7 +12,6 @@ from geopak_lib.data.places import name_places
 from geopak_lib.evaluation.groups import features_group_outputs, group_mean, merge_group_outputs
 from geopak_lib.evaluation.outputs import merge_view_outputs
 from geopak_lib.evaluation.predictor import GeopakPredictor
-from test_predict import ckpt  # noqa: F401  (the fixture)
 
 
 def test_group_mean_and_merge_by_hand():

@@ -1,6 +1,6 @@
 """The library's layering (docs/design.md): a module imports only from its own layer or below.
 
-    0  geopak_lib.{constants, utils, geo, metrics}   pure maths and helpers
+    0  geopak_lib.{config, constants, utils, geo, metrics}   the typed config, pure maths and helpers
     1  geopak_lib.data        images, validation, splits, geocells, augmentation, the run folder
     2  geopak_lib.model       encoders, the GEOPAK module, inference, losses
     3  geopak_lib.training    config, cache, sampler, passes, trainer, checkpoints, distributed

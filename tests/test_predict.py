@@ -19,57 +19,7 @@ from geopak_lib.book.predict_cli import results_table
 from geopak_lib.data.places import name_places
 from geopak_lib.geo import farthest_in_pakistan_km
 
-CELLS = pd.DataFrame({"cell_id": [0, 1, 2], "province_id": [0, 0, 1], "center_lat": [25.0, 26.5, 31.5],
-                      "center_lon": [68.0, 68.5, 74.3], "radius_km": [30.0, 20.0, 25.0],
-                      "neighbor_cell_ids": [[1], [0], []]})
-
-
-class TinyEncoder(torch.nn.Module):
-    def __init__(self, dim, size, spec):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2),
-                                       torch.nn.Flatten(), torch.nn.Linear(16, dim))
-        self.dim, self.spec, self.weight_status, self.is_random = dim, spec, "random init (test)", True
-        self.preprocess = Preprocess(image_size=size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-    def forward(self, x):
-        return self.net(x)
-
-
-SPECS = {"tiny:clip": (6, 16), "tiny:scene": (5, 12)}
-
-
-@pytest.fixture()
-def ckpt(tmp_path, monkeypatch):
-    """A phase-1 checkpoint of a tiny model with both encoders; encoders.build_encoder rebuilds the
-    tiny ones from their specs (the real specs need open_clip/timm models, too slow for a unit test)."""
-    from geopak_lib.model import encoders
-
-    monkeypatch.setattr(encoders, "build_encoder",
-                        lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
-    torch.manual_seed(0)
-    cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
-                      offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
-    model = GeopakModel(cfg, CELLS, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
-    for p in model.offset_head.out[-1].parameters():  # non-zero offsets, so they are tested too
-        torch.nn.init.normal_(p, std=0.5)
-    path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
-    return path, model.eval()
-
-
-def write_images(folder):
-    rng = np.random.default_rng(0)
-    (folder / "sub" / "deeper").mkdir(parents=True)
-    good = {"a.jpg": "JPEG", "sub/b.PNG": "PNG", "sub/deeper/c.webp": "WEBP"}
-    for name, fmt in good.items():
-        Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(folder / name, fmt)
-    (folder / "sub" / "notes.txt").write_text("not an image, and not an image extension: skipped")
-    (folder / "fake.jpg").write_text("this is text, not a JPEG")
-    (folder / "empty.png").write_bytes(b"")
-    full = (folder / "a.jpg").read_bytes()
-    (folder / "sub" / "truncated.jpg").write_bytes(full[: len(full) // 2])
-    return sorted(good)
+from tiny_predictor import CELLS, SPECS, TinyEncoder, write_images  # noqa: F401  (used below)
 
 
 def expected(model, path):

@@ -1,5 +1,5 @@
 """Refinement through the predictor and `geopak predict --refine` end to end, on the tiny
-checkpoint of test_predict.py with a gallery saved beside it."""
+checkpoint of conftest.py's `ckpt` fixture with a gallery saved beside it."""
 
 import numpy as np
 import pandas as pd
@@ -9,10 +9,7 @@ import torch
 from geopak_lib.book import cli
 from geopak_lib.evaluation import refinement as rf
 from geopak_lib.evaluation.predictor import GeopakPredictor
-import test_predict
-from test_predict import write_images
-
-ckpt = test_predict.ckpt  # the tiny checkpoint fixture, shared
+from tiny_predictor import write_images
 
 
 def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step=1.0)):

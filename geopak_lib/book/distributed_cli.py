@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from geopak_lib.book.runner import REPO_ROOT, Profile, ProfileError, check_profile, declared_parameters, load_profile
+from geopak_lib.book.runner import REPO_ROOT, ProfileError, book_config, load_profile
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.distributed import build_cache_distributed, init_from_env
 from geopak_lib.training.inputs import CACHE_PARAMETERS, build_encoders, cache_settings
@@ -29,8 +28,9 @@ run the book as usual: notebook 02 finds the cache complete and skips the build.
   torchrun --standalone --nproc_per_node 4 -m geopak_lib.book.distributed_cli cache --profile demo
   geopak book demo --start 02_phase0_province
 
-The parameters are notebook 02's, as `geopak book PROFILE` passes them (the notebook's defaults
-overlaid by the profile's common and 02_phase0_province keys), and the encoders are built after
+The parameters are notebook 02's, as `geopak book PROFILE` passes them (the typed config's
+defaults, which 02's parameters cell declares too, overlaid by the profile's common and
+02_phase0_province keys), and the encoders are built after
 the same seed_everything(seed), so the cache key is the one notebook 02 computes. Rank r encodes
 batches r, r + N, ... into its own part folder; rank 0 merges them. NCCL on CUDA (one GPU per
 rank, LOCAL_RANK), gloo on CPU. Without torchrun it runs as one process. Rank 0 prints the cache
@@ -41,7 +41,7 @@ NOTEBOOK = "02_phase0_province"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m geopak_lib.training.distributed", description=CLI_DESCRIPTION,
+    parser = argparse.ArgumentParser(prog="python -m geopak_lib.book.distributed_cli", description=CLI_DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     p = sub.add_parser("cache", help="build notebook 02's feature cache over all ranks",
@@ -55,15 +55,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def notebook_parameters(profile_name: str, notebook: str = NOTEBOOK) -> dict:
-    """The values `geopak book` runs ``notebook`` with: its parameters cell's defaults overlaid by
-    the profile's common and per-notebook keys. Keys the notebook does not declare raise
-    book.ProfileError, as in the book (only this notebook's keys are checked here)."""
-    prof = load_profile(profile_name)
-    path = REPO_ROOT / "notebooks" / f"{notebook}.ipynb"
-    check_profile(Profile(prof.name, prof.path, prof.common, {notebook: prof.notebooks.get(notebook)}), [path])
-    # the parameters cell holds literals only (house rule 2), so its source evaluates safely
-    defaults = {k: ast.literal_eval(v) for k, v in declared_parameters(path).items()}
-    return {**defaults, **prof.parameters_for(notebook)}
+    """The values `geopak book` runs ``notebook`` with: the typed config's defaults (geopak_lib.config,
+    which the notebook's parameters cell declares too) overlaid by the profile's common and
+    per-notebook keys. A key the config does not know, or a value of the wrong type, raises
+    book.ProfileError, as in the book."""
+    return book_config(load_profile(profile_name)).parameters_for(notebook)
 
 
 def main(argv=None) -> int:

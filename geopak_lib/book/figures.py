@@ -184,7 +184,7 @@ def describe_prediction(result: dict, truth=None) -> str:
     if truth is not None:
         err = float(error_km(result["lat"], result["lon"], truth[0], truth[1]))
         text += f" Truth: {truth[0]:.4f}, {truth[1]:.4f}, so the error is **{err:.1f} km**."
-    if result.get("concepts"):  # the concept heads' top classes (issue 15)
+    if result.get("concepts"):  # the concept heads' top classes (docs/decisions/concepts.md)
         text += "\n\nConcepts the model reads in the image: " + "; ".join(
             f"{name.replace('_', ' ')}: " + ", ".join(f"{c} {p:.2f}" for c, p in top)
             for name, top in result["concepts"].items()) + "."

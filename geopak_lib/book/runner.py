@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 from geopak_lib.book.report import export_html
+from geopak_lib.config import NOTEBOOKS, BookConfig, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_SECTIONS = {"common", "notebooks"}
@@ -105,6 +106,17 @@ def check_profile(profile: Profile, notebooks: list[Path]) -> None:
                 errors.append(f"key {key!r} (section {where}) is not a parameter of {nb.name}{hint}")
     if errors:
         raise ProfileError(f"{profile.path}:\n  - " + "\n  - ".join(errors))
+    book_config(profile)  # the values' types, and one cache for 02 and 03
+
+
+def book_config(profile: Profile) -> BookConfig:
+    """The profile as the typed config (geopak_lib.config), for the book's own notebooks; a value of
+    the wrong type or a key no section declares raises ProfileError naming it."""
+    try:
+        return BookConfig.from_profile(profile.common, {k: v for k, v in profile.notebooks.items() if k in NOTEBOOKS},
+                                       str(profile.path))
+    except ConfigError as e:
+        raise ProfileError(str(e)) from None
 
 
 def _similar(a: str, b: str) -> bool:

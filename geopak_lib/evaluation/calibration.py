@@ -90,7 +90,7 @@ def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: flo
 def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN):
     """Temperature (province confidence), global radius scales and per-province radius scales,
     fitted on val, checked on test.
-    Returns (calibration dict for predict.save_calibration, temperature report, radius table)."""
+    Returns (calibration dict for save_calibration, temperature report, radius table)."""
     temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
     scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
                                         coverages)

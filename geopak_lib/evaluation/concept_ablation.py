@@ -1,4 +1,4 @@
-"""The concept-head ablation (issue 15): phase 1 trained with the concept heads off, on, and as a
+"""The concept-head ablation: phase 1 trained with the concept heads off, on, and as a
 bottleneck, on the same cached features, phase-0 start, PhaseConfig (epochs, steps, seed) and
 splits; every variant evaluated end to end on validation and test. The variant 03 trained as its
 main run is reused, not trained again. Validation decides the default; test is reported only.

@@ -1,4 +1,4 @@
-"""The concept heads on the test split (issue 15): per-sample concept predictions beside the truth
+"""The concept heads on the test split (docs/decisions/concepts.md): per-sample concept predictions beside the truth
 read from the rasters, accuracy per province, and the images whose predicted concept disagrees with
 the place the model put them ("snow and ice", placed in Sindh). Used by 06_evaluation.
 Decisions: docs/decisions/concepts.md.
@@ -86,7 +86,7 @@ def concept_disagreements(frame: pd.DataFrame, concepts_json: dict, min_p: float
 
 
 def concept_scores(model, outputs: dict, top: int = 3) -> list[dict]:
-    """Each row's concept predictions (issue 15): [{concept: [(class, probability), ... top, best
+    """Each row's concept predictions: [{concept: [(class, probability), ... top, best
     first]}] from outputs['concept_logits']; [] per row for a model without concept heads."""
     logits = outputs.get("concept_logits")
     n = len(outputs["province_logits"])

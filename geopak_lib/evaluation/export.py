@@ -14,7 +14,6 @@ opt-in. ``config.json`` records each file's sha256, and loading refuses a file w
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, read_g
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
-from geopak_lib.utils import atomic_write_bytes, file_sha256
+from geopak_lib.utils import atomic_write_bytes, file_sha256, quiet_logging
 
 MODEL_FORMAT = "geopak-model-v1"
 WEIGHTS_FILE = "model.safetensors"
@@ -41,13 +40,9 @@ class ModelFolderError(ValueError):
 
 def _fresh_encoder(spec: str):
     """The encoder a user gets from its spec on this machine (quietly: its status is checked by the caller)."""
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomWeightsWarning)
-            return build_encoder(spec, None, strict=False)
-    finally:
-        logging.disable(logging.NOTSET)
+    with quiet_logging(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return build_encoder(spec, None, strict=False)
 
 
 def preprocess_info(encoder) -> dict:

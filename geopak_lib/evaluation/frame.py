@@ -3,7 +3,7 @@ its ablations, headline figures, urban/rural, calibration of confidence and erro
 
 Every headline figure comes from the model's own predicted provinces and cells. Columns that use
 a true label (``true_province_*``, ``true_cell_*``) are diagnostics and are labelled so wherever
-they are shown. Plots and maps: eval_plots.py. Decisions: docs/decisions/evaluation.md.
+they are shown. Plots and maps: geopak_lib/book/figures.py. Decisions: docs/decisions/evaluation.md.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def headline(frame: pd.DataFrame) -> dict:
 def method_table(frame: pd.DataFrame, methods: dict, extra: dict | None = None,
                  baselines: pd.DataFrame | None = None) -> pd.DataFrame:
     """One summarize_errors row per method (frame columns ``<key>_error_km``), plus ``extra``
-    {name: errors} and ``baselines`` (rows of features.baseline_errors), sorted by median."""
+    {name: errors} and ``baselines`` (rows of baselines.baseline_errors), sorted by median."""
     rows = [{"method": label, **summarize_errors(frame[f"{key}_error_km"].to_numpy(float))}
             for key, label in methods.items()]
     rows += [{"method": name, **summarize_errors(np.asarray(e, float))} for name, e in (extra or {}).items()]

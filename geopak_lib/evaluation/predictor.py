@@ -9,7 +9,6 @@ Decisions and their reasons: docs/decisions/evaluation.md.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
 from geopak_lib.training.selection import TRAINING_NOTEBOOKS
-from geopak_lib.utils import pick_device
+from geopak_lib.utils import pick_device, quiet_logging
 
 
 def _device(device) -> torch.device:
@@ -105,14 +104,14 @@ class GeopakPredictor:
         if any(ckpt["encoders"].get(s) is None for s in ("clip_encoder", "scene_encoder")):
             raise ValueError(f"checkpoint {path} holds heads only (trained without encoders), so it cannot "
                              "read images; use a checkpoint from the training notebooks")
-        logging.disable(logging.WARNING)  # building an encoder logs "random weights" before the checkpoint's
-        try:                              # weights are loaded; what is true is said in self.warnings
-            model = build_model_from_checkpoint(ckpt, with_encoders=True, device=dev)
+        # building an encoder logs "random weights" before the checkpoint's weights are loaded; what is
+        # true is said in self.warnings
+        try:
+            with quiet_logging():
+                model = build_model_from_checkpoint(ckpt, with_encoders=True, device=dev)
         except (KeyError, RuntimeError, TypeError) as exc:  # shapes or config keys from another version
             raise ValueError(f"checkpoint {path} does not fit this version of geopak_lib "
                              f"({type(exc).__name__}: {exc})") from exc
-        finally:
-            logging.disable(logging.NOTSET)
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
         if calibration == "auto":
             calibration, why = load_calibration(path)

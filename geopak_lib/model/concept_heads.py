@@ -1,4 +1,4 @@
-"""Concept heads (issue 15, spec 002): one small classifier per geographic concept (climate, land
+"""Concept heads (spec 002; docs/decisions/concepts.md): one small classifier per geographic concept (climate, land
 cover) on the fused embedding, trained as an auxiliary task; in the bottleneck variant the geocell
 heads also see the concept probabilities. Classes come from the run's concepts.json.
 Decisions: docs/decisions/concepts.md.

@@ -46,7 +46,7 @@ class ModelConfig:
     dropout: float = 0.0
     gate_init: float = 0.5  # initial alpha of the gated fusion (neither encoder dominates)
     residual_beta_init: float = 0.1  # initial beta of the residual fusion (spec 000 §2.3)
-    # Concept heads (issue 15): {concept: [class names]} from concepts.json; they exist exactly when
+    # Concept heads (docs/decisions/concepts.md): {concept: [class names]} from concepts.json; they exist exactly when
     # concept_weight > 0, the weight of their loss term in every phase that trains the heads.
     concept_classes: dict = field(default_factory=dict)
     concept_weight: float = 0.0

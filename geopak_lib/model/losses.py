@@ -177,7 +177,7 @@ class AuxLoss(nn.Module):
 
 
 class ConceptLoss(nn.Module):
-    """Cross-entropy of each concept head (issue 15), -1 targets (location without a value, or a
+    """Cross-entropy of each concept head (docs/decisions/concepts.md), -1 targets (location without a value, or a
     class the training split never saw) ignored.
 
     concept_logits {concept: (B, C)}, targets {concept: (B,) long} -> {"concept": the mean over the
@@ -205,7 +205,7 @@ class GeopakLoss(nn.Module):
 
     province_counts: training samples per province ({name: n} or 7 numbers in PROVINCES order).
     weights: overrides of DEFAULT_WEIGHTS (unknown keys are an error). concept_weight: the weight
-    of the concept term (issue 15); 0 computes no concept term at all.
+    of the concept term (docs/decisions/concepts.md); 0 computes no concept term at all.
     """
 
     def __init__(self, cells: pd.DataFrame, province_counts, beta: float = 0.9995, weights: dict | None = None,

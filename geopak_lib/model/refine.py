@@ -1,4 +1,4 @@
-"""Refinement inside the predicted cells (after PIGEON's prototype refiner; issue 14).
+"""Refinement inside the predicted cells (after PIGEON's prototype refiner; docs/decisions/refinement.md).
 
 Each hypothesis of the mixture (a cell centre + offset) moves towards the training images (or
 prototypes) of its own cell that look most like the query, never by more than the cell's radius;

@@ -38,7 +38,7 @@ CSV_COLUMNS = (["epoch", "split", "loss_total", "loss_province", "loss_geocell",
                 "median_error_km", "mean_error_km", "p90_error_km"]
                + [f"{PROVINCE_SHORT[p]}_acc" for p in PROVINCES]
                + ["offset_weight", "lr", "province_acc", "balanced_acc", "true_cell_median_km", "alpha_mean", "seconds",
-                  "loss_concept", "concept_acc"])  # the concept heads' term and mean accuracy (issue 15)
+                  "loss_concept", "concept_acc"])  # the concept heads' term and mean accuracy (docs/decisions/concepts.md)
 ENCODER_SLOTS = ("clip_encoder", "scene_encoder")
 
 

@@ -6,27 +6,25 @@ from the previous phase. Decisions and their measurements: docs/decisions/traini
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from geopak_lib import config as book_config
 from geopak_lib.model.encoders import set_trainable_top_fraction
 from geopak_lib.training.checkpoints import optimizer_param_names
 from geopak_lib.training.passes import PassSettings
 from geopak_lib.training.sampler import SHARE_PRESETS
 
-# Spec values per phase (000 §10, 003 §1.1); everything else is a PhaseConfig default. One measured
-# deviation: the heads' learning rate in phases 2-3 is a tenth of the spec's (SPEC_LR_HEADS), since the
-# heads arrive converged; at the spec's 5e-4 one demo epoch took the val median from 90.6 to 103.6 km
-# even with Adam's moments carried over (136.4 km without). docs/decisions/training.md.
+# Each phase's defaults are the book's (geopak_lib.config, the notebooks' parameters cells); the one
+# setting no notebook declares is phase 1's offset ramp-up (spec 003 §1.1, summarised in docs/design.md).
+# One measured deviation from the spec: the heads' learning rate in phases 2-3 is a tenth of the spec's
+# (SPEC_LR_HEADS), since the heads arrive converged; at the spec's 5e-4 one demo epoch took the val median
+# from 90.6 to 103.6 km even with Adam's moments carried over (136.4 km without). docs/decisions/training.md.
 SPEC_LR_HEADS = {0: 1e-3, 1: 1e-3, 2: 5e-4, 3: 1e-4}
-PHASE_DEFAULTS = {
-    0: dict(epochs=8, lr_heads=1e-3, shares="equal"),
-    1: dict(epochs=30, lr_heads=1e-3, shares="spec003", offset_rampup=True),
-    2: dict(epochs=30, lr_heads=5e-5, lr_clip=1e-5, lr_scene=5e-6, shares="equal"),
-    3: dict(epochs=10, lr_heads=1e-5, lr_clip=5e-6, lr_scene=2e-6, clip_unfreeze=1.0, scene_unfreeze=1.0,
-            shares="equal"),
-}
+PHASE_SECTIONS = {0: book_config.Phase0Config, 1: book_config.Phase1Config, 2: book_config.Phase2Config,
+                  3: book_config.Phase3Config}
+PHASE_FIXED = {1: dict(offset_rampup=True)}
 AMP_MODES = ("auto", "bf16", "off")
 
 
@@ -86,12 +84,12 @@ class PhaseConfig:
 
     @classmethod
     def for_phase(cls, phase: int, **overrides) -> "PhaseConfig":
-        """The spec's settings for ``phase`` with ``overrides``; an unknown key is an error."""
+        """The book's settings for ``phase`` (phase_defaults) with ``overrides``; an unknown key is an error."""
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise KeyError(f"unknown PhaseConfig keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(phase=phase, **{**PHASE_DEFAULTS.get(phase, {}), **overrides})
+        return cls(phase=phase, **{**phase_defaults(phase), **overrides})
 
     @property
     def source(self) -> str:
@@ -104,6 +102,19 @@ class PhaseConfig:
                             num_workers=self.num_workers, batch_size=self.eval_batch_size,
                             top_provinces=self.top_provinces, top_cells=self.top_cells,
                             offset_rampup=self.offset_rampup)
+
+
+def training_keys(section) -> dict:
+    """The PhaseConfig fields among a phase section's keys (geopak_lib.config.Phase*Config): the
+    rest (beta, knn_k, concept_*, enabled) are read by the notebook or the loss, not the trainer."""
+    known = {f.name for f in fields(PhaseConfig)}
+    return {k: v for k, v in asdict(section).items() if k in known}
+
+
+def phase_defaults(phase: int) -> dict:
+    """PhaseConfig's defaults for ``phase``: the notebook's (geopak_lib.config), plus PHASE_FIXED."""
+    section = PHASE_SECTIONS.get(phase)
+    return {**(training_keys(section()) if section else {}), **PHASE_FIXED.get(phase, {})}
 
 
 def configure_trainable(model, cfg: PhaseConfig) -> dict:

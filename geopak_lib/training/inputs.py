@@ -27,7 +27,7 @@ class TrainData:
     """Labels for every manifest row (manifest order) and, for phases 0-1, the feature cache."""
 
     table: pd.DataFrame  # id, split, image_path, province, province_id, cell_id, latitude, longitude
-    cache: object = None  # features.FeatureCache whose rows are table's rows
+    cache: object = None  # training.cache.FeatureCache whose rows are table's rows
     concept_names: tuple = ()  # concepts with a target column concept_<name> (class index, -1 = none)
 
     def rows(self, split: str) -> np.ndarray:

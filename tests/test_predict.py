@@ -289,3 +289,27 @@ def test_radius_never_reaches_beyond_pakistan(ckpt, tmp_path):
     assert r["radius_km"] == pytest.approx(far) and r["radii_km"]["0.8"] == pytest.approx(far)
     assert r["radii_km"]["0.5"] == pytest.approx(min(2.0 * (r["spread_km"] + 1.0), far))  # below the cap: unchanged
     assert 300 < far < 2500
+
+
+def test_cli_streams_batches_and_writes_what_one_batch_writes(ckpt, tmp_path):
+    """Batches of 2 (written one after another) give the same CSV and GeoJSON as one batch, and
+    iter_predictions yields each batch's records in path order as it goes."""
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    outs = {}
+    for bs in (2, 64):
+        out = tmp_path / f"b{bs}.csv"
+        assert cli.main(["predict", str(tmp_path / "img"), str(tmp_path / "gone.jpg"), "--checkpoint", str(path),
+                         "--out", str(out), "--geojson", f"{out}.geojson", "--batch-size", str(bs),
+                         "--no-progress", "--device", "cpu"]) == 1
+        outs[bs] = (out.read_text(), json.loads((tmp_path / f"b{bs}.csv.geojson").read_text()))
+    # the same rows; the numbers to float32 rounding (a convolution's sums depend on the batch size)
+    tables = [pd.read_csv(__import__("io").StringIO(outs[bs][0])) for bs in (2, 64)]  # empty cells: NaN
+    pd.testing.assert_frame_equal(*tables, check_exact=False, rtol=1e-4)
+    assert outs[2][0].count("\nimage,") == 0 and len(tables[0]) == 7  # one header; 6 files + the missing one
+    assert [f["properties"]["image"] for f in outs[2][1]["features"]] == tables[0]["image"].tolist()
+    from geopak_lib.book.predict_cli import find_images
+
+    files, _ = find_images([tmp_path / "img"])
+    batches = list(GeopakPredictor.from_checkpoint(path, device="cpu").iter_predictions(files, 2, progress=False))
+    assert [len(b) for b in batches] == [2, 2, 2] and [r["image"] for b in batches for r in b] == files

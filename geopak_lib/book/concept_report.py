@@ -3,10 +3,12 @@ distribution per province in 00_data_audit. Labels come from geopak_lib.data.con
 
 from __future__ import annotations
 
+import html
+
 import folium
 import pandas as pd
 
-from geopak_lib.book.report import samples_map
+from geopak_lib.book.report import MAP_MAX_POINTS, samples_map
 from geopak_lib.constants import PROVINCES
 from geopak_lib.data.concepts import OTHER, UNKNOWN, concept_by_province
 
@@ -61,14 +63,14 @@ def concept_province_chart(manifest: pd.DataFrame, concept: str, ax=None):
     return ax.figure
 
 
-def concept_map(manifest: pd.DataFrame, concept: str, max_points: int = 20000) -> folium.Map:
+def concept_map(manifest: pd.DataFrame, concept: str, max_points: int = MAP_MAX_POINTS) -> folium.Map:
     """Offline map of the samples, one layer (and colour) per class of ``concept``, with a legend."""
     classes = manifest[concept].value_counts()
     colors = {name: concept_color(name) for name in classes.index}
     m = samples_map(manifest, group_col=concept, colors=colors, popup_cols=("id", "province", concept),
                     max_points=max_points)
     rows = "".join(f'<div><span style="display:inline-block;width:12px;height:12px;background:{colors[n]};'
-                   f'margin-right:6px;border:1px solid #555"></span>{n} ({k})</div>' for n, k in classes.items())
+                   f'margin-right:6px;border:1px solid #555"></span>{html.escape(str(n))} ({k})</div>' for n, k in classes.items())
     # bottom left: the layer control (one layer per class) sits top right
     m.get_root().html.add_child(folium.Element(
         f'<div style="position:absolute;bottom:24px;left:10px;z-index:1000;background:white;padding:6px 8px;'

@@ -168,21 +168,47 @@ def run(args) -> int:
     if workers is None:
         workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if predictor.device.type == "cuda" else 0
     workers = workers if len(files) > args.batch_size else 0  # a pool costs more than a batch
-    records = predictor.predict_many(files, args.batch_size, progress=not args.no_progress, num_workers=workers)
-    records += [{"image": m, "error": "file not found"} for m in missing]
-    table = results_table(records, args.top)
+    batches = predictor.iter_predictions(files, args.batch_size, progress=not args.no_progress, num_workers=workers)
+    missing_rows = [[{"image": m, "error": "file not found"} for m in missing]] if missing else []
+    total, failed = write_streamed(args, _tables(batches, missing_rows, args.top))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.8g")  # lat/lon to ~1e-6 degrees (0.1 m)
-    if args.geojson:
-        Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.geojson).write_text(json.dumps(geojson(table), indent=1))
-    failed = int((table["error"] != "").sum())
-    print(f"{len(table) - failed} of {len(table)} files predicted -> {out}"
+    print(f"{total - failed} of {total} files predicted -> {out}"
           + (f" and {args.geojson}" if args.geojson else ""))
     if failed:
         err(f"{failed} file(s) could not be read; their rows in {out} say why")
     return 1 if failed else 0
+
+
+def _tables(batches, extra, top: int):
+    for records in batches:
+        yield results_table(records, top)
+    for records in extra:
+        yield results_table(records, top)
+
+
+def write_streamed(args, tables) -> tuple[int, int]:
+    """Write each batch's table as it comes: CSV rows appended, GeoJSON features streamed, so
+    memory does not grow with the number of images. -> (rows, rows with an error)."""
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    gj = None
+    if args.geojson:
+        Path(args.geojson).parent.mkdir(parents=True, exist_ok=True)
+        gj = open(args.geojson, "w")
+        gj.write('{"type": "FeatureCollection", "features": [')
+    total = failed = 0
+    with open(out, "w", newline="") as csv:
+        for table in tables:
+            table.to_csv(csv, index=False, header=total == 0, float_format="%.8g")  # lat/lon to ~1e-6 degrees
+            if gj is not None:
+                feats = geojson(table)["features"]
+                gj.write(("," if total else "") + ",".join("\n" + json.dumps(f) for f in feats))
+            total += len(table)
+            failed += int((table["error"] != "").sum())
+    if gj is not None:
+        gj.write("\n]}\n")
+        gj.close()
+    return total, failed
 
 
 def write_groups(args, predictor, groups: dict, err) -> int:

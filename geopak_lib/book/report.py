@@ -205,25 +205,49 @@ PROVINCE_COLORS = {
 }
 
 
+# A map draws at most this many sample dots: each costs about 1 kB of HTML, and the reports must
+# stay small at 100k rows (docs/decisions/report_size.md); the map says how many it shows.
+MAP_MAX_POINTS = 2500
+
+
+def _sample_rows(df, max_points: int):
+    """All rows if there are few, else a seeded random ``max_points`` of them (same for the same table)."""
+    return df if len(df) <= max_points else df.sample(max_points, random_state=0)
+
+
+def add_map_note(m: folium.Map, shown: int, total: int, what: str = "samples") -> None:
+    """A caption at the top left of a map saying how many of the samples it draws."""
+    text = f"All {total:,} {what} drawn" if shown == total else \
+        f"{shown:,} of {total:,} {what} drawn (a seeded random sample)"
+    m.get_root().html.add_child(folium.Element(
+        '<div style="position:absolute;top:10px;left:54px;z-index:1000;background:white;padding:3px 6px;'
+        f'border:1px solid #999;font:12px sans-serif">{html_lib.escape(text)}</div>'))
+
+
 def samples_map(df, group_col: str = "province", color_col: str | None = None, radius: float = 3,
-                popup_cols=("id",), colors: dict | None = None, max_points: int = 20000) -> folium.Map:
+                popup_cols=("id",), colors: dict | None = None, max_points: int = MAP_MAX_POINTS) -> folium.Map:
     """Offline map of sample points (lat/lon columns ``latitude``/``longitude``), one layer per group.
 
     Colour is per group (``colors`` or PROVINCE_COLORS), or per row if ``color_col`` holds CSS colours.
+    At most ``max_points`` rows are drawn; layer names and a caption say how many of how many.
     """
     m = offline_map()
     colors = colors or PROVINCE_COLORS
-    shown = df if len(df) <= max_points else df.sample(max_points, random_state=0)
+    shown = _sample_rows(df, max_points)
+    totals = df[group_col].value_counts()
     for name, part in shown.groupby(group_col, sort=False):
-        layer = folium.FeatureGroup(name=f"{name} ({len(part)})")
+        label = f"{name} ({len(part)} of {totals[name]})" if len(part) < totals[name] else f"{name} ({len(part)})"
+        layer = folium.FeatureGroup(name=html_lib.escape(label))
         for row in part.itertuples(index=False):
             r = row._asdict()
             color = r[color_col] if color_col else colors.get(name, "#333")
-            popup = "<br>".join(f"<b>{c}</b>: {r[c]}" for c in popup_cols if c in r)
+            popup = "<br>".join(f"<b>{html_lib.escape(c)}</b>: {html_lib.escape(str(r[c]))}"
+                                for c in popup_cols if c in r)
             folium.CircleMarker([r["latitude"], r["longitude"]], radius=radius, color=color, weight=1,
                                 fill=True, fill_opacity=0.7, popup=popup or None).add_to(layer)
         layer.add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
+    add_map_note(m, len(shown), len(df))
     return m
 
 
@@ -262,13 +286,15 @@ def setup_notebook() -> None:
                          "axes.spines.top": False, "axes.spines.right": False})
 
 
-def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> folium.Map:
+def cells_map(cells, samples=None, max_points: int = MAP_MAX_POINTS) -> folium.Map:
     """Geocells as circles of their radius, one layer per province, with sample points.
 
     cells: geocell table (cell_id, province, center_lat, center_lon, radius_km, n_samples).
-    samples: optional rows with latitude, longitude, province, cell_id (drawn as small dots).
+    samples: optional rows with latitude, longitude, province, cell_id (drawn as small dots; at most
+    ``max_points`` of them, a seeded random sample, and the map says how many).
     """
     m = offline_map()
+    shown = None if samples is None else _sample_rows(samples, max_points)
     palette = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324",
                "#469990", "#800000", "#808000", "#000075"]
     for prov in PROVINCES:
@@ -277,16 +303,18 @@ def cells_map(cells, samples=None, max_points_per_province: int = 3000) -> foliu
             continue
         layer = folium.FeatureGroup(name=f"{prov}: {len(c)} cells")
         if samples is not None:
-            pts = samples[samples["province"] == prov].head(max_points_per_province)
+            pts = shown[shown["province"] == prov]
             for r in pts.itertuples(index=False):
                 folium.CircleMarker([r.latitude, r.longitude], radius=1.5, weight=0, fill=True, fill_opacity=0.8,
                                     color=palette[int(r.cell_id) % len(palette)]).add_to(layer)
         for r in c.itertuples(index=False):
             color = palette[int(r.cell_id) % len(palette)]
-            popup = (f"<b>cell {r.cell_id}</b> ({prov})<br>samples: {r.n_samples}<br>"
+            popup = (f"<b>cell {r.cell_id}</b> ({html_lib.escape(prov)})<br>samples: {r.n_samples}<br>"
                      f"radius: {r.radius_km:.1f} km<br>centre: {r.center_lat:.3f}, {r.center_lon:.3f}")
             folium.Circle([r.center_lat, r.center_lon], radius=float(r.radius_km) * 1000, color=color, weight=2,
                           fill=True, fill_opacity=0.12, popup=popup, tooltip=f"cell {r.cell_id}").add_to(layer)
         layer.add_to(m)
     folium.LayerControl(collapsed=False).add_to(m)
+    if samples is not None:
+        add_map_note(m, len(shown), len(samples), "training samples")
     return m

@@ -305,14 +305,23 @@ class GeopakPredictor:
     def predict_many(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0) -> list[dict]:
         """One dict per path, in order: the predict() result plus ``image`` and ``error`` ("" when
         predicted; otherwise the reason, and no prediction keys)."""
+        return [r for batch in self.iter_predictions(paths, batch_size, progress, num_workers) for r in batch]
+
+    @torch.no_grad()
+    def iter_predictions(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0):
+        """predict_many one batch at a time: yields lists of records in path order, so memory stays
+        flat in the number of images (nothing is kept once a batch is yielded)."""
         paths = [str(p) for p in paths]
-        outputs, ok, errors = self.raw_outputs(paths, batch_size, progress, num_workers)
-        records = [{"image": p, "error": errors.get(i, "")} for i, p in enumerate(paths)]
-        for s in range(0, len(ok), batch_size):  # the heads in batches: bounded memory
-            part = self.results_from_outputs(select_outputs(outputs, np.arange(s, min(s + batch_size, len(ok)))))
-            for i, r in zip(ok[s:s + batch_size], part):
-                records[i].update(r)
-        return records
+        loader = torch.utils.data.DataLoader(ImageFiles(paths, self.image_size), batch_size=batch_size,
+                                             num_workers=num_workers, collate_fn=collate_files)
+        with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+            for idx, images, errs in loader:
+                done = {i: {"image": paths[i], "error": e} for i, e in errs.items()}
+                if images is not None:
+                    for i, r in zip(idx, self.results_from_outputs(self.forward_images(images))):
+                        done[i] = {"image": paths[i], "error": "", **r}
+                bar.update(len(done))
+                yield [done[i] for i in sorted(done)]
 
     def predict_group(self, images, combine: str | None = None) -> dict:
         """Several photos of ONE place (PIL images, arrays or paths) -> one predict() result, plus

@@ -34,7 +34,7 @@ class DataConfig:
     data_csv: str = "data/smoke/samples.csv"
     image_dir: str = "data/smoke/images"
     demo_n_images: int = 400  # > 0: build the demo dataset when it is missing
-    block_km: float = 25.0
+    block_km: float = 30.0
     buffer_km: float = 5.0
     val_frac: float = 0.15
     test_frac: float = 0.15

@@ -75,6 +75,9 @@ def test_multiview_errors_and_table():
     t = pd.DataFrame({"split": ["val", "val"], "views": [4, 4], "combine": ["embedding", "probs"],
                       "median_km": [10.0, 5.0]})
     assert multiview.best_combine(t, 4) == "probs"
-    assert multiview.option_row("x", 10.0, 9.0, 20.0, 25.0)["improves_val"]
-    assert not multiview.option_row("x", 9, 9, 1, 1, "off")["improves_val"]
-    assert multiview.option_row("x", 9, 9, 1, 1, "off")["in_the_predictor"] == "off"
+    base = np.random.default_rng(0).gamma(2.0, 50.0, 200)
+    blocks = np.arange(200) // 4
+    row = multiview.option_row("x", base, 0.5 * base, base, base, val_blocks=blocks)
+    assert row["adopted"] and row["val Δ 95% hi"] < 0
+    same = multiview.option_row("x", base, base, base, base, "off", val_blocks=blocks)
+    assert not same["adopted"] and same["in_the_predictor"] == "off" and same["val Δ median km"] == 0

@@ -85,3 +85,25 @@ def test_a_phase_that_kept_its_start_is_not_the_final_model(tmp_path):
     write_phase(tmp_path, 2, [val(0, median_error_km=88.38), val(1, median_error_km=99.7)])  # same weights as phase 1
     choice = select_final_checkpoint(tmp_path)
     assert choice.phase == 1 and "phase 2 kept the weights it started from" in choice.reason
+
+
+def test_final_model_follows_the_adoption_rule_on_per_image_errors(tmp_path):
+    """A later phase 1 km better inside the noise is not adopted; one clearly better is."""
+    rng = np.random.default_rng(0)
+    n = 300
+    ids = [f"v{i}" for i in range(n)]
+    RunDir(tmp_path).write_manifest(pd.DataFrame({"id": ids, "split": "val", "block_id": [f"b{i // 3}" for i in range(n)],
+                                                  "latitude": 30.0, "longitude": 70.0, "province": "Sindh"}))
+    base = rng.gamma(2.0, 50.0, n)
+    noisy = base + rng.normal(0, 30, n)
+    noisy = np.clip(noisy - (np.median(noisy) - np.median(base) + 1.0), 0, None)  # median exactly ~1 km lower
+    for phase, e in ((1, base), (2, noisy)):
+        write_phase(tmp_path, phase, [val(1, median_error_km=float(np.median(e)))])
+        pd.DataFrame({"id": ids, "error_km": e}).to_csv(RunDir(tmp_path).phase_dir(phase) / "val_errors.csv", index=False)
+    assert np.median(noisy) < np.median(base)  # a plain `<` would take phase 2
+    choice = select_final_checkpoint(tmp_path)
+    assert choice.phase == 1 and "not adopted" in choice.reason
+    write_phase(tmp_path, 3, [val(1, median_error_km=float(np.median(0.6 * base)))])
+    pd.DataFrame({"id": ids, "error_km": 0.6 * base}).to_csv(RunDir(tmp_path).phase_dir(3) / "val_errors.csv", index=False)
+    choice = select_final_checkpoint(tmp_path)
+    assert choice.phase == 3 and "phase 3 vs 1" in choice.reason and "adopted" in choice.reason

@@ -18,6 +18,8 @@ from geopak_lib.constants import EARTH_RADIUS_KM, PROVINCE_ID, PROVINCES
 from geopak_lib.data.validate import MANIFEST_COLUMNS  # canonical order, extra columns after
 
 SPLITS = ("train", "val", "test")
+HELD_OUT = ("val", "val_cal", "test")
+CALIBRATION_FRAC = 0.5  # share of each province's validation units that only calibrates (06), never chooses
 # Projection centre (lat, lon) in degrees: roughly the middle of Pakistan. Distances from it are
 # true; block sides stretch by < 2% at the country's far corners (~900 km away).
 BLOCK_CENTER = (30.0, 70.0)
@@ -112,8 +114,13 @@ def linked_units(block: np.ndarray, links: list[np.ndarray]) -> np.ndarray:
 
 
 def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_frac: float = 0.15,
-                        test_frac: float = 0.15, seed: int = 0, buffer_km: float = 0.0) -> pd.DataFrame:
-    """Return a copy of ``manifest`` with ``block_id``, ``split`` (train/val/test/buffer) and ``split_unit``.
+                        test_frac: float = 0.15, seed: int = 0, buffer_km: float = 0.0,
+                        calibration_frac: float = CALIBRATION_FRAC) -> pd.DataFrame:
+    """Return a copy of ``manifest`` with ``block_id``, ``split`` and ``split_unit``.
+
+    ``split`` is train, val (the selection part of validation: every choice is made on it),
+    val_cal (the calibration part: ``calibration_frac`` of each province's validation units, used
+    only to fit 06's calibration, so its test coverage is honest), test or buffer.
 
     A block is a ``block_km`` square on the ground (the same grid for every province). Blocks that
     hold rows at the same coordinates, with the same file bytes (sha1) or the same perceptual hash
@@ -149,6 +156,11 @@ def spatial_block_split(manifest: pd.DataFrame, *, block_km: float = 25.0, val_f
     for p, units in home.groupby("pid")["unit"]:
         rng = np.random.default_rng([seed, int(p)])
         split_of.update(_assign_province(unit_n[units.to_numpy()], fractions, rng))
+    for p, units in home.groupby("pid")["unit"]:  # whole validation units move to the calibration part
+        val_units = np.sort([u for u in units if split_of[u] == "val"])
+        rng = np.random.default_rng([seed, int(p), 7])
+        for u in rng.permutation(val_units)[: int(round(calibration_frac * len(val_units)))]:
+            split_of[u] = "val_cal"
     out["split"] = out["split_unit"].map(split_of)
     if buffer_km > 0:
         out.loc[_near_held_out(out, buffer_km), "split"] = "buffer"
@@ -160,7 +172,7 @@ def _near_held_out(df: pd.DataFrame, km: float) -> np.ndarray:
     """Mask of training rows within ``km`` of a val/test row (haversine)."""
     from sklearn.neighbors import BallTree
 
-    train, held = (df["split"] == "train").to_numpy(), df["split"].isin(["val", "test"]).to_numpy()
+    train, held = (df["split"] == "train").to_numpy(), df["split"].isin(HELD_OUT).to_numpy()
     mask = np.zeros(len(df), bool)
     if train.any() and held.any():
         tree = BallTree(np.radians(df.loc[held, ["latitude", "longitude"]].to_numpy(float)), metric="haversine")
@@ -178,7 +190,7 @@ def min_cross_split_distance_km(manifest: pd.DataFrame) -> pd.DataFrame:
     from sklearn.neighbors import BallTree
 
     rows = []
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+    for a, b in (("train", "val"), ("train", "val_cal"), ("train", "test"), ("val", "test")):
         da, db = manifest[manifest["split"] == a], manifest[manifest["split"] == b]
         row = {"split_a": a, "split_b": b, "n_a": len(da), "n_b": len(db), "min_km": np.nan,
                "median_nearest_km": np.nan, "id_a": None, "id_b": None}
@@ -195,7 +207,7 @@ def min_cross_split_distance_km(manifest: pd.DataFrame) -> pd.DataFrame:
 
 def split_summary(manifest: pd.DataFrame) -> pd.DataFrame:
     """Samples per province x split (provinces in PROVINCES order, an 'All' row), plus block counts."""
-    cols = list(SPLITS) + (["buffer"] if (manifest["split"] == "buffer").any() else [])
+    cols = list(SPLITS) + [s for s in ("val_cal", "buffer") if (manifest["split"] == s).any()]
     table = pd.crosstab(manifest["province"], manifest["split"]).reindex(
         index=list(PROVINCES), columns=cols, fill_value=0)
     table.loc["All"] = table.sum()
@@ -218,7 +230,7 @@ def window_boxes(windows: pd.DataFrame) -> np.ndarray:
 
 
 def shared_ground(manifest: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
-    """Per val/test row, the largest share of its window's area inside one training window.
+    """Per held-out (val, val_cal, test) row, the largest share of its window's area inside one training window.
 
     manifest: id, split; windows: id, window_lat, window_lon, window_km (the demo's demo_meta.csv).
     Returns id, split, shared (0-1, in degree-box area). Rows sorted by latitude, so each held-out
@@ -229,7 +241,7 @@ def shared_ground(manifest: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame
     train = box[(df["split"] == "train").to_numpy()]
     train = train[np.argsort(train[:, 0])]
     max_half = (train[:, 1] - train[:, 0]).max() if len(train) else 0.0
-    held = np.flatnonzero(df["split"].isin(["val", "test"]).to_numpy())
+    held = np.flatnonzero(df["split"].isin(HELD_OUT).to_numpy())
     shared = np.zeros(len(held))
     for k, i in enumerate(held):
         b = box[i]

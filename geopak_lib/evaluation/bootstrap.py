@@ -114,3 +114,26 @@ def headline_ci(errors_km, province_true, province_pred, blocks, *, n_resamples:
              "acc_25km": lambda x, h: np.mean(x <= 25.0), "acc_200km": lambda x, h: np.mean(x <= 200.0),
              "province_acc": lambda x, h: np.mean(h)}
     return {k: block_ci(f, e, hit, blocks=blocks, n_resamples=n_resamples, seed=seed) for k, f in stats.items()}
+
+
+def calibration_part(table, *, seed: int = 0, frac: float = 0.5):
+    """``table`` with the validation rows of a seeded ``frac`` of the validation blocks relabelled 'val_cal'.
+
+    The selection part ('val') makes every choice (phase, refinement, options); the calibration part
+    ('val_cal') only fits the temperature and radius scales, so their test coverage is an honest
+    estimate. Whole blocks move, as in the split itself.
+    """
+    out = table.copy()
+    val = (out["split"] == "val").to_numpy()
+    key = out["block_id"] if "block_id" in out.columns else out["id"]
+    blocks = np.sort(key[val].astype(str).unique())
+    rng = np.random.default_rng([seed, 7])
+    cal = set(rng.permutation(blocks)[: int(round(frac * len(blocks)))])
+    out.loc[val & key.astype(str).isin(cal).to_numpy(), "split"] = "val_cal"
+    return out
+
+
+def describe_part(frame) -> str:
+    """'N images in B blocks' of a frame (block_id column), for the records that name their data."""
+    n_blocks = frame["block_id"].nunique() if "block_id" in frame.columns else len(frame)
+    return f"{len(frame)} images in {n_blocks} blocks"

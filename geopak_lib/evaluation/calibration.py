@@ -87,14 +87,17 @@ def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: flo
                                                                                            RADIUS_FLOOR_KM))
 
 
-def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN):
+def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
+                    fitted_on: str = "val"):
     """Temperature (province confidence), global radius scales and per-province radius scales,
-    fitted on val, checked on test.
+    fitted on ``val`` (named by ``fitted_on`` in the record: 06 passes the calibration part of
+    validation, which no choice saw), checked on test.
     Returns (calibration dict for save_calibration, temperature report, radius table)."""
     temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
     scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
                                         coverages)
-    cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": "val", "n_val": len(val),
+    cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": fitted_on, "n_val": len(val),
+           "n_val_blocks": int(val["block_id"].nunique()) if "block_id" in val.columns else len(val),
            "radius_scales_by_province": province_radius_scales(val, coverages, n_min), "province_n_min": n_min,
            "test_ece_before": temp["ece_before"], "test_ece_after": temp["ece_after"],
            "test_coverage": {str(c): float(v) for c, v in radius["test coverage"].items()}}

@@ -179,7 +179,9 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     cell = torch.tensor(rows["cell_id"].to_numpy(int), device=device)
     tc_lat, tc_lon = hypothesis_points(model, out["fused"], cell.clamp(min=0).unsqueeze(1))
     np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    f = rows[["id", "image_path", "province", "province_id", "cell_id", "latitude", "longitude"]].reset_index(drop=True)
+    keep = ["id", "image_path", "province", "province_id", "cell_id", "latitude", "longitude"]
+    keep += [c for c in ("block_id",) if c in rows.columns]  # the block bootstrap resamples blocks
+    f = rows[keep].reset_index(drop=True)
     f["province_pred"], f["confidence"] = np_(mix["province_id"]), np_(mix["confidence"])
     f["spread_km"], f["alpha"] = np_(mix["spread_km"]), np_(out["alpha"])
     ranked = cell_ranking(model, out, 5)

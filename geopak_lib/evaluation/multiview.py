@@ -80,14 +80,26 @@ def best_combine(table: pd.DataFrame, n_views: int) -> str:
     return min(COMBINE, key=lambda c: (val.get(c, np.inf), COMBINE.index(c)))
 
 
-def option_row(option: str, val_without: float, val_with: float, test_without: float, test_with: float,
-               how: str = "") -> dict:
-    """A row of 06's 'which options are on' table. ``improves_val``: the validation median drops,
-    the only condition under which an option may be on by default; ``in_the_predictor``: what the
-    predictor does with it (``how``, e.g. "on by default" or "with --group-by")."""
-    return {"option": option, "val_median_km_without": val_without, "val_median_km_with": val_with,
-            "test_median_km_without": test_without, "test_median_km_with": test_with,
-            "improves_val": bool(val_with < val_without), "in_the_predictor": how}
+def option_row(option: str, val_without, val_with, test_without, test_with, how: str = "", *, val_blocks) -> dict:
+    """A row of 06's 'which options are on' table, decided by the one rule (bootstrap.adopt).
+
+    val_without, val_with: per-image validation errors (km) of the simpler choice and of the option,
+    aligned with ``val_blocks``; test_*: per-image test errors (shown, never used to choose).
+    ``adopted``: the paired validation interval of the median difference lies below zero, the only
+    condition under which an option may be on by default; ``in_the_predictor``: what the predictor
+    does with it (``how``, e.g. "on by default" or "with --group-by")."""
+    from geopak_lib.evaluation.bootstrap import adopt
+
+    ok, ci = adopt(np.asarray(val_without, float), np.asarray(val_with, float), blocks=np.asarray(val_blocks))
+    return {"option": option, "val_median_km_without": float(np.median(val_without)),
+            "val_median_km_with": float(np.median(val_with)), "val Δ median km": ci.value,
+            "val Δ 95% lo": ci.lo, "val Δ 95% hi": ci.hi, "adopted": ok,
+            "test_median_km_without": float(np.median(test_without)),
+            "test_median_km_with": float(np.median(test_with)), "in_the_predictor": how}
+
+
+OPTION_COLUMNS = ["option", "val_median_km_without", "val_median_km_with", "val Δ median km", "val Δ 95% lo",
+                  "val Δ 95% hi", "adopted", "test_median_km_without", "test_median_km_with", "in_the_predictor"]
 
 
 def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:

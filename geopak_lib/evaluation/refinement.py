@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from geopak_lib.evaluation.bootstrap import adopt
 from geopak_lib import geo
 from geopak_lib.evaluation.calibration import read_stamped, write_stamped
 from geopak_lib.metrics import error_km, summarize_errors
@@ -233,10 +234,13 @@ def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), 
 
 
 def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
-                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache") -> dict:
+                   batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache",
+                   also: dict | None = None) -> dict:
     """06's refinement step: the training images through the model (their fused embeddings), a
     gallery of each kind, the grid on validation, the best settings saved beside the checkpoint
-    with ``default`` = it beat the plain mixture's validation median. Returns settings, default,
+    with ``default`` = the adoption rule took it (its paired block-bootstrap interval of the
+    validation median difference lies below zero). ``also``: {name: frame} more frames (with
+    outputs[name]) to refine, e.g. the calibration part of validation. Returns settings, default,
     selection (the validation table), val and test (frames with refined_* columns), path, memory_mb,
     embeddings_from (the cache when it was made by these encoders, else the images)."""
     from geopak_lib.evaluation.frame import cached_outputs, split_outputs
@@ -251,23 +255,29 @@ def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFr
                                      len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
     selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,
                                 predictor.top_cells)
-    settings, default = choose_settings(selection, grid)
+    settings, _ = choose_settings(selection, grid)
     medians = {"plain": float(selection["median_km"].iloc[0]), "refined": float(selection.loc[settings.label(),
                                                                                               "median_km"])}
     gallery = galleries[settings.kind]
-    path = save_gallery(checkpoint, gallery, settings, {"default": default, "chosen_on": "val",
-                                                        "val_median_km": medians, "n_train_images": len(train)})
     frames = {s: with_refinement(f, model, outputs[s], gallery, settings, predictor.top_provinces, predictor.top_cells)
-              for s, f in (("val", val), ("test", test))}
-    return {"settings": settings, "default": default, "selection": selection, "val_median_km": medians,
+              for s, f in (("val", val), ("test", test), *(also or {}).items())}
+    default, val_ci = adopt(frames["val"]["error_km"], frames["val"]["refined_error_km"],
+                            blocks=frames["val"]["block_id"] if "block_id" in val else np.arange(len(val)))
+    path = save_gallery(checkpoint, gallery, settings, {"default": default, "chosen_on": "val",
+                                                        "val_median_km": medians, "n_train_images": len(train),
+                                                        "val_diff_km_ci95": [val_ci.value, val_ci.lo, val_ci.hi]})
+    return {"settings": settings, "default": default, "val_ci": val_ci, "selection": selection, "val_median_km": medians,
             "path": path, "memory_mb": gallery.nbytes / 2 ** 20, "embeddings_from": source, **frames}
 
 
 def summary_text(result: dict) -> str:
     """Markdown: what was chosen on validation and whether the predictor refines by default."""
     m, s = result["val_median_km"], result["settings"]
+    ci = result["val_ci"]
     on = ("**on** by default in the predictor (`geopak predict --refine off` turns it off)" if result["default"] else
-          "**off** by default (it did not lower the validation median; `geopak predict --refine on` uses it)")
+          "**off** by default (its validation gain is inside the noise; `geopak predict --refine on` uses it)")
+    on += (f"; paired validation difference {ci.value:+.1f} km, 95% block-bootstrap interval "
+           f"[{ci.lo:+.1f}, {ci.hi:+.1f}] km")
     return (f"Best refinement on validation: {s.label()}; validation median {m['plain']:.1f} km plain, "
             f"{m['refined']:.1f} km refined. Refinement is {on}. The gallery (`{Path(result['path']).name}`, "
             f"{result['memory_mb']:.1f} MB; training embeddings from {result['embeddings_from']}) is saved beside "

@@ -4,8 +4,12 @@ final model of a run. Every choice is made on validation, never on test.
 - Best epoch of a phase (:func:`selection_score`): phase 0 by balanced province accuracy, later
   phases by the end-to-end validation median error of the mixture. Epoch 0 (the weights the
   phase started from) is a candidate, so a phase never returns something worse than its start.
-- Final model of a run (:func:`select_final_checkpoint`): the phase 1-3 best.pt with the lowest
-  validation median; on a tie the earlier phase (fewer moving parts). A phase whose best epoch is
+- Final model of a run (:func:`select_final_checkpoint`): the simplest phase that no later phase
+  beats beyond the noise. Phase 1 is the start; a later phase is adopted only when the paired
+  block-bootstrap interval of its validation median difference against the current choice lies
+  below zero (``bootstrap.adopt``, the rule every choice on validation follows), using the
+  per-image validation errors each phase writes beside its best.pt. Without them (a run made
+  before they existed) the lowest validation median wins, and the reason says so. A phase whose best epoch is
   0 kept the weights it started from, so it is not a candidate of its own (its val figure differs
   from the previous phase's only by float16 cache rounding). Phase 0 only when no later phase has
   run (its location heads are untrained).
@@ -101,10 +105,9 @@ def select_final_checkpoint(run_dir) -> FinalChoice:
         found[phase] = float(best["median_error_km"])
     later = {p: km for p, km in found.items() if p >= 1 and np.isfinite(km)}
     if later:
-        phase = min(later, key=lambda p: (later[p], p))
+        phase, rule = _apply_rule(run, later)
         others = ", ".join(f"phase {p} {km:.1f} km" for p, km in sorted(later.items()) if p != phase)
-        reason = (f"lowest validation median error among phases 1-3 ({later[phase]:.1f} km"
-                  + (f"; {others})" if others else ")")
+        reason = (f"{rule} ({later[phase]:.1f} km" + (f"; {others})" if others else ")")
                   + "".join(f"; phase {p} kept the weights it started from" for p in kept_start))
         return FinalChoice(run.best_checkpoint(phase), phase, later[phase], reason)
     if 0 in found:
@@ -112,3 +115,27 @@ def select_final_checkpoint(run_dir) -> FinalChoice:
                            "only phase 0 has run: its location heads are untrained")
     raise FileNotFoundError(f"no trained model in {run.path}: no checkpoints/phase*/best.pt with its losses.csv; "
                             f"run the training notebooks {TRAINING_NOTEBOOKS}")
+
+
+def _apply_rule(run: RunDir, later: dict) -> tuple[int, str]:
+    """(phase, why) among ``later`` {phase: val median}: the adoption rule on per-image val errors when
+    every candidate has them, else the lowest median (earlier phase on a tie)."""
+    from geopak_lib.evaluation.bootstrap import choose_simplest
+
+    errors = {}
+    for p in sorted(later):
+        path = run.best_checkpoint(p).parent / "val_errors.csv"
+        if not path.is_file():
+            break
+        errors[p] = pd.read_csv(path, dtype={"id": str}).set_index("id")["error_km"]
+    if len(errors) == len(later) and len({tuple(sorted(e.index)) for e in errors.values()}) == 1:
+        ids = sorted(next(iter(errors.values())).index)
+        blocks = run.read_manifest().set_index("id")["block_id"].reindex(ids).fillna("?").to_numpy()
+        chosen, rows = choose_simplest({p: errors[p].reindex(ids).to_numpy() for p in errors}, blocks=blocks)
+        steps = "; ".join(f"phase {r['option']} vs {r['against']}: Δ {r['val Δ median km']:+.1f} km "
+                          f"[{r['lo']:+.1f}, {r['hi']:+.1f}] {'adopted' if r['adopted'] else 'not adopted'}"
+                          for r in rows)
+        return int(chosen), ("the simplest phase no later phase beats beyond the noise (paired 95% block-bootstrap "
+                             f"interval of the validation median below zero{'; ' + steps if steps else ''})")
+    phase = min(later, key=lambda p: (later[p], p))
+    return phase, "lowest validation median error among phases 1-3 (no per-image validation errors to apply the rule)"

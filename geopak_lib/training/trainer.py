@@ -34,7 +34,7 @@ from geopak_lib.training.passes import (Accumulator, batches, epoch_metrics, for
                                         predictions)
 from geopak_lib.training.sampler import ProvinceBalancedSampler
 from geopak_lib.training.selection import phase_start_check, selection_score
-from geopak_lib.utils import pick_device, state_sha256
+from geopak_lib.utils import atomic_write_bytes, pick_device, state_sha256
 
 
 @dataclass
@@ -121,12 +121,21 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
     return epoch_metrics(acc.frame(data), acc.losses())
 
 
+VAL_ERRORS = "val_errors.csv"  # beside best.pt: its per-image validation errors, for the final-model rule
+
+
 def validation_row(model, data: TrainData, cfg: PhaseConfig, device, loss_fn, epoch: int,
-                   progress: bool = False) -> dict:
-    """The val row of losses.csv for the model as it is now (clean views, no step taken)."""
+                   progress: bool = False) -> tuple[dict, pd.DataFrame]:
+    """(the val row of losses.csv, the per-image frame) for the model as it is now (clean views, no step)."""
     frame, losses = predict_rows(model, data, data.rows("val"), cfg.pass_settings(), device, loss_fn,
                                  max(epoch, 1), progress)
-    return epoch_metrics(frame, losses)
+    return epoch_metrics(frame, losses), frame
+
+
+def save_val_errors(ckpt_dir: Path, frame: pd.DataFrame) -> None:
+    """Per-image validation errors (id, error_km) of the epoch just saved as best.pt (phases 1-3)."""
+    if "error_km" in frame:
+        atomic_write_bytes(Path(ckpt_dir) / VAL_ERRORS, frame[["id", "error_km"]].to_csv(index=False).encode())
 
 
 def _setup(cfg: PhaseConfig, model, data: TrainData, loss_fn, device):
@@ -194,10 +203,12 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         if start is not None and cfg.carry_optimizer:
             n = carry_optimizer_state(opt, model, start)
             log.line(f"carried the AdamW moments of {n} parameter tensors from phase {start.get('phase')}")
-        row = {"epoch": 0, "split": "val", **validation_row(model, data, cfg, device, loss_fn, 0, progress)}
+        val0, frame0 = validation_row(model, data, cfg, device, loss_fn, 0, progress)
+        row = {"epoch": 0, "split": "val", **val0}
         run.history.append(row)
         run.add(cfg.phase, 0, row, 0)
         save_checkpoint(state(0, row), best_path)
+        save_val_errors(ckpt_dir, frame0)
         log.write_csv(run.history)
         log.line(f"epoch 0 (the starting weights): val median {row['median_error_km']:.2f} km, "
                  f"province acc {row['province_acc']:.3f}" if cfg.phase else
@@ -209,7 +220,7 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
             break
         t0 = time.time()
         train_row = train_epoch(model, loss_fn, data, cfg, epoch, opt, sched, device, progress)
-        val_row = validation_row(model, data, cfg, device, loss_fn, epoch, progress)
+        val_row, val_frame = validation_row(model, data, cfg, device, loss_fn, epoch, progress)
         extra = {"lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
         rows = [{"epoch": epoch, "split": s, **r, **extra} for s, r in (("train", train_row), ("val", val_row))]
         run.history = run.history + rows
@@ -217,6 +228,7 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         ckpt = state(epoch, rows[1])
         if improved:
             save_checkpoint(ckpt, best_path)
+            save_val_errors(ckpt_dir, val_frame)
         if save_epochs:
             save_checkpoint(ckpt, ckpt_dir / f"epoch_{epoch}.pt")
             prune_epoch_checkpoints(ckpt_dir, cfg.keep_last)

@@ -167,3 +167,18 @@ def test_landing_page_of_a_run_without_a_trained_model(tmp_path):
     assert "No test figures: no trained model in" in page
     assert "| dataset | `data/x.csv` |" in page  # no manifest.csv: the source only
     assert "- [](00_data_audit.ipynb) (12 s)" in page
+
+
+def test_headline_with_intervals_leads_with_the_predictors_default():
+    from geopak_lib.book.site_index import headline_ci_markdown
+
+    ci = {"median_km": [70.0, 60.0, 80.0], "p90_km": [300.0, 250.0, 350.0], "acc_25km": [0.2, 0.15, 0.25],
+          "acc_200km": [0.7, 0.6, 0.8], "province_acc": [0.8, 0.75, 0.85]}
+    refined = {k: [v[0] - 5, v[1] - 5, v[2] - 5] if k.endswith("km") and "acc" not in k else v for k, v in ci.items()}
+    summary = {"headline": {"n": 444}, "headline_ci95": ci, "refined_ci95": refined, "refined": {"default": True}}
+    rows = headline_ci_markdown(summary).splitlines()
+    assert rows[2].startswith("| **refined (the predictor's default)** | 444 | 65.0 km [55.0 km, 75.0 km]")
+    assert rows[3].startswith("| plain mixture | 444 | 70.0 km [60.0 km, 80.0 km]")
+    summary["refined"]["default"] = False
+    assert headline_ci_markdown(summary).splitlines()[2].startswith("| **plain mixture (the predictor's default)**")
+    assert "block-bootstrap" in headline_ci_markdown(summary)

@@ -69,6 +69,10 @@ def evaluation_section(summary: dict | None) -> str:
             f"{h['acc_200km']:.3f} | {h['province_acc']:.3f} |" + (f" {h['district_acc']:.3f} |" if district else ""))
     prov = pd.DataFrame(summary["per_province"])
     cols = [c for c in ("province", "n", "median_km", "p90_km", "acc_25km", "province_recall") if c in prov]
+    if summary.get("headline_ci95"):
+        from geopak_lib.book.site_index import headline_ci_markdown
+
+        head = headline_ci_markdown(summary)
     return ("End to end (the model's own province and cell choices) on the spatially held-out test split, as "
             "06_evaluation reported it:\n\n" + head + "\n\nPer province:\n\n"
             + markdown_table(prov[cols].round(3)))

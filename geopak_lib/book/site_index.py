@@ -57,6 +57,28 @@ def headline_markdown(summary: dict) -> str:
     return "| " + " | ".join(cols) + " |\n|" + " --- |" * len(cols) + "\n| " + " | ".join(row) + " |"
 
 
+def headline_ci_markdown(summary: dict) -> str:
+    """The test headline with its 95% block-bootstrap intervals, the predictor's default first.
+
+    Rows: the predictor's default (refined or the plain mixture) and the other beside it. A summary
+    from before intervals existed falls back to :func:`headline_markdown`.
+    """
+    cis = {"plain mixture": summary.get("headline_ci95"), "refined": summary.get("refined_ci95")}
+    if not cis["plain mixture"]:
+        return headline_markdown(summary)
+    refined_default = bool((summary.get("refined") or {}).get("default"))
+    order = ["refined", "plain mixture"] if refined_default and cis["refined"] else ["plain mixture", "refined"]
+    cols = ["prediction", "test images"] + [label for _, label, _ in HEADLINE]
+    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    for k, name in enumerate(o for o in order if cis[o]):
+        ci = cis[name]
+        cells = [f"{fmt.format(ci[key][0])} [{fmt.format(ci[key][1])}, {fmt.format(ci[key][2])}]"
+                 for key, _, fmt in HEADLINE]
+        label = f"**{name} (the predictor's default)**" if k == 0 else name
+        lines.append("| " + " | ".join([label, str(int(summary["headline"]["n"]))] + cells) + " |")
+    return "\n".join(lines) + "\n\n95% block-bootstrap intervals (whole spatial blocks of the test split resampled)."
+
+
 def dataset_line(run_dir, notebooks: list[Path]) -> str:
     """The dataset the run read (00's injected data_csv) and its split sizes (manifest.csv)."""
     source = "?"
@@ -93,7 +115,7 @@ def landing_page(run_dir, profile: str, notebooks: list[Path], root) -> str:
         encoders = encoder_status_markdown([info["encoders"][s] for s in ("clip_encoder", "scene_encoder")])
     else:
         model, encoders = f"none: {why}", "No trained checkpoint, so no encoder status."
-    headline = (headline_markdown(summary) + "\n\nEnd to end on the spatially held-out test split: the model's "
+    headline = (headline_ci_markdown(summary) + "\n\nEnd to end on the spatially held-out test split: the model's "
                 "own province and cell choices, no true label used (06 · Evaluation has the breakdowns)."
                 if summary else f"No test figures: {summary_why}.")
     return f"""# GEOPAK book · {profile} run

@@ -247,3 +247,15 @@ def test_read_table_keeps_ids_as_text(tmp_path):
     (tmp_path / "s.csv").write_text("id,image,latitude,longitude,province\n007,a.jpg,24.8,67.0,Sindh\nNA,b,1,2,x\n")
     df = read_table(tmp_path / "s.csv")
     assert df["id"].tolist() == ["007", "NA"]
+
+
+def test_blank_province_and_missing_coordinates_is_a_reject_not_a_crash(dataset, tmp_path):
+    # A blank province with no coordinates used to raise KeyError('province_missing') while sorting.
+    frame = pd.DataFrame({"id": ["p_ok", "p_nogps"], "image": ["rgb.jpg", "rgb.jpg"],
+                          "latitude": [33.70, None], "longitude": [73.05, None], "province": ["", ""]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    res = validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    assert list(res.manifest["id"]) == ["p_ok"]
+    assert res.manifest["province"].iloc[0] == "Islamabad Capital Territory"
+    assert "province_missing" in REJECT_POLICY
+    assert set(res.rejects.loc[res.rejects["id"] == "p_nogps", "reason"]) >= {"latitude_missing"}

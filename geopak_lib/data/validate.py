@@ -56,6 +56,7 @@ REJECT_POLICY = {
     "latitude_out_of_range": ("drop", "not a latitude: outside [-90, 90] or infinite"),
     "longitude_out_of_range": ("drop", "not a longitude: outside [-180, 180] or infinite"),
     "outside_pakistan": ("drop", "the book is Pakistan-only; often swapped lat/lon or a 0,0 placeholder"),
+    "province_missing": ("drop", "no province given and no usable coordinates to fill it from"),
     "unknown_province": ("drop", "a name we cannot map; add real spellings to PROVINCE_ALIASES"),
     "province_mismatch": ("drop", "label and polygon disagree by more than LABEL_TOLERANCE_KM: "
                                   "one of them is wrong and we cannot tell which"),

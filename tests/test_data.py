@@ -259,3 +259,20 @@ def test_blank_province_and_missing_coordinates_is_a_reject_not_a_crash(dataset,
     assert res.manifest["province"].iloc[0] == "Islamabad Capital Territory"
     assert "province_missing" in REJECT_POLICY
     assert set(res.rejects.loc[res.rejects["id"] == "p_nogps", "reason"]) >= {"latitude_missing"}
+
+
+@pytest.mark.parametrize("raw,official", [("K.P.K", "Khyber Pakhtunkhwa"), ("G.B.", "Gilgit-Baltistan"),
+                                          ("AJ&K", "Azad Kashmir"), ("Kashmir", "Azad Kashmir"),
+                                          ("Gilgit", "Gilgit-Baltistan"),
+                                          ("Federal Capital", "Islamabad Capital Territory")])
+def test_real_province_spellings_are_mapped(raw, official):
+    from geopak_lib.data.validate import _province_label
+    assert _province_label(raw)[0] == official
+
+
+def test_unknown_province_message_lists_aliases_and_blank_hint(dataset, tmp_path):
+    pd.DataFrame({"id": ["x"], "image": ["rgb.jpg"], "latitude": [33.70], "longitude": [73.05],
+                  "province": ["Narnia"]}).to_csv(tmp_path / "t.csv", index=False)
+    res = validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    detail = res.rejects.loc[res.rejects["reason"] == "unknown_province", "detail"].iloc[0]
+    assert "'kpk'" in detail and "leave it empty to fill it from the coordinates" in detail

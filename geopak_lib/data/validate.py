@@ -78,6 +78,13 @@ PROVINCE_ALIASES = {
     "gb": "Gilgit-Baltistan", "northern areas": "Gilgit-Baltistan",
     "ajk": "Azad Kashmir", "azad jammu and kashmir": "Azad Kashmir", "azad jammu kashmir": "Azad Kashmir",
     "baluchistan": "Balochistan", "panjab": "Punjab",
+    # Spellings seen in users' tables; a wrong guess is still caught by the polygon check.
+    "k p k": "Khyber Pakhtunkhwa", "k p": "Khyber Pakhtunkhwa", "khyber": "Khyber Pakhtunkhwa",
+    "g b": "Gilgit-Baltistan", "gilgit": "Gilgit-Baltistan",
+    "aj and k": "Azad Kashmir", "a j k": "Azad Kashmir", "kashmir": "Azad Kashmir",
+    "azad jammu and kashmir ajk": "Azad Kashmir",
+    "federal capital": "Islamabad Capital Territory", "i c t": "Islamabad Capital Territory",
+    "islamabad capital": "Islamabad Capital Territory",
 }
 
 
@@ -269,7 +276,9 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     for i, raw in enumerate(df["province"]):
         label, rule = _province_label(raw)
         if label == "?":
-            problems.append((i, "unknown_province", f"province {raw!r} is not one of {list(PROVINCES)}"))
+            problems.append((i, "unknown_province", f"province {raw!r} is not one of {list(PROVINCES)} "
+                             f"nor an alias {sorted(PROVINCE_ALIASES)}; leave it empty to fill it "
+                             "from the coordinates"))
         elif label is None and located[i] is None:
             if has_coord[i]:
                 continue  # outside_pakistan already says why

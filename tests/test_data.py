@@ -276,3 +276,14 @@ def test_unknown_province_message_lists_aliases_and_blank_hint(dataset, tmp_path
     res = validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
     detail = res.rejects.loc[res.rejects["reason"] == "unknown_province", "detail"].iloc[0]
     assert "'kpk'" in detail and "leave it empty to fill it from the coordinates" in detail
+
+
+def test_semicolon_csv_is_sniffed(tmp_path):
+    from geopak_lib.data.validate import DatasetError
+    (tmp_path / "semi.csv").write_text("id;image;latitude;longitude;province\na;a.jpg;24,5;67.0;Sindh\n")
+    df = read_table(tmp_path / "semi.csv")
+    assert list(df.columns) == ["id", "image", "latitude", "longitude", "province"]
+    assert df["province"].iloc[0] == "Sindh" and df["latitude"].iloc[0] == "24,5"
+    (tmp_path / "bad.csv").write_text('id,image\n"a,"b\n"c,d,e,f\n')
+    with pytest.raises(DatasetError, match="bad.csv: cannot be read as a CSV table"):
+        read_table(tmp_path / "bad.csv")

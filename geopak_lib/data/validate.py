@@ -19,6 +19,7 @@ Nothing is dropped or changed without a row in ``rejects`` or ``fixes``.
 
 from __future__ import annotations
 
+import csv
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -111,9 +112,15 @@ def read_table(path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     text_cols = ["id", "image", "province"]
     if suffix == ".csv":
-        head = pd.read_csv(path, nrows=0).columns
-        return pd.read_csv(path, dtype={c: str for c in text_cols if c in head},
-                           keep_default_na=False, na_values=[""])
+        sep = _sniff_delimiter(path)
+        try:
+            head = pd.read_csv(path, nrows=0, sep=sep).columns
+            return pd.read_csv(path, sep=sep, dtype={c: str for c in text_cols if c in head},
+                               keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"{path}: cannot be read as a CSV table ({first}); expected one header "
+                               "row and one row per image, separated by ',' ';' tab or '|'") from None
     if suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
         for c in text_cols:
@@ -121,6 +128,16 @@ def read_table(path) -> pd.DataFrame:
                 df[c] = df[c].where(df[c].isna(), df[c].astype(str))  # keep missing as missing
         return df
     raise DatasetError(f"unsupported dataset file {path}: use .csv or .parquet")
+
+
+def _sniff_delimiter(path: Path) -> str:
+    """',' unless the header clearly uses ';', tab or '|' (spreadsheets in many locales write ';')."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            sample = f.read(16384)
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
 
 
 def check_columns(df: pd.DataFrame, source) -> None:

@@ -287,3 +287,16 @@ def test_semicolon_csv_is_sniffed(tmp_path):
     (tmp_path / "bad.csv").write_text('id,image\n"a,"b\n"c,d,e,f\n')
     with pytest.raises(DatasetError, match="bad.csv: cannot be read as a CSV table"):
         read_table(tmp_path / "bad.csv")
+
+
+def test_column_aliases_are_mapped_and_printed(dataset, tmp_path, capsys):
+    pd.DataFrame({"id": ["x"], "file": ["rgb.jpg"], "Lat": [33.70], "lng": [73.05]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    pd.DataFrame({"id": ["x"], "file": ["rgb.jpg"], "Latitude": [33.70], "Longitude": [73.05],
+                  "province": [""]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(ValueError, match="province"):  # still missing: no alias given for it
+        validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    assert "'Lat' -> 'latitude'" in capsys.readouterr().err
+    res = validate_dataset(tmp_path / "u.csv", dataset / "images", progress=False)
+    assert list(res.manifest["id"]) == ["x"] and res.manifest["province"].iloc[0] == "Islamabad Capital Territory"
+    assert "'Longitude' -> 'longitude'" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,13 @@ from geopak_lib.data.images import ImageLoadError, inspect_image
 from geopak_lib.data.rundir import RunDir
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
+# Lower-cased header -> schema column, used only when the schema column itself is absent.
+COLUMN_ALIASES = {
+    "lat": "latitude", "gps_latitude": "latitude", "y": "latitude",
+    "lng": "longitude", "lon": "longitude", "long": "longitude", "gps_longitude": "longitude", "x": "longitude",
+    "file": "image", "filename": "image", "file_name": "image", "path": "image", "image_path": "image",
+    "region": "province", "state": "province", "province_name": "province",
+}
 MANIFEST_COLUMNS = ("id", "image", "image_path", "latitude", "longitude", "province", "province_id",
                     "split", "block_id", "width", "height", "sha1")
 REJECT_COLUMNS = ("id", "row", "reason", "detail", "image", "latitude", "longitude", "province")
@@ -128,6 +136,25 @@ def read_table(path) -> pd.DataFrame:
                 df[c] = df[c].where(df[c].isna(), df[c].astype(str))  # keep missing as missing
         return df
     raise DatasetError(f"unsupported dataset file {path}: use .csv or .parquet")
+
+
+def apply_column_aliases(df: pd.DataFrame, *, source=None) -> pd.DataFrame:
+    """Rename alias headers (lat, lng, Latitude, ...) to the schema's names and print the mapping.
+
+    A header is renamed only when its schema column is absent and exactly one header maps to it,
+    so an explicit column always wins and nothing is guessed between two candidates.
+    """
+    candidates: dict[str, list[str]] = {}
+    for col in df.columns:
+        key = str(col).strip().lower()
+        target = key if key in REQUIRED_COLUMNS else COLUMN_ALIASES.get(key)
+        if target and target not in df.columns and col != target:
+            candidates.setdefault(target, []).append(col)
+    mapping = {cols[0]: target for target, cols in candidates.items() if len(cols) == 1}
+    if mapping:
+        print(f"{source or 'table'}: column(s) mapped: "
+              + ", ".join(f"{a!r} -> {b!r}" for a, b in mapping.items()), file=sys.stderr)
+    return df.rename(columns=mapping)
 
 
 def _sniff_delimiter(path: Path) -> str:
@@ -264,7 +291,7 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     check_images: decode every image (False: only check that the file exists and is non-empty;
     width, height and sha1 are then left empty). Every row with no problem reaches the manifest.
     """
-    df = read_table(table_path)
+    df = apply_column_aliases(read_table(table_path), source=table_path)
     check_columns(df, table_path)
     n = len(df)
     problems, fixes = [], []  # (position, reason, detail), (position, column, original, value, rule)

@@ -63,3 +63,12 @@ def test_missing_profile_lists_known(tree):
     (tree / "params" / "demo.yaml").write_text("common: {}\n")
     with pytest.raises(ProfileError, match="known profiles: demo"):
         load_profile("nope", root=tree)
+
+
+def test_profile_with_another_profiles_run_dir_is_refused(tree):
+    (tree / "params" / "smoke.yaml").write_text("common:\n  run_dir: runs/smoke\n")
+    with pytest.raises(ProfileError, match="run_dir 'runs/smoke' belongs to the profile 'smoke'.*runs/p"):
+        _write(tree, "common:\n  run_dir: runs/smoke\n")
+    assert _write(tree, "common:\n  run_dir: runs/p\n").common["run_dir"] == "runs/p"
+    assert _write(tree, "common:\n  run_dir: runs/elsewhere\n").common["run_dir"] == "runs/elsewhere"
+    assert load_profile("smoke", root=tree).common["run_dir"] == "runs/smoke"

@@ -247,3 +247,56 @@ def test_read_table_keeps_ids_as_text(tmp_path):
     (tmp_path / "s.csv").write_text("id,image,latitude,longitude,province\n007,a.jpg,24.8,67.0,Sindh\nNA,b,1,2,x\n")
     df = read_table(tmp_path / "s.csv")
     assert df["id"].tolist() == ["007", "NA"]
+
+
+def test_blank_province_and_missing_coordinates_is_a_reject_not_a_crash(dataset, tmp_path):
+    # A blank province with no coordinates used to raise KeyError('province_missing') while sorting.
+    frame = pd.DataFrame({"id": ["p_ok", "p_nogps"], "image": ["rgb.jpg", "rgb.jpg"],
+                          "latitude": [33.70, None], "longitude": [73.05, None], "province": ["", ""]})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    res = validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    assert list(res.manifest["id"]) == ["p_ok"]
+    assert res.manifest["province"].iloc[0] == "Islamabad Capital Territory"
+    assert "province_missing" in REJECT_POLICY
+    assert set(res.rejects.loc[res.rejects["id"] == "p_nogps", "reason"]) >= {"latitude_missing"}
+
+
+@pytest.mark.parametrize("raw,official", [("K.P.K", "Khyber Pakhtunkhwa"), ("G.B.", "Gilgit-Baltistan"),
+                                          ("AJ&K", "Azad Kashmir"), ("Kashmir", "Azad Kashmir"),
+                                          ("Gilgit", "Gilgit-Baltistan"),
+                                          ("Federal Capital", "Islamabad Capital Territory")])
+def test_real_province_spellings_are_mapped(raw, official):
+    from geopak_lib.data.validate import _province_label
+    assert _province_label(raw)[0] == official
+
+
+def test_unknown_province_message_lists_aliases_and_blank_hint(dataset, tmp_path):
+    pd.DataFrame({"id": ["x"], "image": ["rgb.jpg"], "latitude": [33.70], "longitude": [73.05],
+                  "province": ["Narnia"]}).to_csv(tmp_path / "t.csv", index=False)
+    res = validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    detail = res.rejects.loc[res.rejects["reason"] == "unknown_province", "detail"].iloc[0]
+    assert "'kpk'" in detail and "leave it empty to fill it from the coordinates" in detail
+
+
+def test_semicolon_csv_is_sniffed(tmp_path):
+    from geopak_lib.data.validate import DatasetError
+    (tmp_path / "semi.csv").write_text("id;image;latitude;longitude;province\na;a.jpg;24,5;67.0;Sindh\n")
+    df = read_table(tmp_path / "semi.csv")
+    assert list(df.columns) == ["id", "image", "latitude", "longitude", "province"]
+    assert df["province"].iloc[0] == "Sindh" and df["latitude"].iloc[0] == "24,5"
+    (tmp_path / "bad.csv").write_text('id,image\n"a,"b\n"c,d,e,f\n')
+    with pytest.raises(DatasetError, match="bad.csv: cannot be read as a CSV table"):
+        read_table(tmp_path / "bad.csv")
+
+
+def test_column_aliases_are_mapped_and_printed(dataset, tmp_path, capsys):
+    pd.DataFrame({"id": ["x"], "file": ["rgb.jpg"], "Lat": [33.70], "lng": [73.05]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    pd.DataFrame({"id": ["x"], "file": ["rgb.jpg"], "Latitude": [33.70], "Longitude": [73.05],
+                  "province": [""]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(ValueError, match="province"):  # still missing: no alias given for it
+        validate_dataset(tmp_path / "t.csv", dataset / "images", progress=False)
+    assert "'Lat' -> 'latitude'" in capsys.readouterr().err
+    res = validate_dataset(tmp_path / "u.csv", dataset / "images", progress=False)
+    assert list(res.manifest["id"]) == ["x"] and res.manifest["province"].iloc[0] == "Islamabad Capital Territory"
+    assert "'Longitude' -> 'longitude'" in capsys.readouterr().err

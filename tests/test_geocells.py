@@ -336,3 +336,15 @@ def test_province_cell_table(result):
     assert table["n_cells"].tolist() == cells_per_province(result.cells)
     assert table.set_index("province").loc["Sindh", "reference_cells"] == 450
     assert UTM_ZONE["Sindh"] == 42  # the zone the province's cells were built in
+
+
+def test_one_cell_per_province_warns_naming_min_cell_size():
+    from geopak_lib.data.geocells import GeocellCollapseWarning
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"id": [f"r{i}" for i in range(20)],
+                          "latitude": np.r_[24.8 + rng.normal(0, .5, 10), 31.5 + rng.normal(0, .5, 10)],
+                          "longitude": np.r_[67.0 + rng.normal(0, .5, 10), 74.3 + rng.normal(0, .5, 10)],
+                          "province": ["Sindh"] * 10 + ["Punjab"] * 10})
+    with pytest.warns(GeocellCollapseWarning, match="one cell per province \\(2 cells\\).*min_cell_size=40"):
+        res = build_geocells(train, GeocellConfig())
+    assert len(res.cells) == 2

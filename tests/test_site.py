@@ -167,6 +167,8 @@ def test_landing_page_of_a_run_without_a_trained_model(tmp_path):
     assert "No test figures: no trained model in" in page
     assert "| dataset | `data/x.csv` |" in page  # no manifest.csv: the source only
     assert "- [](00_data_audit.ipynb) (12 s)" in page
+    header = page.split("## Run manifest", 1)[1].strip().splitlines()[0]
+    assert header == "| what | value |"  # an empty header row renders as a blank first row
 
 
 def test_headline_with_intervals_leads_with_the_predictors_default():

@@ -77,8 +77,20 @@ def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
     for sec in PROFILE_SECTIONS:
         if not isinstance(raw.get(sec) or {}, dict):
             raise ProfileError(f"{path}: section {sec!r} must be a mapping")
-    return Profile(name=path.stem, path=path, common=raw.get("common") or {},
-                   notebooks=raw.get("notebooks") or {})
+    common = raw.get("common") or {}
+    _refuse_foreign_run_dir(path, common.get("run_dir"), root)
+    return Profile(name=path.stem, path=path, common=common, notebooks=raw.get("notebooks") or {})
+
+
+def _refuse_foreign_run_dir(path: Path, run_dir, root: Path) -> None:
+    """A profile copied from another keeps its run_dir and would write into that profile's run."""
+    if not run_dir:
+        return
+    owner = Path(str(run_dir)).name
+    if owner != path.stem and (root / "params" / f"{owner}.yaml").is_file() \
+            and Path(str(run_dir)).parent == Path("runs"):
+        raise ProfileError(f"{path}: run_dir {run_dir!r} belongs to the profile {owner!r}; "
+                           f"use run_dir: runs/{path.stem} or delete the line (that is the default)")
 
 
 def declared_parameters(notebook: Path) -> dict:

@@ -129,7 +129,7 @@ Province-aware hierarchical image geolocation for Pakistan. This site is the exe
 
 ## Run manifest
 
-| | |
+| what | value |
 | --- | --- |
 | profile | `{profile}` |
 | run folder | `{Path(run_dir).relative_to(root) if Path(run_dir).is_relative_to(root) else run_dir}` |

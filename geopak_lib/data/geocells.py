@@ -9,6 +9,7 @@ docs/decisions/geocells.md. Distances are km unless a name says metres; order is
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -232,6 +233,24 @@ def build_geocells(train: pd.DataFrame, config: GeocellConfig | None = None) -> 
         "id": train["id"].to_numpy(), "province_id": train["province"].map(PROVINCE_ID).to_numpy(),
         "cell_id": cell_of_row, "cell_center_lat": cells["center_lat"].to_numpy()[cell_of_row],
         "cell_center_lon": cells["center_lon"].to_numpy()[cell_of_row]})
-    return GeocellResult(cells, assignments, pd.DataFrame(stats_rows, columns=STATS_COLUMNS))
+    stats = pd.DataFrame(stats_rows, columns=STATS_COLUMNS)
+    message = collapse_warning(stats, config)
+    if message:
+        warnings.warn(message, GeocellCollapseWarning, stacklevel=2)
+    return GeocellResult(cells, assignments, stats)
+
+
+class GeocellCollapseWarning(UserWarning):
+    """Every province got one cell: the cell heads cannot add anything to the province head."""
+
+
+def collapse_warning(stats: pd.DataFrame, config: GeocellConfig) -> str | None:
+    """The warning text when each populated province has a single cell, else None."""
+    populated = stats[stats["n_cells"] > 0]
+    if len(populated) == 0 or (populated["n_cells"] > 1).any():
+        return None
+    return (f"geocells collapsed to one cell per province ({len(populated)} cells): with "
+            f"min_cell_size={config.min_cell_size} the model is only a province classifier; "
+            "lower the setting min_cell_size (profile section notebooks: 01_geocells) for a small dataset")
 
 

@@ -19,7 +19,9 @@ Nothing is dropped or changed without a row in ``rejects`` or ``fixes``.
 
 from __future__ import annotations
 
+import csv
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,13 @@ from geopak_lib.data.images import ImageLoadError, inspect_image
 from geopak_lib.data.rundir import RunDir
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
+# Lower-cased header -> schema column, used only when the schema column itself is absent.
+COLUMN_ALIASES = {
+    "lat": "latitude", "gps_latitude": "latitude", "y": "latitude",
+    "lng": "longitude", "lon": "longitude", "long": "longitude", "gps_longitude": "longitude", "x": "longitude",
+    "file": "image", "filename": "image", "file_name": "image", "path": "image", "image_path": "image",
+    "region": "province", "state": "province", "province_name": "province",
+}
 MANIFEST_COLUMNS = ("id", "image", "image_path", "latitude", "longitude", "province", "province_id",
                     "split", "block_id", "width", "height", "sha1", "phash")
 REJECT_COLUMNS = ("id", "row", "reason", "detail", "image", "latitude", "longitude", "province")
@@ -56,6 +65,7 @@ REJECT_POLICY = {
     "latitude_out_of_range": ("drop", "not a latitude: outside [-90, 90] or infinite"),
     "longitude_out_of_range": ("drop", "not a longitude: outside [-180, 180] or infinite"),
     "outside_pakistan": ("drop", "the book is Pakistan-only; often swapped lat/lon or a 0,0 placeholder"),
+    "province_missing": ("drop", "no province given and no usable coordinates to fill it from"),
     "unknown_province": ("drop", "a name we cannot map; add real spellings to PROVINCE_ALIASES"),
     "province_mismatch": ("drop", "label and polygon disagree by more than LABEL_TOLERANCE_KM: "
                                   "one of them is wrong and we cannot tell which"),
@@ -77,6 +87,13 @@ PROVINCE_ALIASES = {
     "gb": "Gilgit-Baltistan", "northern areas": "Gilgit-Baltistan",
     "ajk": "Azad Kashmir", "azad jammu and kashmir": "Azad Kashmir", "azad jammu kashmir": "Azad Kashmir",
     "baluchistan": "Balochistan", "panjab": "Punjab",
+    # Spellings seen in users' tables; a wrong guess is still caught by the polygon check.
+    "k p k": "Khyber Pakhtunkhwa", "k p": "Khyber Pakhtunkhwa", "khyber": "Khyber Pakhtunkhwa",
+    "g b": "Gilgit-Baltistan", "gilgit": "Gilgit-Baltistan",
+    "aj and k": "Azad Kashmir", "a j k": "Azad Kashmir", "kashmir": "Azad Kashmir",
+    "azad jammu and kashmir ajk": "Azad Kashmir",
+    "federal capital": "Islamabad Capital Territory", "i c t": "Islamabad Capital Territory",
+    "islamabad capital": "Islamabad Capital Territory",
 }
 
 
@@ -103,9 +120,15 @@ def read_table(path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     text_cols = ["id", "image", "province"]
     if suffix == ".csv":
-        head = pd.read_csv(path, nrows=0).columns
-        return pd.read_csv(path, dtype={c: str for c in text_cols if c in head},
-                           keep_default_na=False, na_values=[""])
+        sep = _sniff_delimiter(path)
+        try:
+            head = pd.read_csv(path, nrows=0, sep=sep).columns
+            return pd.read_csv(path, sep=sep, dtype={c: str for c in text_cols if c in head},
+                               keep_default_na=False, na_values=[""])
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DatasetError(f"{path}: cannot be read as a CSV table ({first}); expected one header "
+                               "row and one row per image, separated by ',' ';' tab or '|'") from None
     if suffix in (".parquet", ".pq"):
         df = pd.read_parquet(path)
         for c in text_cols:
@@ -113,6 +136,35 @@ def read_table(path) -> pd.DataFrame:
                 df[c] = df[c].where(df[c].isna(), df[c].astype(str))  # keep missing as missing
         return df
     raise DatasetError(f"unsupported dataset file {path}: use .csv or .parquet")
+
+
+def apply_column_aliases(df: pd.DataFrame, *, source=None) -> pd.DataFrame:
+    """Rename alias headers (lat, lng, Latitude, ...) to the schema's names and print the mapping.
+
+    A header is renamed only when its schema column is absent and exactly one header maps to it,
+    so an explicit column always wins and nothing is guessed between two candidates.
+    """
+    candidates: dict[str, list[str]] = {}
+    for col in df.columns:
+        key = str(col).strip().lower()
+        target = key if key in REQUIRED_COLUMNS else COLUMN_ALIASES.get(key)
+        if target and target not in df.columns and col != target:
+            candidates.setdefault(target, []).append(col)
+    mapping = {cols[0]: target for target, cols in candidates.items() if len(cols) == 1}
+    if mapping:
+        print(f"{source or 'table'}: column(s) mapped: "
+              + ", ".join(f"{a!r} -> {b!r}" for a, b in mapping.items()), file=sys.stderr)
+    return df.rename(columns=mapping)
+
+
+def _sniff_delimiter(path: Path) -> str:
+    """',' unless the header clearly uses ';', tab or '|' (spreadsheets in many locales write ';')."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            sample = f.read(16384)
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+    except csv.Error:
+        return ","
 
 
 def check_columns(df: pd.DataFrame, source) -> None:
@@ -239,7 +291,7 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     check_images: decode every image (False: only check that the file exists and is non-empty;
     width, height and sha1 are then left empty). Every row with no problem reaches the manifest.
     """
-    df = read_table(table_path)
+    df = apply_column_aliases(read_table(table_path), source=table_path)
     check_columns(df, table_path)
     n = len(df)
     problems, fixes = [], []  # (position, reason, detail), (position, column, original, value, rule)
@@ -268,7 +320,9 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     for i, raw in enumerate(df["province"]):
         label, rule = _province_label(raw)
         if label == "?":
-            problems.append((i, "unknown_province", f"province {raw!r} is not one of {list(PROVINCES)}"))
+            problems.append((i, "unknown_province", f"province {raw!r} is not one of {list(PROVINCES)} "
+                             f"nor an alias {sorted(PROVINCE_ALIASES)}; leave it empty to fill it "
+                             "from the coordinates"))
         elif label is None and located[i] is None:
             if has_coord[i]:
                 continue  # outside_pakistan already says why

@@ -40,3 +40,25 @@ def test_main_book_exit_2_when_locked(tmp_path, monkeypatch, capsys):
     assert runner.main_book(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pid 123" in err[0]
+
+
+def test_internal_error_one_line_exit_3(monkeypatch, capsys):
+    from geopak_lib.book import cli
+
+    def boom(args):
+        raise ValueError("bad state")
+    monkeypatch.setattr(cli, "_cmd_site", boom)
+    monkeypatch.delenv("GEOPAK_DEBUG", raising=False)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser(), boom))
+    assert cli.main(["site", "demo"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "internal error, please report" in err[0] and "bad state" in err[0]
+    with pytest.raises(ValueError):
+        cli.main(["--debug", "site", "demo"])
+
+
+def _with_func(parser, func):
+    for action in parser._subparsers._group_actions:
+        action.choices["site"].set_defaults(func=func)
+    return parser

@@ -1,0 +1,24 @@
+"""Artifacts that know what they were made from: a checkpoint's weights are checked on load."""
+import pytest
+import torch
+
+from geopak_lib.training.checkpoints import CKPT_FORMAT, load_checkpoint, save_checkpoint
+
+
+def _flip_tensor_byte(path, needle: bytes):
+    data = bytearray(path.read_bytes())
+    i = data.find(needle)
+    assert i >= 0
+    data[i] ^= 0x01  # inside the stored tensor's bytes: the zip stays readable, the weights differ
+    path.write_bytes(bytes(data))
+
+
+def test_flipped_tensor_byte_refused(tmp_path):
+    w = torch.arange(64, dtype=torch.float32) + 0.5
+    path = tmp_path / "best.pt"
+    save_checkpoint({"format": CKPT_FORMAT, "model_state": {"w": w}}, path)
+    ok = load_checkpoint(path)
+    assert torch.equal(ok["model_state"]["w"], w) and len(ok["model_sha256"]) == 64
+    _flip_tensor_byte(path, w[40:48].numpy().tobytes())
+    with pytest.raises(ValueError, match=r"best\.pt: its weights changed since it was saved"):
+        load_checkpoint(path)

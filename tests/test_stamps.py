@@ -22,3 +22,19 @@ def test_flipped_tensor_byte_refused(tmp_path):
     _flip_tensor_byte(path, w[40:48].numpy().tobytes())
     with pytest.raises(ValueError, match=r"best\.pt: its weights changed since it was saved"):
         load_checkpoint(path)
+
+
+def test_image_above_pixel_limit_rejected_before_decoding(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from geopak_lib.data import images
+
+    path = tmp_path / "big.png"
+    Image.new("RGB", (200, 100)).save(path)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 100 - 1)  # one pixel under this image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # lifted elsewhere in the process: still refused
+    with pytest.raises(images.ImageLoadError, match=r"too large: 200 x 100 .*MAX_IMAGE_PIXELS") as e:
+        images.load_rgb(path)
+    assert e.value.code == "image_unreadable"
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 100)  # exactly at the limit: accepted
+    assert images.load_rgb(path).size == (200, 100)

@@ -38,3 +38,17 @@ def test_image_above_pixel_limit_rejected_before_decoding(tmp_path, monkeypatch)
     assert e.value.code == "image_unreadable"
     monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 200 * 100)  # exactly at the limit: accepted
     assert images.load_rgb(path).size == (200, 100)
+
+
+def test_truncated_gallery_json_is_optional_under_auto(tmp_path):
+    from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, refinement_choice
+
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"weights")
+    _, meta = gallery_paths(ckpt)
+    meta.write_text('{"checkpoint_sha256": "ab')  # cut mid-string
+    gallery, settings, said = refinement_choice(lambda: load_gallery(ckpt), "auto")
+    assert gallery is None and settings is None
+    assert said.startswith("off: ") and str(meta) in said and "not valid JSON" in said
+    with pytest.raises(ValueError, match=r"best\.gallery\.json is not valid JSON"):
+        refinement_choice(lambda: load_gallery(ckpt), True)

@@ -52,3 +52,32 @@ def test_truncated_gallery_json_is_optional_under_auto(tmp_path):
     assert said.startswith("off: ") and str(meta) in said and "not valid JSON" in said
     with pytest.raises(ValueError, match=r"best\.gallery\.json is not valid JSON"):
         refinement_choice(lambda: load_gallery(ckpt), True)
+
+
+def test_feature_cache_checks_its_arrays_and_names_bad_json(tmp_path):
+    import json
+    import time
+
+    import numpy as np
+
+    from geopak_lib.training.cache import FeatureCache
+    from geopak_lib.utils import file_sha256
+
+    clip = np.random.default_rng(0).normal(size=(3000, 512)).astype(np.float32)  # the demo cache's size
+    np.save(tmp_path / "clip.npy", clip)
+    np.save(tmp_path / "scene.npy", clip[:, :8])
+    sums = {n: file_sha256(tmp_path / n) for n in ("clip.npy", "scene.npy")}
+    meta = {"key": "k", "views": 1, "ids": ["a"] * 3000, "split": ["train"] * 3000, "arrays_sha256": sums}
+    (tmp_path / "complete.json").write_text(json.dumps(meta))
+    (tmp_path / "key.json").write_text('{"key": "k"}')
+    t0 = time.perf_counter()
+    assert FeatureCache(tmp_path).clip.shape == (3000, 512)
+    assert time.perf_counter() - t0 < 1.0  # a 6 MB cache: the check costs milliseconds
+    arr = np.load(tmp_path / "clip.npy")
+    arr[5, 5] += 1.0
+    np.save(tmp_path / "clip.npy", arr)
+    with pytest.raises(ValueError, match=r"clip\.npy changed since it was built"):
+        FeatureCache(tmp_path)
+    (tmp_path / "key.json").write_text('{"key": ')
+    with pytest.raises(ValueError, match=r"key\.json cannot be read as JSON"):
+        FeatureCache(tmp_path)

@@ -4,6 +4,7 @@ array maths used across layers (a row softmax and L2 normalisation)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -82,6 +83,14 @@ def use_project_root() -> Path:
             os.chdir(cand)
             return cand
     return here
+
+
+def read_json(path, fix: str):
+    """json.load of a file whose errors name it and say what to do (fix)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"{path} cannot be read as JSON ({e}); {fix}") from None
 
 
 def file_sha256(path) -> str:

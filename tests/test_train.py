@@ -554,3 +554,23 @@ def test_lr_zero_freezes_a_part_but_something_must_train():
         PhaseConfig.for_phase(2, lr_heads=0.0, lr_clip=0.0, lr_scene=0.0)
     with pytest.raises(ValueError, match="something must train"):
         PhaseConfig.for_phase(1, lr_heads=0.0)
+
+
+def test_nan_loss_stops_phase_and_is_never_best(tmp_path, monkeypatch):
+    real = train.loss_terms
+
+    def nan_in_epoch_2(loss_fn, model, out, labels, passes, epoch):
+        terms = real(loss_fn, model, out, labels, passes, epoch)
+        if epoch == 2:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train, "loss_terms", nan_in_epoch_2)
+    counter = iter(range(1, 100))
+    monkeypatch.setattr(train, "selection_score", lambda phase, m: -float(next(counter)))  # always improves
+    with pytest.raises(train.NonFiniteLoss, match=r"phase 1 epoch 2: the training loss is nan"):
+        run(tmp_path, cfg1(epochs=3, keep_last=3))
+    folder = tmp_path / "run/checkpoints/phase1"
+    best = load_checkpoint(folder / "best.pt")
+    assert best["epoch"] == 1 and sorted(p.name for p in folder.glob("epoch_*.pt")) == ["epoch_1.pt"]
+    assert all(torch.isfinite(v).all() for v in best["model_state"].values() if v.is_floating_point())

@@ -6,6 +6,7 @@ Each subcommand calls the same library functions the notebooks use.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import ProfileError, main_book, main_site
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.evaluation.export import export_model
+
+# Exit codes of every subcommand (README "Exit codes", docs/decisions/sharing.md).
+EXIT_OK, EXIT_REJECTS, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
 
 DESCRIPTION = """\
 GEOPAK book: province-aware hierarchical image geolocation for Pakistan.
@@ -119,7 +123,10 @@ def _cmd_export(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geopak", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="exit codes: 0 ok, 1 some inputs rejected, 2 a user mistake, "
+                                            "3 an internal error (GEOPAK_DEBUG=1 or --debug: the traceback)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
 
     p = sub.add_parser("demo", help="build the demo dataset",
@@ -205,7 +212,16 @@ def main(argv=None) -> int:
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an --out not writable
         print(f"geopak {args.command}: cannot write {exc.filename}: {exc.strerror}; choose another --out",
               file=sys.stderr)
-    return 2
+    except KeyboardInterrupt:
+        print(f"geopak {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # noqa: BLE001 - a traceback never stands in for a message
+        if args.debug or os.environ.get("GEOPAK_DEBUG") == "1":
+            raise
+        print(f"geopak {args.command}: {type(exc).__name__}: {exc}; internal error, please report "
+              f"(GEOPAK_DEBUG=1 or --debug shows the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+    return EXIT_USER
 
 
 if __name__ == "__main__":

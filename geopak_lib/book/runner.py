@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 from geopak_lib.book.report import export_html
+from geopak_lib.book.runlock import RunLocked, run_lock
 from geopak_lib.config import NOTEBOOKS, BookConfig, ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -156,9 +157,6 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
     Executed notebooks go to ``<run_dir>/notebooks/``; reports to ``reports/<profile>/``. When the
     run reaches the end of the book (no ``only``), the site is rebuilt into ``reports/<profile>/site/``.
     """
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     profile = load_profile(profile_name)
     notebooks = notebook_paths()
     check_profile(profile, notebooks)  # the whole profile, even when running a subset
@@ -170,6 +168,15 @@ def run_book(profile_name: str, only: list[str] | None = None, start: str | None
     if start:
         notebooks = [nb for nb in notebooks if nb.stem >= start]
     run_dir = REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}")
+    with run_lock(run_dir):
+        return _run_notebooks(profile, notebooks, run_dir, only=only, kernel=kernel, log=log, site=site)
+
+
+def _run_notebooks(profile: Profile, notebooks: list[Path], run_dir: Path, *, only, kernel, log, site):
+    """The body of run_book, under the run folder's lock."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
     report_dir = REPO_ROOT / "reports" / profile.name
     reports = []
     t_book = time.time()
@@ -215,7 +222,7 @@ def main_book(args) -> int:
     """Entry point for ``geopak book``."""
     try:
         run_book(args.profile, only=args.only.split(",") if args.only else None, start=args.start)
-    except (ProfileError, BookError) as e:
+    except (ProfileError, BookError, RunLocked) as e:
         print(f"geopak book: {e}", file=sys.stderr)
         return 2
     return 0

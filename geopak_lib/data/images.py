@@ -15,6 +15,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 JPEG_DRAFT_SIZE = (64, 64)  # validation decodes JPEGs at 1/8 scale: every byte is still read
+# The largest image validation, caching and predict accept (width x height). A 50 MP photo decodes to
+# 150 MB of RGB; a crafted header can claim gigapixels (a decompression bomb). Checked here on the
+# header, before decoding, not through Image.MAX_IMAGE_PIXELS: other modules lift that global to read
+# their own large rasters. docs/decisions/sharing.md.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
 class ImageLoadError(Exception):
@@ -42,6 +47,9 @@ def _open(path, draft: bool = False) -> tuple[Image.Image, bytes, tuple[int, int
     try:
         img = Image.open(io.BytesIO(data))
         size = img.size  # draft() shrinks img.size; keep the stored one
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise ImageLoadError(path, f"too large: {size[0]} x {size[1]} = {size[0] * size[1] / 1e6:.0f} MP, "
+                                       f"above the limit of {MAX_IMAGE_PIXELS / 1e6:.0f} MP (MAX_IMAGE_PIXELS)")
         if draft and img.format == "JPEG":
             img.draft("RGB", JPEG_DRAFT_SIZE)
         img.load()  # a truncated or corrupt file fails here, not at open()

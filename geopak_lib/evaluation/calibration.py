@@ -140,7 +140,12 @@ def read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | Non
     """(record or None, why); a record made from another checkpoint (sha256 differs) is not used."""
     if not path.is_file():
         return None, f"no {path.name} beside the checkpoint (run 06_evaluation to make one)"
-    body = json.loads(path.read_text())
+    try:  # an optional record: a damaged one is reported as missing, never a crash
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path} is not valid JSON ({e}); re-run 06_evaluation to rewrite it"
+    if not isinstance(body, dict):
+        return None, f"{path} does not hold a JSON object; re-run 06_evaluation to rewrite it"
     if body.get("checkpoint_sha256") != file_sha256(checkpoint):
         return None, f"{path.name} was {made} another checkpoint (sha256 differs); re-run 06_evaluation"
     return body, f"{ok} ({path.name})"

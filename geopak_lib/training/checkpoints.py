@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
-from geopak_lib.utils import atomic_torch_save, atomic_write_bytes
+from geopak_lib.utils import atomic_torch_save, atomic_write_bytes, state_sha256
 from geopak_lib.model import encoders  # module, so tests can stand tiny encoders in for real ones
 from geopak_lib.model.geopak import GeopakModel
 
@@ -121,7 +121,12 @@ def optimizer_param_names(model, opt) -> list[str]:
 
 
 def save_checkpoint(state: dict, path) -> None:
-    atomic_torch_save(to_plain(state), path)
+    """Write a checkpoint stamped with the sha256 of its own weights, checked by load_checkpoint:
+    a byte flipped on disk would otherwise load as other weights, silently."""
+    state = to_plain(state)
+    if isinstance(state.get("model_state"), dict):
+        state["model_sha256"] = state_sha256(state["model_state"])
+    atomic_torch_save(state, path)
 
 
 def pickle_globals(path) -> list[str] | None:
@@ -180,6 +185,10 @@ def load_checkpoint(path) -> dict:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a GEOPAK checkpoint of format {CKPT_FORMAT!r} (found {found!r}); "
                          "it was written by another program or an older version of the book")
+    stamp = state.get("model_sha256")
+    if stamp is not None and state_sha256(state.get("model_state", {})) != stamp:
+        raise ValueError(f"checkpoint {path}: its weights changed since it was saved (sha256 of the tensors "
+                         f"differs from the one recorded); the file is damaged: delete it and re-run that phase")
     return state
 
 

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from geopak_lib.training.cache import CacheSettings, FeatureCache, atomic_json, build_slots, cache_location
 from geopak_lib.training.config import configure_trainable, make_optimizer
 from geopak_lib.training.passes import autocast_enabled, batches, float_outputs, loss_terms
-from geopak_lib.utils import pick_device
+from geopak_lib.utils import file_sha256, pick_device
 
 
 def rank_world() -> tuple[int, int]:
@@ -87,7 +87,8 @@ def _merge_parts(path, key, key_inputs, world: int, batch_size: int) -> None:
         out.flush()
         del out, arrays
     atomic_json(path / "key.json", {"key": key, **key_inputs})
-    atomic_json(path / "complete.json", {**meta, "parts": world})  # last: the cache is now readable
+    sums = {n: file_sha256(path / n) for n in ("clip.npy", "scene.npy")}  # the merged arrays, not part 0's
+    atomic_json(path / "complete.json", {**meta, "parts": world, "arrays_sha256": sums})  # last: now readable
     for p in parts:
         shutil.rmtree(p)
 

@@ -74,6 +74,10 @@ class PhaseProgress:
         return False
 
 
+class NonFiniteLoss(RuntimeError):
+    """A loss went NaN or infinite: the phase stops and the epoch is never saved, as best or otherwise."""
+
+
 def _check_resume(state: dict, cfg: dict, path) -> None:
     changed = {k: (state["phase_config"].get(k), v) for k, v in cfg.items()
                if k not in RESUME_FREE and state["phase_config"].get(k) != v}
@@ -109,6 +113,11 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
         labels = data.labels(rows, device)
         out = forward(model, passes, inputs, device)
         terms = loss_terms(loss_fn, model, out, labels, passes, epoch)
+        if not bool(torch.isfinite(terms["total"].detach())):
+            # Stop before the step: one NaN gradient poisons every weight, and best.pt must never hold it.
+            raise NonFiniteLoss(f"phase {cfg.phase} epoch {epoch}: the training loss is "
+                                f"{float(terms['total'].detach())} after {acc.n} samples; nothing from this "
+                                f"epoch is saved (lower lr, check the labels; docs/decisions/sharing.md)")
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()
         if cfg.grad_clip > 0:
@@ -221,6 +230,10 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         t0 = time.time()
         train_row = train_epoch(model, loss_fn, data, cfg, epoch, opt, sched, device, progress)
         val_row, val_frame = validation_row(model, data, cfg, device, loss_fn, epoch, progress)
+        # Only the total: a term with no labels in this run (loss_concept without concept labels) is NaN by design.
+        if not math.isfinite(float(val_row.get("loss_total", 0.0))):
+            raise NonFiniteLoss(f"phase {cfg.phase} epoch {epoch}: the validation loss is {val_row['loss_total']}; "
+                                "this epoch is not saved (docs/decisions/sharing.md)")
         extra = {"lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
         rows = [{"epoch": epoch, "split": s, **r, **extra} for s, r in (("train", train_row), ("val", val_row))]
         run.history = run.history + rows

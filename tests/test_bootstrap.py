@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from geopak_lib.evaluation import bootstrap
+from geopak_lib import bootstrap
 
 
 def test_one_image_per_block_matches_the_normal_theory_interval():

@@ -88,7 +88,7 @@ def option_row(option: str, val_without, val_with, test_without, test_with, how:
     ``adopted``: the paired validation interval of the median difference lies below zero, the only
     condition under which an option may be on by default; ``in_the_predictor``: what the predictor
     does with it (``how``, e.g. "on by default" or "with --group-by")."""
-    from geopak_lib.evaluation.bootstrap import adopt
+    from geopak_lib.bootstrap import adopt
 
     ok, ci = adopt(np.asarray(val_without, float), np.asarray(val_with, float), blocks=np.asarray(val_blocks))
     return {"option": option, "val_median_km_without": float(np.median(val_without)),

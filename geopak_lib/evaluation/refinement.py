@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from geopak_lib.evaluation.bootstrap import adopt
+from geopak_lib.bootstrap import adopt
 from geopak_lib import geo
 from geopak_lib.evaluation.calibration import read_stamped, write_stamped
 from geopak_lib.metrics import error_km, summarize_errors

@@ -120,7 +120,7 @@ def select_final_checkpoint(run_dir) -> FinalChoice:
 def _apply_rule(run: RunDir, later: dict) -> tuple[int, str]:
     """(phase, why) among ``later`` {phase: val median}: the adoption rule on per-image val errors when
     every candidate has them, else the lowest median (earlier phase on a tie)."""
-    from geopak_lib.evaluation.bootstrap import choose_simplest
+    from geopak_lib.bootstrap import choose_simplest
 
     errors = {}
     for p in sorted(later):

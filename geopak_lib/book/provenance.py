@@ -44,10 +44,11 @@ def git_commit(root=".") -> str:
 def run_manifest(run_dir, manifest: pd.DataFrame, checkpoint, ckpt_info: dict, calibration_note: str = "") -> str:
     """Markdown: what this report was computed from (commit, run folder, dataset hash and size,
     checkpoint, encoders with a warning box for random weights)."""
-    sizes = manifest["split"].value_counts().reindex(["train", "val", "test"], fill_value=0)
+    sizes = manifest["split"].value_counts().reindex(["train", "val", "val_cal", "test"], fill_value=0)
     enc = ckpt_info["encoders"]
     lines = ["| | |", "| --- | --- |", f"| git commit | `{git_commit()}` |", f"| run folder | `{run_dir}` |",
-             f"| dataset | {len(manifest)} images (train {sizes['train']}, val {sizes['val']}, test {sizes['test']}); "
+             f"| dataset | {len(manifest)} images (train {sizes['train']}, val {sizes['val']} for choices + "
+             f"{sizes['val_cal']} for calibration, test {sizes['test']}); "
              f"manifest sha256 `{manifest_hash(manifest)[:16]}…` |",
              f"| checkpoint | `{checkpoint}` (phase {ckpt_info['phase']}, epoch {ckpt_info['epoch']}) |"]
     if calibration_note:

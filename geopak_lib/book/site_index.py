@@ -91,7 +91,7 @@ def dataset_line(run_dir, notebooks: list[Path]) -> str:
         return source
     sizes = pd.read_csv(manifest, usecols=["split"])["split"].value_counts()
     return (f"{source}: {int(sizes.sum())} valid images (train {sizes.get('train', 0)}, validation "
-            f"{sizes.get('val', 0)}, test {sizes.get('test', 0)})")
+            f"{sizes.get('val', 0)} for choices + {sizes.get('val_cal', 0)} for calibration, test {sizes.get('test', 0)})")
 
 
 def chapter_rows(notebooks: list[Path]) -> str:

@@ -43,7 +43,7 @@ def test_the_whole_book_leaves_its_site(smoke_book):
 def test_audit_and_geocell_artifacts(smoke_book):
     run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
     manifest = pd.read_csv(run_dir / "manifest.csv", dtype={"id": str})
-    assert len(manifest) == 400 and {"train", "val", "test"} <= set(manifest["split"]) <= {"train", "val", "test", "buffer"}
+    assert len(manifest) == 400 and {"train", "val", "test"} <= set(manifest["split"]) <= {"train", "val", "val_cal", "test", "buffer"}
     assign = pd.read_csv(run_dir / "assignments.csv", dtype={"id": str})
     assert sorted(assign["id"]) == sorted(manifest["id"])  # every sample has its cell
     audit = (REPO_ROOT / "reports" / "smoke" / "00_data_audit.html").read_text()

@@ -128,7 +128,7 @@ def test_git_commit_and_manifest(tmp_path, monkeypatch):
     enc = {"clip_encoder": {"spec": "open_clip:X:none", "weight_status": "random", "is_random": True},
            "scene_encoder": {"spec": "timm:y", "weight_status": "package", "is_random": False}}
     md = provenance.run_manifest("runs/x", manifest, "c.pt", {"phase": 2, "epoch": 3, "encoders": enc})
-    assert "Random weights" in md and "open_clip:X:none" in md and "train 1, val 0, test 1" in md
+    assert "Random weights" in md and "open_clip:X:none" in md and "train 1, val 0 for choices + 0 for calibration, test 1" in md
 
 
 def test_occlusion_by_hand():

@@ -1,5 +1,6 @@
 """Small shared helpers: seeding, atomic writes, device choice, streaming hashes, and two bits of
-array maths used across layers (a row softmax and L2 normalisation)."""
+array maths used across layers (a row softmax and L2 normalisation), and the one sanitiser for
+file names derived from data (safe_child)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -142,3 +144,29 @@ def quiet_rebuild():
     (random weights and all: 03's concept variants, 05's phase comparison), so a report says it
     once, not once per rebuild."""
     return quiet_logging(logging.WARNING)
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(name) -> str:
+    """A data-derived string as a plain file name: only [A-Za-z0-9._-], no leading dot, at most ~90
+    characters. A changed name gets 8 hex digits of the original's sha256, so that 'a/b' and 'a_b'
+    (or two long ids sharing a prefix) never land on one file (docs/decisions/sharing.md)."""
+    name = str(name)
+    safe = _UNSAFE_NAME.sub("_", name)
+    safe = "_" + safe[1:] if safe.startswith(".") else safe
+    if safe == name and 0 < len(name) <= 90:
+        return name
+    return f"{safe[:80]}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def safe_child(folder, name, suffix: str = "") -> Path:
+    """folder / (safe_name(name) + suffix), checked to resolve inside folder (ValueError otherwise:
+    the suffix is the caller's, and a symlinked child could still point out)."""
+    folder = Path(folder)
+    path = folder / (safe_name(name) + suffix)
+    root = folder.resolve()
+    if path.resolve().parent != root:
+        raise ValueError(f"{path}: a file named from data would leave {folder}")
+    return path

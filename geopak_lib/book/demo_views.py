@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from geopak_lib.book import demo
-from geopak_lib.utils import atomic_write_bytes
+from geopak_lib.utils import atomic_write_bytes, safe_child
 
 VIEWS_FILE = "multiview.csv"
 COLUMNS = ["group", "view", "image_path", "latitude", "longitude", "province", "province_id", "split"]
@@ -81,7 +81,7 @@ def build_multiview_set(manifest: pd.DataFrame, out_dir, n_views: int = 4, max_p
             j = i * (n_views - 1) + k - 1
             img = demo.render_image(p.latitude, p.longitude, extra.iloc[j], int(stamp["image_size"]),
                                     np.random.default_rng([seed, 5, j]))
-            path = out / "views" / f"{p.id}_v{k}.jpg"
+            path = safe_child(out / "views", p.id, f"_v{k}.jpg")  # the id is data: never a path
             img.save(path, "JPEG", quality=demo.JPEG_QUALITY)
             rows.append({"group": p.id, "view": k, "image_path": str(path)})
     table = pd.DataFrame(rows).merge(points.rename(columns={"id": "group"})[

@@ -154,7 +154,8 @@ class Explorer:
 
     def summary(self, result: dict) -> str:
         """Markdown: title, prediction, radius, error (test images) and the settings."""
-        return (f"**{self.title}**: " + describe_prediction(result, self.truth) +
+        # the title carries a dataset id or an uploaded file name: data, never markup (docs/decisions/sharing.md)
+        return (f"**{html.escape(self.title)}**: " + describe_prediction(result, self.truth) +
                 f" Mixture of the top {self.top_provinces} provinces × top {self.top_cells} cells"
                 f" ({len(result['hypotheses'])} hypotheses), TTA {'on' if self.tta else 'off'}.")
 

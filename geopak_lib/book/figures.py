@@ -6,6 +6,8 @@ report.ShowMap. Colours of errors use fixed km buckets so that maps of different
 
 from __future__ import annotations
 
+from html import escape
+
 import folium
 import matplotlib.pyplot as plt
 import numpy as np
@@ -104,7 +106,7 @@ def error_map(frame: pd.DataFrame, title: str = "test error") -> folium.Map:
     for r in frame.itertuples(index=False):
         folium.CircleMarker([r.latitude, r.longitude], radius=4, color="#333", weight=0.5, fill=True,
                             fill_color=error_color(r.error_km), fill_opacity=0.9,
-                            popup=f"<b>{r.id}</b><br>{r.province}<br>error {r.error_km:.1f} km").add_to(layer)
+                            popup=f"<b>{escape(str(r.id))}</b><br>{escape(str(r.province))}<br>error {r.error_km:.1f} km").add_to(layer)
     layer.add_to(m)
     return error_legend(m, title)
 
@@ -113,7 +115,8 @@ def worst_map(frame: pd.DataFrame, n: int = 15) -> folium.Map:
     """The n largest errors: truth (green), prediction (red) and a line between them."""
     m = offline_map()
     for r in frame.nlargest(n, "error_km").itertuples(index=False):
-        tip = f"{r.id}: {r.error_km:.0f} km ({r.province} → {PROVINCES[int(r.province_pred)]})"
+        # ids and provinces are dataset strings: Leaflet renders tooltips as HTML (docs/decisions/sharing.md)
+        tip = f"{escape(str(r.id))}: {r.error_km:.0f} km ({escape(str(r.province))} → {PROVINCES[int(r.province_pred)]})"
         folium.PolyLine([[r.latitude, r.longitude], [r.mixture_lat, r.mixture_lon]], color="#555", weight=1.5,
                         tooltip=tip).add_to(m)
         folium.CircleMarker([r.latitude, r.longitude], radius=5, color="#1a9850", fill=True, fill_opacity=1,
@@ -129,7 +132,7 @@ def cell_error_map(frame: pd.DataFrame, cells: pd.DataFrame) -> folium.Map:
     agg = frame[frame["cell_id"] >= 0].groupby("cell_id")["error_km"].agg(["mean", "median", "size"])
     for cid, r in agg.iterrows():
         c = cells.loc[cells["cell_id"] == cid].iloc[0]
-        tip = (f"cell {cid} ({c['province']}): {int(r['size'])} test images, mean error {r['mean']:.0f} km, "
+        tip = (f"cell {cid} ({escape(str(c['province']))}): {int(r['size'])} test images, mean error {r['mean']:.0f} km, "
                f"median {r['median']:.0f} km")
         folium.Circle([c["center_lat"], c["center_lon"]], radius=max(float(c["radius_km"]), 3.0) * 1000,
                       color=error_color(r["mean"]), weight=2, fill=True, fill_opacity=0.45, tooltip=tip).add_to(m)
@@ -148,7 +151,7 @@ def hypotheses_map(result: dict, truth=None, heat: bool = True) -> folium.Map:
     for k, h in enumerate(result["hypotheses"], 1):
         folium.CircleMarker([h["lat"], h["lon"]], radius=3 + 25 * np.sqrt(h["weight"]),
                             color=PROVINCE_COLORS[h["province"]], weight=1.5, fill=True, fill_opacity=0.35,
-                            tooltip=f"#{k} {h['province']}, cell {h['cell_id']}: weight {h['weight']:.3f}").add_to(m)
+                            tooltip=f"#{k} {escape(str(h['province']))}, cell {h['cell_id']}: weight {h['weight']:.3f}").add_to(m)
     folium.Circle([result["lat"], result["lon"]], radius=result["radius_km"] * 1000, color="#000", weight=1.5,
                   fill=False, dash_array="6 4",
                   tooltip=f"error radius {result['radius_km']:.0f} km"
@@ -170,9 +173,10 @@ def where_text(result: dict) -> str:
     """", 12 km from Kotri (Jamshoro district, Sindh)" for a predictor result; the province alone
     (or nothing outside Pakistan) when the point has no place within data.places.PLACE_MAX_KM."""
     if result.get("place"):
-        return (f", {result['place_km']:.0f} km from {result['place']} ({result['district']} district, "
-                f"{result['place_province']})")
-    return f", in {result['place_province']} (no named place nearby)" if result.get("place_province") else ""
+        return (f", {result['place_km']:.0f} km from {escape(str(result['place']))} "
+                f"({escape(str(result['district']))} district, {escape(str(result['place_province']))})")
+    return (f", in {escape(str(result['place_province']))} (no named place nearby)"
+            if result.get("place_province") else "")
 
 
 def describe_prediction(result: dict, truth=None) -> str:

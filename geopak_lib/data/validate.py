@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from geopak_lib.constants import PROVINCE_ID, PROVINCES
+from geopak_lib.data.ids import ID_POLICY, id_problems
 from geopak_lib.geo import KM_PER_DEG_LAT, locate_province, province_shapes
 from geopak_lib.data.images import ImageLoadError, inspect_image
 from geopak_lib.data.rundir import RunDir
@@ -55,6 +56,7 @@ LABEL_TOLERANCE_KM = 5.0
 REJECT_POLICY = {
     "empty_id": ("drop", "every artifact joins on id; a row without one cannot be traced"),
     "duplicate_id": ("drop", "the first row with an id is kept; later ones are named with the first row"),
+    **ID_POLICY,
     "image_missing": ("drop", "no file at image_dir/image (or no image path): nothing to learn from"),
     "image_empty": ("drop", "zero-byte file, usually an interrupted download"),
     "image_unreadable": ("drop", "not an image, corrupt or truncated: it would crash a loader mid-epoch"),
@@ -297,14 +299,7 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
     problems, fixes = [], []  # (position, reason, detail), (position, column, original, value, rule)
 
     ids = df["id"]
-    first_row = {}
-    for i, (blank, value) in enumerate(zip(_blank(ids), ids)):
-        if blank:
-            problems.append((i, "empty_id", "id is empty"))
-        elif value in first_row:
-            problems.append((i, "duplicate_id", f"id {value!r} already used by row {first_row[value] + 1}"))
-        else:
-            first_row[value] = i
+    problems += id_problems(ids.tolist(), _blank(ids))
 
     lat, lat_problems = _coord_problems(df["latitude"], "latitude", 90.0)
     lon, lon_problems = _coord_problems(df["longitude"], "longitude", 180.0)

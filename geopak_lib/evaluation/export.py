@@ -26,11 +26,12 @@ from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, read_g
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
-from geopak_lib.utils import atomic_write_bytes, file_sha256, quiet_logging
+from geopak_lib.utils import atomic_write_bytes, file_sha256, quiet_logging, state_sha256
 
 MODEL_FORMAT = "geopak-model-v1"
 WEIGHTS_FILE = "model.safetensors"
 GALLERY_FILE = "gallery.npz"
+REQUIRED_KEYS = ("model", "encoders", "weights", "n_cells")  # what loading reads (optional blocks may be null)
 STAMP_KEYS = ("checkpoint", "checkpoint_sha256", "arrays_sha256")  # the checkpoint's own stamps stay behind
 
 
@@ -43,6 +44,29 @@ def _fresh_encoder(spec: str):
     with quiet_logging(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
         return build_encoder(spec, None, strict=False)
+
+
+def spec_digest(encoder, slot: str, tensors: dict) -> str:
+    """sha256 of the encoder tensors a loaded folder takes from the spec build (those not in the
+    weights file): equal digests at export and load mean the model runs on the weights it was
+    trained with (docs/decisions/sharing.md)."""
+    return state_sha256({k: v for k, v in encoder.state_dict().items() if f"{slot}.{k}" not in tensors})
+
+
+def check_spec_weights(folder, slot: str, info: dict, encoder, tensors: dict) -> None:
+    """Refuse, in one line, an encoder whose spec builds other weights here than at export."""
+    expected = info.get("spec_sha256")
+    if expected is None:
+        raise ModelFolderError(f"{folder}: config.json records no spec_sha256 for {slot} (exported before "
+                               "encoder checksums): export it again")
+    if spec_digest(encoder, slot, tensors) == expected:
+        return
+    if encoder.is_random and not info.get("is_random"):
+        why = f"its weights ({info.get('weight_status')}) are not available on this machine ({encoder.weight_status})"
+    else:
+        why = "the weights its spec builds on this machine differ from the ones it was exported with"
+    raise ModelFolderError(f"{folder}: {slot} {info['spec']}: {why}; export the folder with --include-encoders, "
+                           "or install those weights here")
 
 
 def preprocess_info(encoder) -> dict:
@@ -108,7 +132,8 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False, include_ga
     (out_dir / WEIGHTS_FILE).chmod(0o644)  # safetensors writes 0600; the folder is meant to be shared
     model = GeopakModel.from_meta(ckpt["model_meta"])
     config = {"format": MODEL_FORMAT, "provinces": list(PROVINCES), "model": ckpt["model_meta"],
-              "encoders": {s: {**ckpt["encoders"][s], "weights_in_file": how.get(s, "spec")} for s in ENCODER_SLOTS},
+              "encoders": {s: {**ckpt["encoders"][s], "weights_in_file": how.get(s, "spec"),
+                               "spec_sha256": spec_digest(fresh[s], s, tensors)} for s in ENCODER_SLOTS},
               "preprocess": {s: preprocess_info(fresh[s]) for s in ENCODER_SLOTS},
               "source": {"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                          "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"), "params": ckpt.get("params", {})},
@@ -133,8 +158,14 @@ def read_model_folder(folder) -> dict:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelFolderError(f"{cfg_path} is not valid JSON ({exc})") from None
-    if config.get("format") != MODEL_FORMAT:
-        raise ModelFolderError(f"{cfg_path}: format {config.get('format')!r}, expected {MODEL_FORMAT!r}")
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        fmt = config.get("format") if isinstance(config, dict) else None
+        raise ModelFolderError(f"{cfg_path}: format {fmt!r}, expected {MODEL_FORMAT!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    missing += [f"encoders.{s}" for s in ENCODER_SLOTS if not missing and s not in config["encoders"]]
+    if missing:
+        raise ModelFolderError(f"{cfg_path}: missing {', '.join(missing)}: the file is incomplete or hand-edited; "
+                               "export the folder again")
     for name, entry in config.get("weights", {}).items():
         path = folder / name
         if not path.is_file():
@@ -160,7 +191,8 @@ def load_folder_gallery(folder, config: dict):
 
 def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:
     """(GeopakModel with both encoders, config) from an exported folder; encoders are rebuilt from
-    their specs, then given the exported tensors."""
+    their specs, checked against the exporter's build (spec_sha256), then given the exported tensors.
+    An encoder's status is what was built here, or the exported one when the file holds all its tensors."""
     config = read_model_folder(folder)
     tensors = load_file(str(Path(folder) / WEIGHTS_FILE))
     encoders = {}
@@ -169,7 +201,9 @@ def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:
         enc = _fresh_encoder(info["spec"])
         if info.get("is_random") and info.get("weights_in_file") != "all":
             raise ModelFolderError(f"{folder}: {slot} runs on random weights, but its weights are not in the file")
-        enc.weight_status, enc.is_random = info["weight_status"], info["is_random"]
+        check_spec_weights(folder, slot, info, enc, tensors)
+        if info.get("weights_in_file") == "all":  # every tensor is the checkpoint's: its status holds
+            enc.weight_status, enc.is_random = info["weight_status"], info["is_random"]
         encoders[slot] = enc
     model = GeopakModel.from_meta(config["model"], encoders["clip_encoder"], encoders["scene_encoder"])
     own = model.state_dict()

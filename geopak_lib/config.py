@@ -108,7 +108,8 @@ class Phase1Config(TrainingConfig):
     beta: float = 0.9995  # effective-number weighting of the province loss
     knn_k: int = 10  # the k-nearest-neighbour baseline
     carry_optimizer: bool = True
-    concept_weight: float = 0.1
+    # off unless the adoption rule takes the heads on validation (03's ablation; docs/decisions/concepts.md)
+    concept_weight: float = 0.0
     concept_bottleneck: bool = False
     concept_ablation: bool = False
 

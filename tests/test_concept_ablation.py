@@ -3,6 +3,7 @@ the other two train with the same PhaseConfig from the same start, rows for val 
 
 import logging
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -56,13 +57,49 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     assert not list(variant_dir.glob("epoch_*.pt"))  # nobody resumes a variant: no epoch files
     assert list((tmp_path / "run" / "checkpoints" / "phase1").glob("epoch_*.pt"))  # the main run keeps its own
     back = RunDir(tmp_path / "run").read_table("concept_ablation.csv")
-    pd.testing.assert_frame_equal(back, table, check_dtype=False)
+    rule = list(ablation.RULE_COLUMNS)
+    pd.testing.assert_frame_equal(back.drop(columns=rule), table.drop(columns=rule), check_dtype=False)
+    np.testing.assert_allclose(back["val_diff_km"].astype(float), table["val_diff_km"].astype(float))
+    assert ablation.rule_choice(back) == ablation.rule_choice(table)
     val = table[table.split == "val"].set_index("variant")["median_km"]
     assert ablation.best_on_validation(table) == val.idxmin()
     assert table.loc[table.this_run, "variant"].tolist() == ["on", "on"]  # val and test rows of the main run
+    chosen = ablation.rule_choice(back)
+    assert chosen in ablation.VARIANTS and back.loc[back.split == "test", "chosen"].isna().all()
     line = ablation.verdict_markdown(back)
-    assert f"this table: **{val.idxmin()}**" in line and "this run's model: **on**" in line
-    assert "this run's model: **unknown**" in ablation.verdict_markdown(back.drop(columns="this_run"))
+    assert f"The adoption rule keeps **{chosen}**" in line and "This run's model: **on**" in line
+    assert "This run's model: **unknown**" in ablation.verdict_markdown(back.drop(columns="this_run"))
+    old = back.drop(columns=list(ablation.RULE_COLUMNS))  # a table written before the rule
+    assert f"this table: **{val.idxmin()}**" in ablation.verdict_markdown(old)
+
+
+def _val_frame(errors, blocks):
+    return pd.DataFrame({"id": [f"i{k}" for k in range(len(errors))], "block_id": blocks, "error_km": errors})
+
+
+def test_the_rule_keeps_off_unless_a_variant_beats_it_beyond_the_noise():
+    """Hand-made validation errors on 40 blocks of 5 images: 'on' is 30 km better on every image (clearly
+    adopted, interval [-30, -30]); 'bottleneck' is 'on' plus +-1 km noise with a lower median by 0.2 km,
+    so its interval straddles zero and the rule keeps 'on'. With 'on' only +-1 km noise around 'off',
+    the rule keeps 'off' although one variant has the lowest median."""
+    rng = np.random.default_rng(0)
+    blocks = np.repeat(np.arange(40), 5)
+    off = rng.uniform(50, 400, 200)
+    on = off - 30.0
+    bottleneck = on + rng.normal(0, 1.0, 200) - 0.2
+    frames = {v: _val_frame(e, blocks) for v, e in (("off", off), ("on", on), ("bottleneck", bottleneck))}
+    rows = [{"variant": v, "split": s, "median_km": float(np.median(frames[v].error_km))}
+            for s in ("val", "test") for v in ablation.VARIANTS]
+    table = ablation.with_rule(pd.DataFrame(rows), frames)
+    val = table[table.split == "val"].set_index("variant")
+    assert ablation.rule_choice(table) == "on"
+    assert val.loc["on", "adopted"] is True and val.loc["on", "against"] == "off"
+    assert val.loc["on", "val_diff_km"] == pytest.approx(-30.0)
+    assert val.loc["bottleneck", "adopted"] is False and val.loc["bottleneck", "against"] == "on"
+    assert val.loc["bottleneck", "val_diff_lo"] < 0 < val.loc["bottleneck", "val_diff_hi"]
+    noisy = {"off": frames["off"], "on": _val_frame(off + rng.normal(0, 1.0, 200) - 0.1, blocks),
+             "bottleneck": _val_frame(off + rng.normal(0, 1.0, 200), blocks)}
+    assert ablation.rule_choice(ablation.with_rule(pd.DataFrame(rows), noisy)) == "off"
 
 
 @pytest.mark.book

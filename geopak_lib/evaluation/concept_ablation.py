@@ -1,7 +1,10 @@
 """The concept-head ablation: phase 1 trained with the concept heads off, on, and as a
 bottleneck, on the same cached features, phase-0 start, PhaseConfig (epochs, steps, seed) and
 splits; every variant evaluated end to end on validation and test. The variant 03 trained as its
-main run is reused, not trained again. Validation decides the default; test is reported only.
+main run is reused, not trained again. Validation decides by the book's one adoption rule
+(bootstrap.choose_simplest, simplest first: off, on, bottleneck): a variant replaces the simpler
+choice only when its paired 95% block-bootstrap interval of the validation median difference lies
+below zero. Test is reported only.
 
 Each extra variant trains into ``run_dir/ablations/concepts_<variant>/checkpoints/phase1/`` and
 the table is ``run_dir/concept_ablation.csv``. Decisions and measured figures: docs/decisions/concepts.md.
@@ -15,9 +18,11 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from geopak_lib import bootstrap
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.evaluation.concepts_eval import concept_accuracy
 from geopak_lib.evaluation.frame import headline, split_frame
@@ -46,11 +51,14 @@ def variant_of(concept_weight: float, concept_bottleneck: bool) -> str:
 
 
 def evaluate_variant(variant: str, model, data, weight: float, device, batch_size: int = 256,
-                     seconds: float = float("nan")) -> list[dict]:
-    """Val and test rows of one trained variant (end-to-end mixture, heads on the cached features)."""
+                     seconds: float = float("nan"), val_errors: dict | None = None) -> list[dict]:
+    """Val and test rows of one trained variant (end-to-end mixture, heads on the cached features).
+    val_errors, when given, receives {variant: validation frame (id, block_id, error_km)} for the rule."""
     rows = []
     for split in ("val", "test"):
         frame = split_frame(model, data, split, "cache", batch_size, device)
+        if split == "val" and val_errors is not None:
+            val_errors[variant] = frame
         h = headline(frame)
         acc = concept_accuracy(frame)
         rows.append({"variant": variant, "concept_weight": weight if variant != "off" else 0.0,
@@ -112,7 +120,9 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
     other). The phase-1 step is small and mostly per-op overhead, so two 1-thread processes finish
     both variants ~30% sooner than one 2-thread process after the other (docs/decisions/concepts.md).
     Results are the same either way up to float rounding (the thread count changes the order of sums)."""
-    rows = evaluate_variant(main_variant, main_model, data, weight, device, phase.eval_batch_size, main_seconds)
+    val_frames: dict = {}
+    rows = evaluate_variant(main_variant, main_model, data, weight, device, phase.eval_batch_size, main_seconds,
+                            val_frames)
     others = [v for v in VARIANTS if v != main_variant]
     threads = torch.get_num_threads()
     if workers is None:
@@ -128,8 +138,8 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
     for variant in others:
         model, variant_data = load_variant(run_dir, variant, weight, cache, device)
         rows += evaluate_variant(variant, model, variant_data, variant_settings(variant, weight)[0], device,
-                                 phase.eval_batch_size, seconds[variant])
-    table = pd.DataFrame(rows)
+                                 phase.eval_batch_size, seconds[variant], val_frames)
+    table = with_rule(pd.DataFrame(rows), val_frames, seed=phase.seed)
     table["this_run"] = table["variant"] == main_variant  # the variant the run's model carries on with
     table["variant"] = pd.Categorical(table["variant"], VARIANTS, ordered=True)
     table = table.sort_values(["split", "variant"], ascending=[False, True], kind="stable").reset_index(drop=True)
@@ -138,14 +148,54 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
     return table
 
 
+RULE_COLUMNS = ("val_diff_km", "val_diff_lo", "val_diff_hi", "against", "adopted", "chosen")
+
+
+def with_rule(table: pd.DataFrame, val_frames: dict, seed: int = 0) -> pd.DataFrame:
+    """``table`` with the adoption rule's columns on its validation rows: each variant's paired interval
+    (median km, variant minus the choice it was weighed against), whether it was adopted, and the
+    variant the rule keeps (``chosen``). Variants are weighed simplest first (VARIANTS order), all on
+    the same validation images, resampling their spatial blocks."""
+    names = [v for v in VARIANTS if v in val_frames]
+    base = val_frames[names[0]]
+    candidates = {v: val_frames[v].set_index("id").loc[base["id"], "error_km"].to_numpy() for v in names}
+    blocks = base["block_id"] if "block_id" in base else base["id"]  # no blocks: each image its own
+    chosen, steps = bootstrap.choose_simplest(candidates, blocks=blocks.to_numpy(), seed=seed)
+    table = table.copy()
+    for c in RULE_COLUMNS:
+        table[c] = np.nan if c.startswith("val_diff") else None
+    for step in steps:
+        at = (table["split"] == "val") & (table["variant"] == step["option"])
+        table.loc[at, ["val_diff_km", "val_diff_lo", "val_diff_hi", "against", "adopted"]] = \
+            [step["val Δ median km"], step["lo"], step["hi"], step["against"], step["adopted"]]
+    table.loc[table["split"] == "val", "chosen"] = table.loc[table["split"] == "val", "variant"] == chosen
+    return table
+
+
+def rule_choice(table: pd.DataFrame) -> str | None:
+    """The variant the adoption rule kept (None for a table written before the rule)."""
+    if "chosen" not in table:
+        return None
+    kept = table.loc[(table["split"] == "val") & (table["chosen"].astype(str) == "True"), "variant"]
+    return str(kept.iloc[0]) if len(kept) else None
+
+
 def verdict_markdown(table: pd.DataFrame) -> str:
-    """One line under the table: this table's lowest validation median, the variant the run used,
-    and where the default was decided (over repeats: one run's ranking moves with float rounding)."""
+    """One line under the table: the variant the adoption rule keeps, with each step's paired interval,
+    and the variant this run's model carries."""
     used = table.loc[table["this_run"].astype(bool), "variant"] if "this_run" in table else table["variant"][:0]
     used = str(used.iloc[0]) if len(used) else "unknown"
-    return (f"Lowest validation median in this table: **{best_on_validation(table)}**; this run's model: "
-            f"**{used}**. On the demo a single run's ranking moves by a few km with float rounding alone, so the "
-            "default is chosen on the mean validation median over repeats (docs/decisions/concepts.md).")
+    chosen = rule_choice(table)
+    if chosen is None:
+        return (f"Lowest validation median in this table: **{best_on_validation(table)}**; this run's model: "
+                f"**{used}** (a table from before the adoption rule: no paired intervals).")
+    val = table[(table["split"] == "val") & table["adopted"].notna()]
+    steps = "; ".join(f"{r.variant} vs {r.against}: {float(r.val_diff_km):+.1f} km "
+                      f"[{float(r.val_diff_lo):+.1f}, {float(r.val_diff_hi):+.1f}]"
+                      f"{' adopted' if str(r.adopted) == 'True' else ' not adopted'}" for r in val.itertuples())
+    agree = "the same" if chosen == used else f"**not** the rule's choice: set 03's concept settings to **{chosen}**"
+    return (f"The adoption rule keeps **{chosen}** (paired 95% validation intervals of the median difference, "
+            f"simplest first: {steps}). This run's model: **{used}**, {agree}.")
 
 
 def best_on_validation(table: pd.DataFrame) -> str:

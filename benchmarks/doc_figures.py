@@ -116,6 +116,19 @@ def phase_medians(run: Path) -> dict:
     return out
 
 
+def _best_province_acc(phase_dir: Path):
+    losses = phase_dir / "losses.csv"
+    if not losses.is_file():
+        return None
+    val = pd.read_csv(losses)
+    val = val[val["split"] == "val"]
+    if not {"province_acc", "balanced_acc"} <= set(val.columns) or val.empty:
+        return None
+    # Phase 0 keeps its epoch of best balanced accuracy (docs/decisions/training.md).
+    row = val.loc[val["balanced_acc"].idxmax()]
+    return f"{row['province_acc']:.3f} (balanced {row['balanced_acc']:.3f}, epoch {int(row['epoch'])})"
+
+
 class _TableParser(HTMLParser):
     """A pandas ``to_html`` table as (columns, rows of (index labels, values)); handles the rowspan
     pandas writes for a repeated outer index label."""
@@ -281,6 +294,9 @@ def figures(run: Path, reports: Path | None = None) -> list[tuple[str, str]]:
     if (run / "geocells.csv").is_file():
         out.append(("01 geocells", str(len(pd.read_csv(run / "geocells.csv")))))
     for phase, (best, epoch, val_median) in phase_medians(run).items():
+        if best is None:  # phase 0 learns the province only; its log has no km
+            out.append((f"{phase} best val province accuracy", _best_province_acc(run / "checkpoints" / phase) or "n/a"))
+            continue
         out.append((f"{phase} best val median km (epoch); val_errors median",
                     f"{_fmt(best)} ({epoch}); {_fmt(val_median)}"))
     checkpoint = final_checkpoint(run)

@@ -39,6 +39,10 @@ def run(tmp_path):
     pd.DataFrame({"epoch": [0, 1, 1, 2, 2, 3], "split": ["val", "train", "val", "train", "val", "val"],
                   "median_error_km": [100, 5, 90, 4, 80, 85]}).to_csv(
         run / "checkpoints" / "phase1" / "losses.csv", index=False)
+    # Phase 0 logs no km; it keeps the epoch of best balanced accuracy (2), not of best accuracy (1).
+    (run / "checkpoints" / "phase0").mkdir()
+    pd.DataFrame({"epoch": [1, 2, 2], "split": ["val", "val", "train"], "province_acc": [0.5, 0.4, 0.9],
+                  "balanced_acc": [0.30, 0.35, 0.9]}).to_csv(run / "checkpoints" / "phase0" / "losses.csv", index=False)
     pd.DataFrame({"id": ["a3"], "error_km": [80.0]}).to_csv(run / "checkpoints" / "phase1" / "val_errors.csv", index=False)
     (run / "checkpoints" / "phase1" / "best.evaluation.json").write_text(json.dumps(
         {"headline": {"district_acc": 0.25}, "headline_ci95": {"median_km": [30.0, 12.34, 56.78]},
@@ -73,7 +77,7 @@ def test_split_counts_and_phases(run):
     assert counts["train"] == (3, 2) and counts["val"] == (1, 1) and counts["test"] == (5, 3)
     assert counts["val_cal"] == (0, 0)
     # The best validation row is epoch 2 (80 km); train rows never count.
-    assert doc_figures.phase_medians(run) == {"phase1": (80.0, 2, 80.0)}
+    assert doc_figures.phase_medians(run) == {"phase0": (None, None, None), "phase1": (80.0, 2, 80.0)}
     assert doc_figures.final_checkpoint(run) == run / "checkpoints" / "phase1" / "best.pt"
 
 
@@ -99,6 +103,7 @@ def test_figures_lines(run):
     assert lines["06 several photos 'test / 4 / embedding' median km"] == "14.0"
     assert lines["06 TTA verdict"].startswith("TTA helps here")
     assert lines["06 headline test p90 km [95%]"] == "n/a"
+    assert lines["phase0 best val province accuracy"] == "0.400 (balanced 0.350, epoch 2)"
 
 
 def test_missing_run_is_a_user_mistake(tmp_path, capsys):

@@ -17,11 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+try:
+    from benchmarks.notebook_tables import cell, find_table, notebook_outputs, parse_html_table  # noqa: F401
+except ImportError:  # run as a file: python benchmarks/doc_figures.py
+    from notebook_tables import cell, find_table, notebook_outputs, parse_html_table  # noqa: F401
 
 SPLITS = ("train", "val", "val_cal", "test")
 
@@ -129,115 +133,13 @@ def _best_province_acc(phase_dir: Path):
     return f"{row['province_acc']:.3f} (balanced {row['balanced_acc']:.3f}, epoch {int(row['epoch'])})"
 
 
-class _TableParser(HTMLParser):
-    """A pandas ``to_html`` table as (columns, rows of (index labels, values)); handles the rowspan
-    pandas writes for a repeated outer index label."""
-
-    def __init__(self):
-        super().__init__()
-        self.header, self.rows, self._row, self._cell, self._in = [], [], None, None, ""
-        self._span = {}  # index position -> [label, rows left]
-
-    def handle_starttag(self, tag, attrs):
-        if tag in ("thead", "tbody"):
-            self._in = tag
-        elif tag == "tr":
-            self._row = []
-        elif tag in ("th", "td") and self._row is not None:
-            self._cell = [tag, "", int(dict(attrs).get("rowspan", 1))]
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell[1] += data
-
-    def handle_endtag(self, tag):
-        if tag in ("th", "td") and self._cell is not None:
-            self._row.append(tuple(self._cell))
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            self._finish_row(self._row)
-            self._row = None
-
-    def _finish_row(self, cells):
-        if self._in == "thead":
-            if not self.header:
-                self.header = [text.strip() for _, text, _ in cells]
-            return
-        heads = [(text.strip(), span) for kind, text, span in cells if kind == "th"]
-        values = [text.strip() for kind, text, _ in cells if kind == "td"]
-        labels, pos = [], 0
-        # An outer label with rowspan > 1 is written once; the rows below it lack that <th>.
-        while heads or self._span.get(pos, ["", 0])[1] > 0:
-            if self._span.get(pos, ["", 0])[1] > 0:
-                labels.append(self._span[pos][0])
-                self._span[pos][1] -= 1
-            else:
-                text, span = heads.pop(0)
-                labels.append(text)
-                if span > 1:
-                    self._span[pos] = [text, span - 1]
-            pos += 1
-        self.rows.append((tuple(labels), values))
-
-
-def parse_html_table(html: str) -> pd.DataFrame:
-    """A DataFrame with string cells, its index the row labels joined by ' / '."""
-    parser = _TableParser()
-    parser.feed(html)
-    if not parser.rows:
-        return pd.DataFrame()
-    n_values = len(parser.rows[0][1])
-    columns = parser.header[-n_values:] if n_values else []
-    index = [" / ".join(labels) for labels, _ in parser.rows]
-    return pd.DataFrame([values for _, values in parser.rows], index=index, columns=columns)
-
-
-def notebook_outputs(path: Path) -> tuple[list[pd.DataFrame], list[str]]:
-    """(every HTML table, every markdown output) of an executed notebook, in order."""
-    if not path.is_file():
-        return [], []
-    tables, markdown = [], []
-    for cell in json.loads(path.read_text()).get("cells", []):
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            html = "".join(data.get("text/html", []))
-            if "<table" in html:
-                tables.append(parse_html_table(html))
-            if "text/markdown" in data:
-                markdown.append("".join(data["text/markdown"]))
-    return tables, markdown
-
-
-def find_table(tables: list[pd.DataFrame], *, row: str = "", column: str = "") -> pd.DataFrame | None:
-    """The first table with a row label containing *row* and a column named *column*."""
-    for table in tables:
-        if column and column not in table.columns:
-            continue
-        if row and not any(row in label for label in table.index):
-            continue
-        return table
-    return None
-
-
-def _cell(table, row: str, column: str):
-    if table is None or column not in table.columns:
-        return None
-    hits = [label for label in table.index if row == label] or [label for label in table.index if row in label]
-    if not hits:
-        return None
-    try:
-        return float(table.loc[hits[0], column])
-    except ValueError:
-        return table.loc[hits[0], column]
-
-
 def _options(table) -> list[tuple[str, str]]:
     """The options table of 06: each option's paired validation Δ, interval, verdict, test medians."""
     out = []
     if table is None:
         return [("06 options table", "n/a")]
     for option in table.index:
-        get = lambda col: _cell(table, option, col)  # noqa: E731
+        get = lambda col: cell(table, option, col)  # noqa: E731
         delta = (get("val Δ median km"), get("val Δ 95% lo"), get("val Δ 95% hi"))
         text = _signed_ci(delta) if None not in delta else "n/a"
         adopted = get("adopted")
@@ -251,20 +153,20 @@ def _notebook_figures(run: Path) -> list[tuple[str, str]]:
     out = _options(find_table(tables, column="adopted"))
     methods = find_table(tables, row="auxiliary regression head alone", column="median_km")
     for label in ([] if methods is None else methods.index):
-        out.append((f"06 ablation '{label}' test median km", _fmt(_cell(methods, label, "median_km"))))
+        out.append((f"06 ablation '{label}' test median km", _fmt(cell(methods, label, "median_km"))))
     tta = find_table(tables, row="TTA", column="median_km")
     for label in ([] if tta is None else tta.index):
-        out.append((f"06 TTA '{label}' test median km", _fmt(_cell(tta, label, "median_km"))))
+        out.append((f"06 TTA '{label}' test median km", _fmt(cell(tta, label, "median_km"))))
     views = find_table(tables, row=" / embedding", column="acc_750km")
     for label in ([] if views is None else views.index):
-        out.append((f"06 several photos '{label}' median km", _fmt(_cell(views, label, "median_km"))))
+        out.append((f"06 several photos '{label}' median km", _fmt(cell(views, label, "median_km"))))
     urban = find_table(tables, row="rural", column="median_km")
     for label in ([] if urban is None else urban.index):
         out.append((f"06 {label} test median km (n)",
-                    f"{_fmt(_cell(urban, label, 'median_km'))} ({_fmt(_cell(urban, label, 'n'), 0)})"))
+                    f"{_fmt(cell(urban, label, 'median_km'))} ({_fmt(cell(urban, label, 'n'), 0)})"))
     diag = find_table(tables, row="TRUE cell", column="median_km")
     for label in ([] if diag is None else diag.index):
-        out.append((f"06 diagnostic '{label.split(' (')[0]}' median km", _fmt(_cell(diag, label, "median_km"))))
+        out.append((f"06 diagnostic '{label.split(' (')[0]}' median km", _fmt(cell(diag, label, "median_km"))))
     for text in markdown:
         if "TTA" in text and "median error moves" in text:
             out.append(("06 TTA verdict", text.strip()))
@@ -344,7 +246,7 @@ def figures(run: Path, reports: Path | None = None) -> list[tuple[str, str]]:
     tables, _ = notebook_outputs(run / "notebooks" / "05_phase3_finetune.ipynb")
     phases = find_table(tables, row=" / test", column="median_km")
     for label in ([] if phases is None else phases.index):
-        out.append((f"05 '{label}' median km", _fmt(_cell(phases, label, "median_km"))))
+        out.append((f"05 '{label}' median km", _fmt(cell(phases, label, "median_km"))))
     if reports is not None and Path(reports).is_dir():
         for page in sorted(Path(reports).glob("*.html")):
             out.append((f"report size {page.name} MB", _fmt(page.stat().st_size / 2**20, 2)))

@@ -150,7 +150,9 @@ def _options(table) -> list[tuple[str, str]]:
 
 def _notebook_figures(run: Path) -> list[tuple[str, str]]:
     tables, markdown = notebook_outputs(run / "notebooks" / "06_evaluation.ipynb")
-    out = _options(find_table(tables, column="adopted"))
+    # Every table with an `adopted` column is a verdict of the adoption rule (options, TTA, concept heads).
+    verdicts = [table for table in tables if "adopted" in table.columns]
+    out = [line for table in verdicts for line in _options(table)] or _options(None)
     methods = find_table(tables, row="auxiliary regression head alone", column="median_km")
     for label in ([] if methods is None else methods.index):
         out.append((f"06 ablation '{label}' test median km", _fmt(cell(methods, label, "median_km"))))
@@ -170,6 +172,8 @@ def _notebook_figures(run: Path) -> list[tuple[str, str]]:
     for text in markdown:
         if "TTA" in text and "median error moves" in text:
             out.append(("06 TTA verdict", text.strip()))
+        if "this run's model" in text or ("concept" in text.lower() and "adopt" in text):
+            out.append(("06 concept heads verdict", " ".join(text.split())))
     return out
 
 
@@ -237,13 +241,17 @@ def figures(run: Path, reports: Path | None = None) -> list[tuple[str, str]]:
             table = pd.read_csv(run / name)
             for _, row in table.iterrows():
                 tag = row[label] + (f" {row['split']}" if "split" in table else "")
-                out.append((f"{name.split('.')[0]} '{tag}' median km (n)", f"{_fmt(row['median_km'])} ({row['n']})"))
+                mine = " (this run's model)" if str(row.get("this_run", "")) == "True" else ""
+                out.append((f"{name.split('.')[0]} '{tag}' median km (n)", f"{_fmt(row['median_km'])} ({row['n']}){mine}"))
     views = run / "multiview" / "multiview.csv"
     if views.is_file():
         groups = pd.read_csv(views).groupby("split")["group"].nunique()
         out.append(("06 several photos: places per split", ", ".join(f"{k} {v}" for k, v in groups.items())))
     out += _notebook_figures(run)
-    tables, _ = notebook_outputs(run / "notebooks" / "05_phase3_finetune.ipynb")
+    tables, markdown = notebook_outputs(run / "notebooks" / "05_phase3_finetune.ipynb")
+    for text in markdown:
+        if "Final model" in text:
+            out.append(("05 final-model verdict", " ".join(text.split())))
     phases = find_table(tables, row=" / test", column="median_km")
     for label in ([] if phases is None else phases.index):
         out.append((f"05 '{label}' median km", _fmt(cell(phases, label, "median_km"))))

@@ -57,7 +57,9 @@ def run(tmp_path):
                          index=pd.MultiIndex.from_tuples([("val", 1, "embedding"), ("val", 4, "embedding"),
                                                           ("test", 1, "embedding"), ("test", 4, "embedding")],
                                                          names=["split", "views", "combine"]))
-    _nb(run / "notebooks" / "06_evaluation.ipynb", options, views,
+    tta = options.rename(index={"refinement inside the cells": "test-time augmentation (5 views)"})
+    tta.loc[:, "val Δ median km"], tta.loc[:, "adopted"] = -3.0, True
+    _nb(run / "notebooks" / "06_evaluation.ipynb", options, views, tta,
         "TTA helps here: the median error moves by -7.0 km.")
     return run
 
@@ -101,6 +103,8 @@ def test_figures_lines(run):
     assert lines["06 option 'refinement inside the cells' val Δ [95%]"] == (
         "+7.2 km [-10.6, +35.3]; adopted False; test median 30.0 → 41.0 km")
     assert lines["06 several photos 'test / 4 / embedding' median km"] == "14.0"
+    # A second verdict table (TTA, placed later in 06) is read too.
+    assert lines["06 option 'test-time augmentation (5 views)' val Δ [95%]"].startswith("-3.0 km [-10.6, +35.3]; adopted True")
     assert lines["06 TTA verdict"].startswith("TTA helps here")
     assert lines["06 headline test p90 km [95%]"] == "n/a"
     assert lines["phase0 best val province accuracy"] == "0.400 (balanced 0.350, epoch 2)"

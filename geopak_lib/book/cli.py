@@ -25,6 +25,7 @@ GEOPAK book: province-aware hierarchical image geolocation for Pakistan.
 
 subcommands:
   demo       build the demo dataset (aerial and terrain crops from NASA imagery around real towns)
+  ingest     turn a folder of geotagged photos (GPS in EXIF: JPEG, PNG, WEBP, HEIC) into a dataset table
   validate   check a dataset (CSV/Parquet + image folder); write a manifest and a rejects table
   book       run the numbered notebooks headless with a profile from params/, render HTML reports
   site       rebuild the book site (reports/PROFILE/site/index.html) from a run's executed notebooks
@@ -40,6 +41,44 @@ def _cmd_demo(args) -> int:
                              image_size=args.image_size, overwrite=args.overwrite)
     print(f"demo dataset: {csv}")
     return 0
+
+
+INGEST_DESCRIPTION = """\
+Turn a folder of geotagged photos into the dataset table `geopak validate` takes.
+
+Walks PHOTOS (nested folders too), reads the GPS position from each file's EXIF (JPEG, PNG, WEBP,
+HEIC/HEIF; no pixels are decoded) and writes --out (id, image, latitude, longitude, province) with
+one row per photo that has a position. Every other file is listed with its reason in
+<out>_rejects.csv beside it (no GPS, not an image, a name that is not UTF-8, ...): nothing is
+dropped silently. The province column is left empty: `geopak validate` fills it from the province
+polygons. Ids are the relative paths with folders joined by "__" (the extension kept).
+
+example:
+  geopak ingest ~/photos/pakistan --out data/mine/table.csv
+  geopak validate data/mine/table.csv --images ~/photos/pakistan --out runs/mine
+exit codes: 0 every file gave a row, 1 some files are listed in the rejects, 2 PHOTOS is not a folder
+"""
+
+
+def _cmd_ingest(args) -> int:
+    import pandas as pd
+
+    from geopak_lib.data.ingest import ingest_folder, write_ingest
+
+    photos = Path(args.photos)
+    if not photos.is_dir():
+        print(f"geopak ingest: {photos} is not a folder; give the folder that holds the photos", file=sys.stderr)
+        return EXIT_USER
+    result = ingest_folder(photos, progress=not args.quiet)
+    table, rejects = write_ingest(result, args.out)
+    print(f"{len(result.table)} photos with a GPS position -> {table}")
+    print(f"{len(result.rejects)} files without a usable position -> {rejects}")
+    if len(result.rejects):
+        with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+            print(result.summary().to_string(index=False))
+    if len(result.table):
+        print(f"next: geopak validate {table} --images {photos} --out runs/<name>   (fills the province)")
+    return EXIT_REJECTS if len(result.rejects) else EXIT_OK
 
 
 def _cmd_validate(args) -> int:
@@ -142,6 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=224, help="image side in pixels (default 224)")
     p.add_argument("--overwrite", action="store_true", help="rebuild even if a complete dataset exists")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("ingest", help="make a dataset table from geotagged photos (EXIF GPS)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=INGEST_DESCRIPTION)
+    p.add_argument("photos", help="folder of photos (searched recursively)")
+    p.add_argument("--out", required=True, help="the table to write, e.g. data/mine/table.csv")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("validate", help="check a dataset and write manifest + rejects",
                        description="Validate a dataset table (CSV or Parquet with id, image, latitude, "

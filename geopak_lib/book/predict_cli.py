@@ -17,7 +17,7 @@ from geopak_lib.book.group_cli import PREDICTION_COLUMNS, find_groups, group_tab
 from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = ("image", *PREDICTION_COLUMNS)
 
 DESCRIPTION = """\
@@ -25,7 +25,7 @@ Predict where in Pakistan each image was taken, with a trained GEOPAK checkpoint
 from the training notebooks) or an exported model folder (--model, from `geopak export`).
 
 IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched recursively for
-.jpg .jpeg .png .webp .bmp .tif .tiff files (any letter case).
+.jpg .jpeg .png .webp .heic .heif .bmp .tif .tiff files (any letter case).
 
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images

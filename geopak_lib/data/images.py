@@ -14,6 +14,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+try:  # HEIC/HEIF, what phones write: pillow-heif adds an opener to Pillow, so every reader here takes them
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORTED = True
+except ImportError:  # pragma: no cover - it is in requirements.txt; without it HEIC files are "not an image"
+    HEIF_SUPPORTED = False
+
 JPEG_DRAFT_SIZE = (64, 64)  # validation decodes JPEGs at 1/8 scale: every byte is still read
 # The largest image validation, caching and predict accept (width x height). A 50 MP photo decodes to
 # 150 MB of RGB; a crafted header can claim gigapixels (a decompression bomb). Checked here on the

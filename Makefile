@@ -12,11 +12,12 @@ STAMP   := $(VENV)/.installed
 # Tests never touch a model hub, and figures are not drawn on a screen.
 TESTENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
 
-.PHONY: help venv book test test-fast lab benchmark clean
+.PHONY: help venv book test test-fast nbval lab benchmark clean
 help:
 	@echo "make book [PROFILE=demo]   run the whole book (demo dataset): reports in reports/PROFILE/, the site in reports/PROFILE/site/index.html"
 	@echo "make test                  run all tests (library + smoke book)"
 	@echo "make test-fast             library tests only (skips the smoke book)"
+	@echo "make nbval [PROFILE=demo]  nbval on the notebooks with PROFILE's values injected (its run must exist)"
 	@echo "make lab [PROFILE=demo]    open the book in JupyterLab as the last run of PROFILE left it"
 	@echo "make benchmark [ARGS=...]  run the speed benchmarks (ARGS=--record adds them to docs/performance.md)"
 
@@ -40,6 +41,12 @@ book: $(STAMP)
 # Library tests, then the smoke book (papermill), then nbval over the notebooks.
 test: $(STAMP)
 	$(TESTENV) $(BIN)/python -m pytest tests notebooks --nbval-lax
+
+# nbval on the notebooks with a profile's values injected (PROFILE, default demo); the profile's run must exist
+# (`geopak book PROFILE` first). Copies go to .tmp/nbval/PROFILE/ (docs/decisions/papermill.md).
+nbval: $(STAMP)
+	$(BIN)/geopak params $(PROFILE) --notebooks-to .tmp/nbval/$(PROFILE)
+	$(TESTENV) $(BIN)/python -m pytest --nbval-lax .tmp/nbval/$(PROFILE)
 
 test-fast: $(STAMP)
 	$(TESTENV) $(BIN)/python -m pytest tests -m "not book"

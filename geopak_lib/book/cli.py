@@ -28,6 +28,7 @@ subcommands:
   ingest     turn a folder of geotagged photos (GPS in EXIF: JPEG, PNG, WEBP, HEIC) into a dataset table
   validate   check a dataset (CSV/Parquet + image folder); write a manifest and a rejects table
   book       run the numbered notebooks headless with a profile from params/, render HTML reports
+  params     print one notebook's parameters under a profile, for papermill -f (or write nbval copies)
   site       rebuild the book site (reports/PROFILE/site/index.html) from a run's executed notebooks
   predict    predict lat/lon for images with a trained checkpoint or an exported model folder
   export     write a checkpoint as a shareable model folder (safetensors + config.json + model card)
@@ -106,6 +107,24 @@ def _cmd_validate(args) -> int:
 
 def _cmd_book(args) -> int:
     return main_book(args)
+
+
+PARAMS_DESCRIPTION = """\
+Print the parameters `geopak book PROFILE` injects into one notebook, as the flat YAML that
+papermill's -f takes. A profile file itself is not such a file: it has two sections (common,
+notebooks), and every notebook stops with one line on a parameter it does not declare.
+
+examples:
+  geopak params demo 01_geocells > p.yaml
+  papermill notebooks/01_geocells.ipynb out.ipynb -f p.yaml      # runs on the demo's run folder
+  geopak params demo --notebooks-to .tmp/nbval/demo                # nbval copies (make nbval PROFILE=demo)
+"""
+
+
+def _cmd_params(args) -> int:
+    from geopak_lib.book.params import main_params
+
+    return main_params(args)
 
 
 def _cmd_site(args) -> int:
@@ -213,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated notebook names to run, e.g. 00_data_audit,01_geocells")
     p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")
     p.set_defaults(func=_cmd_book)
+
+    p = sub.add_parser("params", help="one notebook's parameters under a profile, for papermill -f",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, description=PARAMS_DESCRIPTION)
+    p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
+    p.add_argument("notebook", nargs="?", help="notebook, e.g. 01_geocells, 01 or notebooks/01_geocells.ipynb")
+    p.add_argument("--notebooks-to", metavar="DIR",
+                   help="instead: write every notebook with the profile's values injected (not run) into DIR")
+    p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("site", help="rebuild the book site from a run's executed notebooks",
                        description="Build the book as a website from the executed notebooks of the profile's "

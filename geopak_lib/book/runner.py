@@ -80,6 +80,8 @@ def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
             raise ProfileError(f"{path}: section {sec!r} must be a mapping")
     common = raw.get("common") or {}
     _refuse_foreign_run_dir(path, common.get("run_dir"), root)
+    # no run_dir: runs/<profile>, injected like any key, or the notebooks would use their own default (smoke)
+    common = {"run_dir": f"runs/{path.stem}", **common}
     return Profile(name=path.stem, path=path, common=common, notebooks=raw.get("notebooks") or {})
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from geopak_lib.book import predict_cli
+from geopak_lib.book import evaluate_cli, predict_cli
 from geopak_lib.book.demo import build_demo_dataset
 from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import ProfileError, main_book, main_site
@@ -31,6 +31,7 @@ subcommands:
   params     print one notebook's parameters under a profile, for papermill -f (or write nbval copies)
   site       rebuild the book site (reports/PROFILE/site/index.html) from a run's executed notebooks
   predict    predict lat/lon for images with a trained checkpoint or an exported model folder
+  evaluate   score a checkpoint or model folder on a labelled table: metrics with intervals, map, CSVs
   export     write a checkpoint as a shareable model folder (safetensors + config.json + model card)
 
 Run `geopak SUBCOMMAND --help` for the options of each.
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_site)
 
     predict_cli.add_parser(sub, predict_cli.run)
+    evaluate_cli.add_parser(sub)
 
     p = sub.add_parser("export", help="write a checkpoint as a shareable model folder",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -24,6 +24,7 @@ from geopak_lib.evaluation.concepts_eval import concept_scores
 from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
 from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery, read_model_folder
 from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
+from geopak_lib.evaluation.labelled import evaluate_table
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
 from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction, refinement_choice
 from geopak_lib.metrics import error_radius
@@ -322,6 +323,11 @@ class GeopakPredictor:
                         done[i] = {"image": paths[i], "error": "", **r}
                 bar.update(len(done))
                 yield [done[i] for i in sorted(done)]
+
+    def evaluate(self, table, images_dir, *, block_km: float = 30.0, batch_size: int = 32, progress: bool = True):
+        """Score this model on a labelled table: validated as `geopak validate` does, predicted in batches,
+        scored as 06 scores test, with 95% block intervals (evaluation/labelled.py; `geopak evaluate`)."""
+        return evaluate_table(self, table, images_dir, block_km=block_km, batch_size=batch_size, progress=progress)
 
     def predict_group(self, images, combine: str | None = None) -> dict:
         """Several photos of ONE place (PIL images, arrays or paths) -> one predict() result, plus

@@ -61,6 +61,8 @@ class EncoderConfig:
     clip_weights: str = ""  # empty: the spec's own weights
     scene_spec: str = "timm:tf_efficientnet_lite0@64"
     scene_weights: str = ""
+    # pretrained weights a spec names that cannot be loaded stop the book, unless this is true
+    allow_random_weights: bool = False
     fusion: str = "gated"
     cell_emb_dim: int = 64
     prov_emb_dim: int = 16

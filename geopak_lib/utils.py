@@ -87,12 +87,30 @@ def use_project_root() -> Path:
     return here
 
 
+class BadFileError(ValueError):
+    """A file that cannot be read as what it should hold (truncated JSON, a short .npy): the one-line
+    message names the file and says how to remake it. The commands exit 2 on it, with no traceback."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def read_json(path, fix: str):
-    """json.load of a file whose errors name it and say what to do (fix)."""
+    """json.load of a file whose errors name it and say what to do (fix); raises BadFileError."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"{path} cannot be read as JSON ({e}); {fix}") from None
+        raise BadFileError(f"{path} cannot be read as JSON ({_one_line(e)}); {fix}") from None
+
+
+def load_npy(path, fix: str, mmap_mode: str | None = "r") -> np.ndarray:
+    """np.load of a .npy array (no pickles), memory-mapped by default; a truncated or foreign file
+    (numpy's 'mmap length is greater than file size') raises BadFileError naming it, with ``fix``."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise BadFileError(f"{path} cannot be read as a .npy array ({_one_line(e)}); {fix}") from None
 
 
 def file_sha256(path) -> str:

@@ -152,8 +152,28 @@ def test_timm_pretrained_without_network_falls_back(monkeypatch):
     with pytest.warns(RandomWeightsWarning, match="timm hub weights not cached"):
         enc = build_encoder("timm:resnet18:pretrained@32")
     assert enc.is_random and enc.weight_status.startswith("random") and enc.dim == 512
-    with pytest.raises(RuntimeError, match="pretrained weights unavailable"):
+    with pytest.raises(RuntimeError, match="timm hub weights of resnet18 cannot be loaded"):
         build_encoder("timm:resnet18:pretrained@32", strict=True)
+
+
+def test_training_refuses_weights_it_cannot_load(monkeypatch):
+    """A profile that names pretrained weights unavailable here (offline, empty cache) stops at once
+    with one line naming the encoder, the source and the remedy; allow_random_weights builds random
+    weights and says so plainly in weight_status."""
+    from geopak_lib.model.encoders import WeightsUnavailableError
+    from geopak_lib.training.inputs import build_encoders
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    clip, scene = "open_clip:ViT-S-32:none@64", "timm:resnet18:pretrained@32"
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_encoders(0, clip, "", scene, "")
+    msg = str(info.value)
+    assert "\n" not in msg and scene in msg and "timm hub weights of resnet18" in msg
+    assert "allow_random_weights: true" in msg and "weights=FILE" in msg
+    with pytest.raises(WeightsUnavailableError, match="open_clip tag 'openai'"):
+        build_encoders(0, "open_clip:ViT-B-16:openai@32", "", "timm:resnet18:none@32", "")
+    _, enc = build_encoders(0, clip, "", scene, "", allow_random_weights=True)
+    assert enc.is_random and enc.weight_status.startswith("random (no weights available")
 
 
 def test_size_suffix():

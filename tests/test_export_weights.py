@@ -83,3 +83,38 @@ def test_config_without_checksums_or_keys_is_one_line(tmp_path, trained):  # noq
         cfg_path.write_text(json.dumps({k: v for k, v in config.items() if k != key}))
         with pytest.raises(ModelFolderError, match=f"missing {key}"):
             load_exported_model(tmp_path / "m")
+
+
+def test_recorded_input_size_must_be_what_the_rebuilt_encoder_takes(tmp_path, trained, capsys):  # noqa: F811
+    """The heads were trained on features of a 32-pixel input: a config.json that records another size
+    (or none) is refused with one line naming the slot and both sizes, exit 2 through predict."""
+    path, _, imgs = trained
+    export_model(path, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    config = json.loads(cfg_path.read_text())
+    assert config["preprocess"]["scene_encoder"]["image_size"] == 32  # the spec's @32
+    config["preprocess"]["scene_encoder"]["image_size"] = 64
+    cfg_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match="scene_encoder timm:tf_efficientnet_lite0@32: recorded input "
+                                               "image_size 64, but the encoder built here expects image_size 32"):
+        load_exported_model(tmp_path / "m")
+    assert cli.main(["predict", str(imgs), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.csv"),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "image_size 64" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    del config["preprocess"]["scene_encoder"]
+    cfg_path.write_text(json.dumps(config))
+    with pytest.raises(ModelFolderError, match=r"no preprocess.scene_encoder.image_size"):
+        load_exported_model(tmp_path / "m")
+
+
+def test_truncated_config_json_names_the_file_exit_2(tmp_path, trained, capsys):  # noqa: F811
+    path, _, imgs = trained
+    export_model(path, tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg_path.write_bytes(cfg_path.read_bytes()[:1020])
+    assert cli.main(["predict", str(imgs), "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p.csv"),
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg_path) in err and "cannot be read as JSON" in err and "geopak export" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -150,8 +150,9 @@ def test_read_gps_raises_with_reason(tmp_path):
 def test_predict_finds_heic_photos(photos):
     from geopak_lib.book.predict_cli import find_images
 
-    files, missing = find_images([str(photos)])
-    assert str(photos / "کراچی" / "phone.heic") in files and not missing
+    files, skipped = find_images([str(photos)])
+    assert str(photos / "کراچی" / "phone.heic") in files
+    assert {Path(p).name for p, _ in skipped} == {"notes.txt", "loop"}  # every other entry gets its row
     from geopak_lib.data.images import load_rgb
 
     assert load_rgb(photos / "کراچی" / "phone.heic").size == (48, 40)  # what predict decodes with

@@ -154,7 +154,7 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     code = cli.main(["predict", str(tmp_path / "img"), str(odd), "--checkpoint", str(path), "--out", str(out),
                      "--geojson", str(gj), "--top", "2", "--batch-size", "2", "--workers", "2", "--no-progress",
                      "--device", "cpu"])
-    assert code == 1  # three bad files
+    assert code == 1  # three bad files and a skipped one
     table = pd.read_csv(out, keep_default_na=False)
     hyp = [f"hyp{k}_{f}" for k in (1, 2) for f in ("province", "lat", "lon", "weight")]
     assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
@@ -163,9 +163,11 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     assert (table["climate"] == "").all()  # this model has no concept heads: the columns stay empty
     names = {str(p.relative_to(tmp_path / "img")) if p.is_relative_to(tmp_path / "img") else p.name: e
              for p, e in zip(map(__import__("pathlib").Path, table["image"]), table["error"])}
-    assert set(names) == {*good, "fake.jpg", "empty.png", "sub/truncated.jpg", "photo.dat"}  # notes.txt skipped
+    # every file has a row: notes.txt too, with why it was not read
+    assert set(names) == {*good, "fake.jpg", "empty.png", "sub/truncated.jpg", "photo.dat", "sub/notes.txt"}
     assert all(names[n] == "" for n in [*good, "photo.dat"])
     assert all(names[n] for n in ("fake.jpg", "empty.png", "sub/truncated.jpg"))
+    assert names["sub/notes.txt"].startswith("not scanned: extension '.txt'")
     ok = table[table["error"] == ""]
     assert ok["lat"].astype(float).between(20, 40).all() and ok["hyp1_weight"].astype(float).gt(0).all()
     # place names: the library's answer for the predicted coordinates (written to 8 significant digits)
@@ -310,7 +312,7 @@ def test_cli_streams_batches_and_writes_what_one_batch_writes(ckpt, tmp_path):
     # the same rows; the numbers to float32 rounding (a convolution's sums depend on the batch size)
     tables = [pd.read_csv(__import__("io").StringIO(outs[bs][0])) for bs in (2, 64)]  # empty cells: NaN
     pd.testing.assert_frame_equal(*tables, check_exact=False, rtol=1e-4)
-    assert outs[2][0].count("\nimage,") == 0 and len(tables[0]) == 7  # one header; 6 files + the missing one
+    assert outs[2][0].count("\nimage,") == 0 and len(tables[0]) == 8  # one header; 7 files + the missing one
     assert [f["properties"]["image"] for f in outs[2][1]["features"]] == tables[0]["image"].tolist()
     from geopak_lib.book.predict_cli import find_images
 

@@ -1,5 +1,6 @@
 """Project hygiene: pins agree, notebooks are committed clean, every profile fits its notebooks."""
 
+import ast
 import json
 import re
 import subprocess
@@ -77,11 +78,19 @@ def test_profiles_fit_notebooks(profile):
     assert set(yaml.safe_load(prof.path.read_text())) <= PROFILE_SECTIONS
 
 
+# Safety switches whose default is the safe value, not the smoke one: a profile that forgets the key
+# must not train on random encoders (docs/decisions/encoders.md).
+SAFE_DEFAULTS = {"allow_random_weights": False}
+
+
 def test_smoke_profile_is_the_notebook_defaults():
-    """House rule 4: parameter defaults are the smoke settings."""
+    """House rule 4: parameter defaults are the smoke settings (safety switches excepted)."""
     prof = load_profile("smoke")
     for nb_path in notebook_paths(ROOT):
         declared = {k: v["default"] for k, v in papermill.inspect_notebook(str(nb_path)).items()}
         for key, value in prof.parameters_for(nb_path.stem).items():
+            if key in SAFE_DEFAULTS:
+                assert ast.literal_eval(declared[key]) == SAFE_DEFAULTS[key], f"{nb_path.name}: {key}"
+                continue
             import ast
             assert ast.literal_eval(declared[key]) == value, f"{nb_path.name}: {key} default != smoke"

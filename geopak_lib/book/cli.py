@@ -16,6 +16,7 @@ from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import ProfileError, main_book, main_site
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.evaluation.export import export_model
+from geopak_lib.utils import BadFileError
 
 # Exit codes of every subcommand (README "Exit codes", docs/decisions/sharing.md).
 EXIT_OK, EXIT_REJECTS, EXIT_USER, EXIT_INTERNAL = 0, 1, 2, 3
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (DatasetError, ProfileError) as exc:  # a user's table or profile: one line, no traceback
+    except (DatasetError, ProfileError, BadFileError) as exc:  # a user's table, profile or damaged file: one line
         print(f"geopak {args.command}: {exc}", file=sys.stderr)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an --out not writable
         print(f"geopak {args.command}: cannot write {exc.filename}: {exc.strerror}; choose another --out",

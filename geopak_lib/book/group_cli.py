@@ -13,6 +13,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
+from geopak_lib.data.images import printable_name
+
 # The columns a prediction writes, per image (predict_cli) or per place (here).
 PREDICTION_COLUMNS = ("lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
                       "place_km")
@@ -95,7 +97,8 @@ def prediction_table(records: list[dict], lead: tuple, tail: tuple, top: int = 3
         for k, h in enumerate(r.get("hypotheses", [])[:top], 1):
             row.update({f"hyp{k}_{f}": h[f] for f in HYP_FIELDS})
         row.update({c: r.get(c, "") for c in tail})
-        rows.append(row)
+        # a non-UTF-8 file name (surrogate escapes) would stop the CSV writer after every image ran
+        rows.append({k: printable_name(v) if isinstance(v, str) else v for k, v in row.items()})
     return pd.DataFrame(rows, columns=[*lead, *hyp_cols, *CONCEPT_COLUMNS, *tail])
 
 

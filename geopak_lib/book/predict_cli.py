@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from geopak_lib.book.group_cli import PREDICTION_COLUMNS, find_groups, group_table, predict_groups, prediction_table
+from geopak_lib.data.images import scan_folder
 from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
 from geopak_lib.evaluation.predictor import GeopakPredictor
 
@@ -25,7 +26,10 @@ Predict where in Pakistan each image was taken, with a trained GEOPAK checkpoint
 from the training notebooks) or an exported model folder (--model, from `geopak export`).
 
 IMAGES_OR_FOLDER: image files (any extension) and/or folders, which are searched recursively for
-.jpg .jpeg .png .webp .heic .heif .bmp .tif .tiff files (any letter case).
+.jpg .jpeg .png .webp .heic .heif .bmp .tif .tiff files (any letter case). Every other entry of a
+folder (a .gif, a text file, a looping or broken link, a link to a folder, which is not followed) gets a
+row whose error says why it was not read. A file name that is not valid UTF-8 is written with its bytes
+escaped (caf\\xe9.jpg).
 
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
@@ -98,19 +102,21 @@ def add_parser(subparsers, func):
     return p
 
 
-def find_images(inputs) -> tuple[list[str], list[str]]:
-    """Expand inputs -> (files in a stable order, problems). Folders are searched recursively for
-    IMAGE_EXTENSIONS (case-insensitive); a file named explicitly is kept whatever its extension;
-    a missing path is a problem (it gets an error row)."""
-    files, missing = [], []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files += sorted(str(p) for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif item.exists():
-            files.append(str(item))
+def find_images(inputs) -> tuple[list[str], list[tuple[str, str]]]:
+    """Expand inputs -> (files in a stable order, [(path, reason)] for everything else, each of which
+    gets an error row). Folders are searched recursively for IMAGE_EXTENSIONS (case-insensitive);
+    other files in them, looping links and links to folders are listed with why (scan_folder); a
+    file named explicitly is kept whatever its extension; a missing path is a problem."""
+    files, problems = [], []
+    for item in map(str, inputs):
+        if os.path.isdir(item):
+            found, skipped = scan_folder(item, IMAGE_EXTENSIONS)
+            files, problems = files + found, problems + skipped
+        elif os.path.exists(item):
+            files.append(item)
         else:
-            missing.append(str(item))
-    return files, missing
+            problems.append((item, "broken or looping symbolic link" if os.path.islink(item) else "file not found"))
+    return files, problems
 
 
 def results_table(records: list[dict], top: int = 3) -> pd.DataFrame:
@@ -139,8 +145,9 @@ def run(args) -> int:
         files, missing = [], []
     else:
         files, missing = find_images(args.inputs)
-        problem = "" if files or missing else \
-            f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}"
+        problem = "" if files or any(why == "file not found" for _, why in missing) else \
+            f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in {' '.join(args.inputs)}" + \
+            (f" ({len(missing)} other entries skipped, e.g. {missing[0][0]}: {missing[0][1]})" if missing else "")
     if problem:
         err(problem)
         return 2
@@ -169,7 +176,7 @@ def run(args) -> int:
         workers = min(8, max(1, (os.cpu_count() or 2) - 1)) if predictor.device.type == "cuda" else 0
     workers = workers if len(files) > args.batch_size else 0  # a pool costs more than a batch
     batches = predictor.iter_predictions(files, args.batch_size, progress=not args.no_progress, num_workers=workers)
-    missing_rows = [[{"image": m, "error": "file not found"} for m in missing]] if missing else []
+    missing_rows = [[{"image": m, "error": why} for m, why in missing]] if missing else []
     total, failed = write_streamed(args, _tables(batches, missing_rows, args.top))
     out = Path(args.out)
     print(f"{total - failed} of {total} files predicted -> {out}"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from geopak_lib.constants import PROVINCE_ID, PROVINCES
 from geopak_lib.geo import haversine_km
-from geopak_lib.utils import atomic_write_bytes
+from geopak_lib.utils import atomic_write_bytes, read_json
 
 # What the model needs of a cell; geocells.json/.csv also carry the province name and n_samples.
 MODEL_CELL_COLUMNS = ("cell_id", "province_id", "center_lat", "center_lon", "radius_km", "neighbor_cell_ids")
@@ -152,7 +152,7 @@ def load_geocells(path) -> pd.DataFrame:
     if path.suffix not in (".json", ".csv"):
         raise ValueError(f"{path}: expected a .json or .csv geocells file")
     if path.suffix == ".json":
-        frame = pd.DataFrame(json.loads(path.read_text()))
+        frame = pd.DataFrame(read_json(path, "re-run notebook 01_geocells to rewrite it"))
     else:
         frame = pd.read_csv(path, dtype={"neighbor_cell_ids": str, "province": str}, keep_default_na=False)
     if frame.empty and not len(frame.columns):  # "[]": a build with no cells at all

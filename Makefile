@@ -12,7 +12,7 @@ STAMP   := $(VENV)/.installed
 # Tests never touch a model hub, and figures are not drawn on a screen.
 TESTENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
 
-.PHONY: help venv book test test-fast nbval lab benchmark clean
+.PHONY: help venv book test test-fast nbval lab benchmark benchmark-scale clean
 help:
 	@echo "make book [PROFILE=demo]   run the whole book (demo dataset): reports in reports/PROFILE/, the site in reports/PROFILE/site/index.html"
 	@echo "make test                  run all tests (library + smoke book)"
@@ -20,6 +20,7 @@ help:
 	@echo "make nbval [PROFILE=demo]  nbval on the notebooks with PROFILE's values injected (its run must exist)"
 	@echo "make lab [PROFILE=demo]    open the book in JupyterLab as the last run of PROFILE left it"
 	@echo "make benchmark [ARGS=...]  run the speed benchmarks (ARGS=--record adds them to docs/performance.md)"
+	@echo "make benchmark SCALE=1     also the cost curve 1k-100k images (benchmarks/bench_scale.py; hours on 2 CPUs)"
 
 # torch and torchvision come from this machine's disk via pip (uv does not look there); the
 # rest installs with uv in seconds. The stamp makes the step run once per requirements change.
@@ -60,6 +61,12 @@ lab: $(STAMP)
 # ARGS=--record appends the figures to docs/performance.md; ARGS=--help lists the options.
 benchmark: $(STAMP)
 	$(TESTENV) $(BIN)/python -m benchmarks.run_all $(ARGS)
+	@if [ -n "$(SCALE)" ]; then $(MAKE) --no-print-directory benchmark-scale; fi
+
+# The cost curve of every stage, 1k to 100k images (encoder stages to 30k); SCALE_ARGS=--record
+# writes its table and plot into docs/performance.md. Not part of the default run: hours on 2 CPUs.
+benchmark-scale: $(STAMP)
+	$(TESTENV) $(BIN)/python -m benchmarks.bench_scale $(SCALE_ARGS)
 
 clean:
 	rm -rf runs reports/*/ .pytest_cache

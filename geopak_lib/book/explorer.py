@@ -23,6 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from geopak_lib.book.figures import describe_prediction, hypotheses_map
 from geopak_lib.book.report import ShowMap
+from geopak_lib.book.tables import bounded_table
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.images import load_rgb
@@ -266,7 +267,7 @@ class ExplorerApp:
         ex, r = self.explorer, self.result
         img = f'<img src="data:image/png;base64,{base64.b64encode(png_bytes(ex.image)).decode()}" width="256">'
         table = concepts_table(r)
-        extra = "" if table is None else "<b>Concept scores</b>" + table.round(3).to_html(index=False)
+        extra = "" if table is None else "<b>Concept scores</b>" + bounded_table(table.round(3), index=False)._repr_html_()
         return (f'<div class="geopak-explorer-static"><div style="display:flex;gap:12px">{img}<div>'
                 f"{mistune.html(ex.summary(r))}{extra}</div></div>{ShowMap(ex.map(r))._repr_html_()}</div>")
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
 from geopak_lib.metrics import confusion_matrix
-from geopak_lib.book.report import PROVINCE_COLORS, offline_map
+from geopak_lib.book.report import MAP_MAX_POINTS, PROVINCE_COLORS, add_map_note, offline_map
 from geopak_lib.data.images import load_rgb
 from geopak_lib.metrics import error_km
 
@@ -100,10 +100,13 @@ def reliability_plot(bins_before: pd.DataFrame, bins_after: pd.DataFrame, temper
 # --- maps ----------------------------------------------------------------------------------------
 
 def error_map(frame: pd.DataFrame, title: str = "test error") -> folium.Map:
-    """Test points at their true position, coloured by the mixture's error."""
+    """Test points at their true position, coloured by the mixture's error (at most MAP_MAX_POINTS,
+    a seeded sample, with the count on the map: each marker costs ~1 kB of report HTML)."""
     m = offline_map()
-    layer = folium.FeatureGroup(name=f"test images ({len(frame)})")
-    for r in frame.itertuples(index=False):
+    shown = frame if len(frame) <= MAP_MAX_POINTS else frame.sample(MAP_MAX_POINTS, random_state=0)
+    add_map_note(m, len(shown), len(frame), "test images")
+    layer = folium.FeatureGroup(name=f"test images ({len(shown)} of {len(frame)})")
+    for r in shown.itertuples(index=False):
         folium.CircleMarker([r.latitude, r.longitude], radius=4, color="#333", weight=0.5, fill=True,
                             fill_color=error_color(r.error_km), fill_opacity=0.9,
                             popup=f"<b>{escape(str(r.id))}</b><br>{escape(str(r.province))}<br>error {r.error_km:.1f} km").add_to(layer)

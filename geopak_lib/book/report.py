@@ -20,6 +20,7 @@ from pathlib import Path
 import folium
 import numpy as np
 
+from geopak_lib.book.tables import table_options
 from geopak_lib.geo import province_geojson
 from geopak_lib.constants import PROVINCES, SPEC_SHARES
 
@@ -280,7 +281,7 @@ def setup_notebook() -> None:
     import pandas as pd
 
     pd.set_option("display.max_colwidth", 160)
-    pd.set_option("display.max_rows", 80)
+    table_options()  # long tables truncate with a row count (docs/decisions/report_size.md)
     pd.set_option("display.precision", 3)
     mpl.rcParams.update({"figure.dpi": 100, "savefig.dpi": 100, "axes.grid": True, "grid.alpha": 0.3,
                          "axes.spines.top": False, "axes.spines.right": False})

@@ -1,0 +1,35 @@
+"""The scale benchmark's pieces: the log-log slope fit, the synthetic positions, the table."""
+
+import numpy as np
+
+from benchmarks.bench_scale import fit, slope
+from benchmarks.scale_data import sample_points
+from benchmarks.scale_report import markdown
+from geopak_lib.geo import locate_province
+
+
+def test_slope_is_the_power_of_n_from_10k_up():
+    ns = [1000, 3000, 10_000, 30_000, 100_000]
+    assert slope(ns, [n * 2e-3 for n in ns]) == 1.0
+    assert slope(ns, [(n / 1e4) ** 2 for n in ns]) == 2.0
+    assert slope(ns, [5.0 if n < 10_000 else n ** 0.5 for n in ns]) == 0.5  # sizes below 10k are ignored
+    assert slope([1000, 10_000], [1.0, 10.0]) is None  # one point from 10k: no fit
+
+
+def test_points_lie_inside_their_province():
+    pts = sample_points(500, seed=3)
+    assert len(pts) == 500
+    assert (locate_province(pts["latitude"], pts["longitude"], tolerance_km=0.0) == pts["province"]).all()
+    assert pts["province"].value_counts().index[0] == "Balochistan"  # the largest by area
+
+
+def test_encoder_stages_are_extrapolated_and_labelled():
+    runs = {n: {"split": {"wall_s": n / 1000, "rss_mib": 100}} for n in (1000, 10_000, 100_000)}
+    for n in (1000, 10_000):
+        runs[n]["predict"] = {"wall_s": n / 100, "rss_mib": 500}
+    res = {"date": "2026-01-01T10:00:00", "runs": runs, "loadavg_start": 1.0, "loadavg_end": 1.0}
+    res["fit"] = fit(res)
+    assert res["fit"]["split"]["slope_10k"] == 1.0
+    assert res["fit"]["predict"]["extrapolated"] == {100_000: 1000.0}  # 10k's throughput, 10x the images
+    text = markdown(res, "python -m benchmarks.bench_scale")
+    assert "*1000.0 (extrapolated)*" in text and "| spatial block split | 1.0 / 100 | 10.0 / 100 | 100.0 / 100 | 1.0 |" in text

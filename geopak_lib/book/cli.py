@@ -47,7 +47,7 @@ def _cmd_validate(args) -> int:
     if not table.exists():
         print(f"geopak validate: dataset table {table} does not exist", file=sys.stderr)
         return 2
-    if not Path(args.images).is_dir():
+    if args.images is not None and not Path(args.images).is_dir():
         print(f"geopak validate: image folder {args.images} does not exist", file=sys.stderr)
         return 2
     if table.is_dir():
@@ -145,12 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a dataset and write manifest + rejects",
                        description="Validate a dataset table (CSV or Parquet with id, image, latitude, "
-                                   "longitude, province) against its image folder. Writes manifest.csv (valid "
+                                   "longitude, province; province may be empty: it is filled from the "
+                                   "coordinates) against its image folder. A Hugging Face Parquet whose image "
+                                   "column is a struct {bytes, path} is read as it is, without unpacking. Writes manifest.csv (valid "
                                    "rows) and rejects.csv (one row per problem, with id, row and reason) into "
                                    "--out. Exit code 0: nothing rejected; 1: some rows rejected; 2: bad "
                                    "arguments.")
     p.add_argument("table", help="the dataset table, .csv or .parquet")
-    p.add_argument("--images", required=True, help="folder the 'image' column is relative to")
+    p.add_argument("--images", help="folder the 'image' column is relative to (not needed for a Hugging Face "
+                                    "Parquet whose image column holds the bytes)")
     p.add_argument("--out", required=True, help="folder to write manifest.csv and rejects.csv into")
     p.add_argument("--skip-images", action="store_true", help="do not open images (faster, less safe)")
     p.set_defaults(func=_cmd_validate)

@@ -36,6 +36,19 @@ Run `geopak SUBCOMMAND --help` for the options of each.
 
 
 def _cmd_demo(args) -> int:
+    bad = [msg for ok, msg in ((args.n >= 1, f"--n must be >= 1, got {args.n}"),
+                               (args.image_size >= 16, f"--image-size must be >= 16 pixels, got {args.image_size}"),
+                               (0 <= args.poor_share <= 1, f"--poor-share must be in [0, 1], got {args.poor_share}"))
+           if not ok]
+    if bad:
+        print(f"geopak demo: {'; '.join(bad)}", file=sys.stderr)
+        return 2
+    try:  # an --out that cannot be made fails here, in one line, before any image is drawn
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"geopak demo: cannot create --out {args.out} ({e.strerror or e}); choose another folder",
+              file=sys.stderr)
+        return 2
     csv = build_demo_dataset(Path(args.out), n_images=args.n, seed=args.seed, poor_share=args.poor_share,
                              image_size=args.image_size, overwrite=args.overwrite)
     print(f"demo dataset: {csv}")

@@ -122,3 +122,31 @@ def test_csv_without_images_folder_is_one_line(demo, tmp_path):
                            "--out", str(tmp_path / "v")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "--images" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_00_description_fits_the_data(demo, tmp_path):
+    from geopak_lib.data.describe import DEMO_CAVEAT, dataset_description
+
+    on_demo = validate_dataset(demo["csv"], demo["images"], progress=False)
+    text = dataset_description(on_demo.manifest, demo["csv"], n_input=on_demo.n_input)
+    assert DEMO_CAVEAT in text and "16 rows, of which 16 are valid" in text and "16 JPG" in text
+    assert "median 64 x 64 pixels" in text
+    # the same images as a user's Parquet: no demo caveat, formats say where the bytes are
+    own = validate_dataset(demo["parquet"], None, progress=False)
+    text = dataset_description(own.manifest, demo["parquet"], n_input=own.n_input)
+    assert "aerial" not in text and "demo" not in text.lower()
+    assert "`train.parquet`, 16 rows, of which 14 are valid" in text and "14 embedded in the Parquet table" in text
+    m = own.manifest
+    assert f"latitude {m['latitude'].min():.2f} to {m['latitude'].max():.2f}" in text
+    n_prov = m["province"].nunique()
+    assert f"provinces: {n_prov} of 7" in text
+
+
+def test_00_prose_names_the_demo_only_in_generated_text():
+    import json
+    from pathlib import Path
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "00_data_audit.ipynb").read_text())
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    assert "aerial" not in prose and "Blue Marble" not in prose
+    assert any("describe.dataset_description" in "".join(c["source"]) for c in nb["cells"])

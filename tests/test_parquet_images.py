@@ -150,3 +150,19 @@ def test_00_prose_names_the_demo_only_in_generated_text():
     prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "aerial" not in prose and "Blue Marble" not in prose
     assert any("describe.dataset_description" in "".join(c["source"]) for c in nb["cells"])
+
+
+def test_skip_images_checks_embedded_bytes_without_decoding(demo):
+    result = validate_dataset(demo["parquet"], None, check_images=False, progress=False)
+    # broken bytes are only caught by decoding; missing bytes are caught without it
+    assert dict(zip(result.rejects["id"], result.rejects["reason"])) == {"pk000005": "image_missing"}
+    assert len(result.manifest) == 15 and result.manifest["sha1"].isna().all()
+
+
+def test_a_file_that_is_not_parquet_is_one_line(tmp_path):
+    fake = tmp_path / "data.parquet"
+    fake.write_text("id,image\n")
+    rc = subprocess.run([sys.executable, "-m", "geopak_lib.book.cli", "validate", str(fake), "--out",
+                         str(tmp_path / "v")], capture_output=True, text=True)
+    assert rc.returncode == 2 and "cannot be read as a Parquet table" in rc.stderr
+    assert len(rc.stderr.strip().splitlines()) == 1

@@ -203,7 +203,7 @@ def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
     junk = tmp_path / "junk.pt"
     junk.write_text("not a checkpoint")
     assert cli.main(["predict", img, "--checkpoint", str(junk), "--out", str(tmp_path / "x.csv")]) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    assert "is not a GEOPAK checkpoint: torch cannot read it" in capsys.readouterr().err
     other = tmp_path / "other.pt"
     torch.save({"format": "something-else"}, other)
     assert cli.main(["predict", img, "--checkpoint", str(other), "--out", str(tmp_path / "x.csv")]) == 2

@@ -428,7 +428,7 @@ def test_checkpoint_errors_and_rebuild(tmp_path):
     with pytest.raises(FileNotFoundError, match="run the notebook"):
         load_checkpoint(tmp_path / "none.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="cannot be read"):
+    with pytest.raises(ValueError, match="is not a GEOPAK checkpoint: torch cannot read it"):
         load_checkpoint(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a GEOPAK checkpoint"):

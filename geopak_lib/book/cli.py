@@ -40,6 +40,19 @@ Run `geopak SUBCOMMAND --help` for the options of each.
 
 
 def _cmd_demo(args) -> int:
+    bad = [msg for ok, msg in ((args.n >= 1, f"--n must be >= 1, got {args.n}"),
+                               (args.image_size >= 16, f"--image-size must be >= 16 pixels, got {args.image_size}"),
+                               (0 <= args.poor_share <= 1, f"--poor-share must be in [0, 1], got {args.poor_share}"))
+           if not ok]
+    if bad:
+        print(f"geopak demo: {'; '.join(bad)}", file=sys.stderr)
+        return 2
+    try:  # an --out that cannot be made fails here, in one line, before any image is drawn
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"geopak demo: cannot create --out {args.out} ({e.strerror or e}); choose another folder",
+              file=sys.stderr)
+        return 2
     csv = build_demo_dataset(Path(args.out), n_images=args.n, seed=args.seed, poor_share=args.poor_share,
                              image_size=args.image_size, overwrite=args.overwrite)
     print(f"demo dataset: {csv}")
@@ -89,7 +102,7 @@ def _cmd_validate(args) -> int:
     if not table.exists():
         print(f"geopak validate: dataset table {table} does not exist", file=sys.stderr)
         return 2
-    if not Path(args.images).is_dir():
+    if args.images is not None and not Path(args.images).is_dir():
         print(f"geopak validate: image folder {args.images} does not exist", file=sys.stderr)
         return 2
     if table.is_dir():
@@ -212,12 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a dataset and write manifest + rejects",
                        description="Validate a dataset table (CSV or Parquet with id, image, latitude, "
-                                   "longitude, province) against its image folder. Writes manifest.csv (valid "
+                                   "longitude, province; province may be empty: it is filled from the "
+                                   "coordinates) against its image folder. A Hugging Face Parquet whose image "
+                                   "column is a struct {bytes, path} is read as it is, without unpacking. Writes manifest.csv (valid "
                                    "rows) and rejects.csv (one row per problem, with id, row and reason) into "
                                    "--out. Exit code 0: nothing rejected; 1: some rows rejected; 2: bad "
                                    "arguments.")
     p.add_argument("table", help="the dataset table, .csv or .parquet")
-    p.add_argument("--images", required=True, help="folder the 'image' column is relative to")
+    p.add_argument("--images", help="folder the 'image' column is relative to (not needed for a Hugging Face "
+                                    "Parquet whose image column holds the bytes)")
     p.add_argument("--out", required=True, help="folder to write manifest.csv and rejects.csv into")
     p.add_argument("--skip-images", action="store_true", help="do not open images (faster, less safe)")
     p.set_defaults(func=_cmd_validate)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from geopak_lib.book.kernels import kernel_options
 from geopak_lib.book.report import export_html
 from geopak_lib.book.runlock import RunLocked, run_lock
 from geopak_lib.config import NOTEBOOKS, BookConfig, ConfigError
@@ -191,7 +192,7 @@ def _run_notebooks(profile: Profile, notebooks: list[Path], run_dir: Path, *, on
             with inline_figures():
                 papermill.execute_notebook(str(nb), str(out_nb), parameters=profile.parameters_for(nb.stem),
                                            cwd=str(REPO_ROOT), kernel_name=kernel, progress_bar=True,
-                                           report_mode=False)
+                                           report_mode=False, **kernel_options())
         except PapermillExecutionError as e:
             raise BookError(f"{nb.name} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                             f"  full traceback in the executed notebook: {out_nb}") from None

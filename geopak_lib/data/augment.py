@@ -17,14 +17,14 @@ normalises them itself (``features.encoder_input``), so both encoders see the sa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from geopak_lib.data.images import exif_orientation, load_rgb  # the one loader of the book: EXIF, RGB, clear errors
+# the one loader of the book: EXIF, RGB, clear errors; files or bytes embedded in a Parquet table
+from geopak_lib.data.images import ImageLoadError, exif_orientation, load_rgb, read_image_bytes
 
 STRONG_PROVINCES = ("Sindh", "Punjab")
 MAX_ROTATION_DEG = 5.0  # a tilted camera is natural; more than this starts to invent geography
@@ -165,8 +165,8 @@ def jpeg_bytes_or_view(path, size: int) -> torch.Tensor:
     from PIL import Image
 
     try:
-        data = Path(path).read_bytes()
-    except OSError:
+        data = read_image_bytes(path)  # a file or bytes embedded in a Parquet table
+    except ImageLoadError:
         data = b""  # missing or unreadable: the loader below raises the book's ImageLoadError
     try:
         if data[:2] == b"\xff\xd8":

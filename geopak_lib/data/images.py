@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from geopak_lib.data.embedded import is_embedded, read_embedded
+
 try:  # HEIC/HEIF, what phones write: pillow-heif adds an opener to Pillow, so every reader here takes them
     import pillow_heif
 
@@ -37,7 +39,44 @@ class ImageLoadError(Exception):
 
     def __init__(self, path, reason: str, code: str = "image_unreadable"):
         super().__init__(f"cannot load image {path}: {reason}")
-        self.path, self.reason, self.code = Path(path), reason, code
+        self.path, self.reason, self.code = (path if is_embedded(path) else Path(path)), reason, code
+
+
+def read_image_bytes(path) -> bytes:
+    """The encoded bytes of an image: a file, or a ``parquet:<row>:<table>`` reference to bytes
+    embedded in a Parquet table (:mod:`geopak_lib.data.embedded`). Every image the book opens is read
+    here. Raises :class:`ImageLoadError` (image_missing, image_empty)."""
+    if is_embedded(path):
+        try:
+            data = read_embedded(path)
+        except (OSError, ValueError) as e:
+            raise ImageLoadError(path, f"cannot read the embedded image ({e})", "image_missing") from None
+        if data is None:
+            raise ImageLoadError(path, "the table's image has no bytes", "image_missing")
+    else:
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise ImageLoadError(path, "file not found", "image_missing") from None
+        except OSError as e:  # a folder, a permission problem, ...
+            raise ImageLoadError(path, f"cannot read file ({e.strerror or e})", "image_missing") from None
+    if not data:
+        raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
+    return data
+
+
+def check_present(path) -> None:
+    """Cheap check that an image exists and is non-empty (a file's size; embedded bytes' length).
+    Raises :class:`ImageLoadError` (image_missing, image_empty); nothing is decoded."""
+    if is_embedded(path):
+        read_image_bytes(path)  # the row group is read once for all its rows
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "file not found", "image_missing")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
 
 
 def _open(path, draft: bool = False) -> tuple[Image.Image, bytes, tuple[int, int]]:
@@ -45,15 +84,7 @@ def _open(path, draft: bool = False) -> tuple[Image.Image, bytes, tuple[int, int
 
     Returns (image, file bytes, (width, height) as stored, before any draft reduction).
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ImageLoadError(path, "file not found", "image_missing") from None
-    except OSError as e:  # a folder, a permission problem, ...
-        raise ImageLoadError(path, f"cannot read file ({e.strerror or e})", "image_missing") from None
-    if not data:
-        raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
+    data = read_image_bytes(path)
     try:
         img = Image.open(io.BytesIO(data))
         size = img.size  # draft() shrinks img.size; keep the stored one

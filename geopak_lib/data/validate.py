@@ -33,7 +33,8 @@ from tqdm import tqdm
 from geopak_lib.constants import PROVINCE_ID, PROVINCES
 from geopak_lib.data.ids import ID_POLICY, id_problems
 from geopak_lib.geo import KM_PER_DEG_LAT, locate_province, province_shapes
-from geopak_lib.data.images import ImageLoadError, inspect_image
+from geopak_lib.data.embedded import EMBEDDED_COLUMN, image_sources, read_parquet
+from geopak_lib.data.images import ImageLoadError, check_present, inspect_image
 from geopak_lib.data.rundir import RunDir
 
 REQUIRED_COLUMNS = ("id", "image", "latitude", "longitude", "province")
@@ -132,7 +133,10 @@ def read_table(path) -> pd.DataFrame:
             raise DatasetError(f"{path}: cannot be read as a CSV table ({first}); expected one header "
                                "row and one row per image, separated by ',' ';' tab or '|'") from None
     if suffix in (".parquet", ".pq"):
-        df = pd.read_parquet(path)
+        try:
+            df = read_parquet(path)
+        except ValueError as e:
+            raise DatasetError(str(e)) from None
         for c in text_cols:
             if c in df.columns:
                 df[c] = df[c].where(df[c].isna(), df[c].astype(str))  # keep missing as missing
@@ -238,10 +242,7 @@ def _check_images(paths: list, check_images: bool, progress: bool, workers: int)
         try:
             if check_images:
                 return inspect_image(path)
-            if not path.is_file():
-                raise ImageLoadError(path, "file not found", "image_missing")
-            if path.stat().st_size == 0:
-                raise ImageLoadError(path, "file is empty (0 bytes)", "image_empty")
+            check_present(path)
             return (None, None, None, None)
         except ImageLoadError as e:
             return e
@@ -290,8 +291,9 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
                      label_tolerance_km: float = LABEL_TOLERANCE_KM, workers: int = 4) -> ValidationResult:
     """Validate a dataset table against its image folder; see the module docstring and REJECT_POLICY.
 
-    check_images: decode every image (False: only check that the file exists and is non-empty;
-    width, height and sha1 are then left empty). Every row with no problem reaches the manifest.
+    image_dir: the folder ``image`` is relative to; None only for a Parquet table that embeds every
+    image's bytes (data/embedded.py). check_images: decode every image (False: only check that the
+    file exists and is non-empty; width, height and sha1 are then left empty). Every row with no problem reaches the manifest.
     """
     df = apply_column_aliases(read_table(table_path), source=table_path)
     check_columns(df, table_path)
@@ -337,8 +339,10 @@ def validate_dataset(table_path, image_dir, *, check_images: bool = True, progre
                 else:
                     fixes.append((i, "province", raw, label, "province_near_border"))
 
-    image_dir = Path(image_dir)
-    paths = [None if b else image_dir / str(v) for b, v in zip(_blank(df["image"]), df["image"])]
+    try:
+        paths = image_sources(df["image"], df.get(EMBEDDED_COLUMN), _blank(df["image"]), image_dir)
+    except ValueError as e:  # file names without an image folder
+        raise DatasetError(f"{table_path}: {e}") from None
     info = _check_images(paths, check_images, progress, workers)
     for i, item in enumerate(info):
         if isinstance(item, ImageLoadError):

@@ -93,7 +93,7 @@ class GeopakPredictor:
             return cls.ensemble([cls.from_checkpoint(p, device, tta, None, top_provinces, top_cells, refine=False)
                                  for p in path])
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():  # a folder: load_checkpoint says what to give instead
             raise FileNotFoundError(f"checkpoint {path} not found: checkpoints are written by the training "
                                     f"notebooks {TRAINING_NOTEBOOKS} (runs/<profile>/checkpoints/phase<p>/best.pt; "
                                     "the kept one is named in runs/<profile>/final_checkpoint.txt)")

@@ -171,6 +171,10 @@ def safe_torch_load(path, what: str = "file"):
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by the trainer, with errors that say what to do."""
     path = Path(path)
+    if path.is_dir():
+        hint = ("it is a model folder: load it with --model / from_pretrained" if (path / "config.json").is_file()
+                else "give the best.pt inside a run's checkpoints/<phase>/ folder")
+        raise FileNotFoundError(f"checkpoint {path} is a folder, not a checkpoint file; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: run the notebook of that phase first "
                                 "(or check run_dir)")
@@ -179,8 +183,10 @@ def load_checkpoint(path) -> dict:
     except UnsafeFileError:
         raise
     except Exception as exc:  # a truncated or foreign file
-        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                         "delete it and re-run that phase") from exc
+        # torch's own text advises weights_only=False (running the file's code): never repeat it
+        raise ValueError(f"{path} is not a GEOPAK checkpoint: torch cannot read it ({type(exc).__name__}); "
+                         "give a best.pt the training notebooks wrote, or, if it was one, it is damaged: "
+                         "delete it and re-run that phase") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{path} is not a GEOPAK checkpoint of format {CKPT_FORMAT!r} (found {found!r}); "

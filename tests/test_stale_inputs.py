@@ -155,11 +155,14 @@ def test_resume_refuses_edited_geocells(tmp_path):
 
 
 @pytest.fixture()
-def stale(built, ckpt, tmp_path):
+def stale(built, ckpt, tmp_path, monkeypatch):
     """A trained run (the tiny model's best.pt stamped with the run's inputs), exported, then its
     geocells.json edited."""
+    from geopak_lib.evaluation import export
     from geopak_lib.evaluation.export import export_model
+    from geopak_lib.model import encoders
 
+    monkeypatch.setattr(export, "build_encoder", encoders.build_encoder)  # the tiny one the ckpt fixture set
     path, _ = ckpt
     best = trained_checkpoint(built, load_checkpoint(path), phase=2)
     export_model(best, tmp_path / "exported", include_encoders=True)

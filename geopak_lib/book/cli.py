@@ -14,6 +14,7 @@ from geopak_lib.book import evaluate_cli, predict_cli
 from geopak_lib.book.demo import build_demo_dataset
 from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import ProfileError, main_book, main_site
+from geopak_lib.data.stamps import StaleInputError
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.evaluation.export import export_model
 from geopak_lib.utils import BadFileError
@@ -299,7 +300,7 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.func(args)
-    except (DatasetError, ProfileError, BadFileError) as exc:  # a user's table, profile or damaged file: one line
+    except (DatasetError, ProfileError, BadFileError, StaleInputError) as exc:  # a user's table, profile, run or damaged file
         print(f"geopak {args.command}: {exc}", file=sys.stderr)
     except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:  # an --out not writable
         print(f"geopak {args.command}: cannot write {exc.filename}: {exc.strerror}; choose another --out",

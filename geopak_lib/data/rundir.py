@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from geopak_lib.data import stamps
 from geopak_lib.data.cells import load_geocells, save_geocells
 from geopak_lib.utils import atomic_write_bytes, read_json
 
@@ -66,8 +67,14 @@ class RunDir:
     # tables -----------------------------------------------------------------------------------
 
     def read_table(self, name: str) -> pd.DataFrame:
-        """A CSV artifact, ids as strings (so '007' stays '007')."""
-        return pd.read_csv(self._existing(name), dtype=ID_DTYPES)
+        """A CSV artifact, ids as strings (so '007' stays '007'). The manifest and 01's assignments
+        are checked against their completion records first (data/stamps.py)."""
+        path = self._existing(name)
+        if name == "manifest.csv":
+            stamps.check_manifest(self.path)
+        elif name in stamps.CELL_SET:
+            stamps.check_cell_set(self.path, name)
+        return pd.read_csv(path, dtype=ID_DTYPES)
 
     def write_table(self, name: str, frame: pd.DataFrame) -> Path:
         """Write a CSV artifact atomically (temp file + rename); -> its path."""
@@ -75,6 +82,8 @@ class RunDir:
         buf = io.StringIO()
         frame.to_csv(buf, index=False)
         atomic_write_bytes(self.file(name), buf.getvalue().encode())
+        if name == "manifest.csv":  # its completion record, written after it
+            stamps.write_manifest_record(self.path)
         return self.file(name)
 
     def read_manifest(self) -> pd.DataFrame:
@@ -111,13 +120,23 @@ class RunDir:
         return self.read_table("concept_ablation.csv") if self.file("concept_ablation.csv").is_file() else None
 
     def read_geocells(self) -> pd.DataFrame:
-        """geocells.json (01), neighbour lists as lists of ints."""
-        return load_geocells(self._existing("geocells.json"))
+        """geocells.json (01), neighbour lists as lists of ints, checked against 01's record."""
+        path = self._existing("geocells.json")
+        stamps.check_cell_set(self.path, "geocells.json")
+        return load_geocells(path)
 
     def write_geocells(self, cells: pd.DataFrame) -> tuple[Path, Path]:
         """geocells.json and geocells.csv (neighbor_cell_ids space-separated), atomically."""
         self.path.mkdir(parents=True, exist_ok=True)
         return save_geocells(cells, self.path)
+
+    def write_cell_set(self, cells: pd.DataFrame, assignments: pd.DataFrame) -> list[Path]:
+        """01's geocells.json, geocells.csv and assignments.csv as one set, all or none; refused
+        when it would replace the cells under trained checkpoints (stamps.write_cell_set)."""
+        def write_into(folder):
+            save_geocells(cells, folder)
+            RunDir(folder).write_table("assignments.csv", assignments)
+        return stamps.write_cell_set(self.path, write_into)
 
     # checkpoints ------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from geopak_lib.training.cache import FeatureCache, encoder_fingerprint
 from geopak_lib.training.inputs import TrainData
 from geopak_lib.training.checkpoints import build_model_from_checkpoint
 from geopak_lib.training.selection import PHASE_NAMES, best_val_row
-from geopak_lib.utils import pick_device, quiet_rebuild
+from geopak_lib.utils import file_sha256, pick_device, quiet_rebuild
 
 METHODS = {  # column prefix -> what the ablation table calls it
     "mixture": "GEOPAK mixture (top-2 provinces × top-5 cells)",
@@ -136,17 +136,22 @@ def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta
 
 def save_test_predictions(run_dir, frame: pd.DataFrame, checkpoint) -> Path:
     """06's test predictions_frame as ``predictions_test.csv``, stamped with the checkpoint that made
-    it (08_explore picks the worst and the most confidently wrong images from it)."""
-    return RunDir(run_dir).write_table(PREDICTIONS_FILE, frame.assign(checkpoint=str(checkpoint)))
+    it, by path and by the sha256 of its file (08_explore picks the worst and the most confidently
+    wrong images from it)."""
+    return RunDir(run_dir).write_table(PREDICTIONS_FILE, frame.assign(checkpoint=str(checkpoint),
+                                                                      checkpoint_sha256=file_sha256(checkpoint)))
 
 
 def read_test_predictions(run_dir, checkpoint) -> pd.DataFrame | None:
-    """The saved test predictions if they were made by ``checkpoint``, else None."""
+    """The saved test predictions if they were made by ``checkpoint``, else None. Matched by content
+    (the sha256 of the checkpoint file), not by its path: a checkpoint retrained in place keeps its path."""
     run = RunDir(run_dir)
     if not run.file(PREDICTIONS_FILE).is_file():
         return None
     frame = run.read_table(PREDICTIONS_FILE)
-    return frame if len(frame) and (frame["checkpoint"] == str(checkpoint)).all() else None
+    if not len(frame) or "checkpoint_sha256" not in frame or not Path(checkpoint).is_file():
+        return None
+    return frame if (frame["checkpoint_sha256"] == file_sha256(checkpoint)).all() else None
 
 
 def cell_ranking(model, outputs: dict, k: int = 5) -> np.ndarray:

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from geopak_lib.constants import PROVINCE_SHORT, PROVINCES
+from geopak_lib.data.stamps import check_inputs, checkpoint_run
 from geopak_lib.utils import atomic_torch_save, atomic_write_bytes, state_sha256
 from geopak_lib.model import encoders  # module, so tests can stand tiny encoders in for real ones
 from geopak_lib.model.geopak import GeopakModel
@@ -168,8 +169,11 @@ def safe_torch_load(path, what: str = "file"):
                               "do not load files from a source you do not trust.") from None
 
 
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by the trainer, with errors that say what to do."""
+def load_checkpoint(path, inputs: bool = True) -> dict:
+    """Read a checkpoint written by the trainer, with errors that say what to do. inputs: refuse
+    (StaleInputError) a checkpoint inside a run folder whose manifest, geocells or assignments
+    differ from those it records having been trained on (``state['inputs']``), so no step that
+    loads it (resume, the next phase, evaluation, predict, export) pairs it with other cells."""
     path = Path(path)
     if path.is_dir():
         hint = ("it is a model folder: load it with --model / from_pretrained" if (path / "config.json").is_file()
@@ -195,6 +199,8 @@ def load_checkpoint(path) -> dict:
     if stamp is not None and state_sha256(state.get("model_state", {})) != stamp:
         raise ValueError(f"checkpoint {path}: its weights changed since it was saved (sha256 of the tensors "
                          f"differs from the one recorded); the file is damaged: delete it and re-run that phase")
+    if inputs:
+        check_inputs(state.get("inputs"), checkpoint_run(path), path)
     return state
 
 

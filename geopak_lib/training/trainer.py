@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from geopak_lib.data.rundir import RunDir
+from geopak_lib.data.stamps import input_stamps
 from geopak_lib.training.cache import channels_last
 from geopak_lib.training.checkpoints import (CSV_COLUMNS, TrainLog, checkpoint_state, describe_epoch,
                                              latest_epoch_checkpoint, load_checkpoint, prune_epoch_checkpoints,
@@ -182,6 +183,7 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
     ckpt_dir = RunDir(run_dir).phase_dir(cfg.phase)
     latest = latest_epoch_checkpoint(ckpt_dir) if resume and ckpt_dir.exists() else None
     start_sha = state_sha256(start["model_state"]) if start and "model_state" in start else None
+    input_sha = input_stamps(run_dir)  # what this phase trains on; load_checkpoint compares it (data/stamps.py)
     ckpt = load_checkpoint(latest) if latest is not None else None
     stale = ckpt is not None and ckpt.get("start_sha256") != start_sha
     if stale:  # the earlier phase was trained again: these epochs grew from weights that are gone
@@ -196,7 +198,8 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
 
     def state(epoch, metrics):
         return {**checkpoint_state(model, opt, sched, cfg_dict, epoch, metrics, run.history, run.best, run.since_best,
-                                   run.stopped, {"epoch": epoch, "seed": cfg.seed}, params), "start_sha256": start_sha}
+                                   run.stopped, {"epoch": epoch, "seed": cfg.seed}, params), "start_sha256": start_sha,
+                "inputs": input_sha}
 
     if latest is not None:
         _check_resume(ckpt, cfg_dict, latest)

@@ -25,7 +25,8 @@ def save_model_checkpoint(model, path: Path) -> Path:
     """An untrained checkpoint of ``model`` (same size, so the same speed as a trained one)."""
     from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 
-    state = checkpoint_state(model, None, None, {"phase": 1}, 0, {}, [], {}, 0, False, {}, {})
+    state = checkpoint_state(model, None, None, {"phase": 1}, epoch=0, metrics={}, history=[], best={},
+                             epochs_since_best=0, stopped=False, sampler={}, params={})
     save_checkpoint(state, path)
     return path
 

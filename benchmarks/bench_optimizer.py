@@ -27,7 +27,7 @@ from .common import describe_machine, machine_info, paired
 def epoch_seconds(run_dir, cfg: PhaseConfig, fused: bool, cache: CacheSettings) -> float:
     """Seconds of one phase-1 epoch from phase 0's best.pt, with a fused or a foreach AdamW."""
     seed_everything(cfg.seed)
-    inputs = load_phase_inputs(run_dir, 1, cache, "cpu", False, concept_weight=0.1)
+    inputs = load_phase_inputs(run_dir, 1, cache=cache, device="cpu", progress=False, concept_weight=0.1)
     model, data, device = inputs.model, inputs.data, torch.device("cpu")
     loss_fn = make_loss(model, data, top_provinces=cfg.top_provinces, top_cells=cfg.top_cells)
     groups = configure_trainable(model, cfg)
@@ -39,7 +39,7 @@ def epoch_seconds(run_dir, cfg: PhaseConfig, fused: bool, cache: CacheSettings) 
         warm = int(round(cfg.warmup_frac * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warm, cfg.min_lr_ratio))
     t0 = time.perf_counter()
-    trainer.train_epoch(model, loss_fn, data, cfg, 1, opt, sched, device)
+    trainer.train_epoch(model, loss_fn, data, cfg, epoch=1, opt=opt, sched=sched, device=device)
     return time.perf_counter() - t0
 
 

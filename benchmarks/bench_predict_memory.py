@@ -52,7 +52,8 @@ def make_checkpoint(path: Path) -> Path:
     cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
                       offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
     model = GeopakModel(cfg, cells, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 0, {}, [], {}, 0, False, {}), path)
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=0, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
     return path
 
 

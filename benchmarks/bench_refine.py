@@ -33,7 +33,7 @@ def synthetic_gallery(model, n_images: int, seed: int = 0) -> Gallery:
     cell = rng.choice(n_cells, n_images, p=share / share.sum())
     emb = rng.normal(size=(n_images, model.config.fused_dim)).astype(np.float32)
     lat, lon = (model.cells[c].to_numpy()[cell] for c in ("center_lat", "center_lon"))
-    return Gallery.from_items(emb, lat, lon, cell, n_cells)  # float32, as the predictor holds it
+    return Gallery.from_items(emb, lat, lon, cell, n_cells=n_cells)  # float32, as the predictor holds it
 
 
 def refine_pair(plain: GeopakPredictor, paths, n_gallery: int = 90_000, batch_size: int = 32, pairs: int = 3) -> dict:
@@ -43,15 +43,16 @@ def refine_pair(plain: GeopakPredictor, paths, n_gallery: int = 90_000, batch_si
     gallery = synthetic_gallery(plain.model, n_gallery)
     build_s = time.perf_counter() - t0
     settings = RefineSettings("images", k=5, step=1.0, rescore_temperature=0.1)  # the costlier settings
-    refined = GeopakPredictor(plain.model, plain.checkpoint, plain.calibration, top_provinces=plain.top_provinces,
+    refined = GeopakPredictor(plain.model, checkpoint=plain.checkpoint, calibration=plain.calibration,
+                              top_provinces=plain.top_provinces,
                               top_cells=plain.top_cells, info=plain.info, gallery=gallery, refine_settings=settings)
-    outputs = plain.raw_outputs(paths, batch_size, progress=False)[0]
+    outputs = plain.raw_outputs(paths, batch_size=batch_size, progress=False)[0]
     pred = mixture_numpy(plain.model, outputs, plain.top_provinces, plain.top_cells)
     radius = plain.model.cell_radius_km.cpu().numpy()
     step_s = []
     for _ in range(3):  # the refinement step alone, on the hypotheses of every image
         t = time.perf_counter()
-        refine_prediction(pred, pred["query"], gallery, radius, settings)
+        refine_prediction(pred, pred["query"], gallery, radius, settings=settings)
         step_s.append(time.perf_counter() - t)
 
     def measure(p):

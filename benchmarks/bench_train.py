@@ -30,7 +30,7 @@ def _epoch(model, data, cfg, device, batches_fn=None) -> float:
     opt, sched = make_optimizer(configure_trainable(model, cfg), cfg)
     sync(device)
     t0 = time.perf_counter()
-    trainer.train_epoch(model, loss_fn, data, cfg, 1, opt, sched, device, progress=False,
+    trainer.train_epoch(model, loss_fn, data, cfg, epoch=1, opt=opt, sched=sched, device=device, progress=False,
                         batch_source=batches_fn or pass_batches)
     sync(device)
     return time.perf_counter() - t0
@@ -93,7 +93,7 @@ def naive(model, data, batch: int, steps: int, device, phase: int) -> dict:
             out = model.forward_features(fc, fs)
         else:
             out = model(xc.to(device), xs.to(device))
-        terms = loss_terms(loss_fn, model, out, data.labels(rows, device), cfg.pass_settings(), 1)
+        terms = loss_terms(loss_fn, model, out, data.labels(rows, device), cfg=cfg.pass_settings(), epoch=1)
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
@@ -109,7 +109,7 @@ def _predecoded(model, data, cfg, device):
     """The trainer's batches read once, then served from memory: the same step without the data path."""
     train_rows = data.rows("train")
     sampler = ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
-                                              cfg.batches_per_epoch, cfg.shares, cfg.seed)
+                                              cfg.batches_per_epoch, shares=cfg.shares, seed=cfg.seed)
     sampler.set_epoch(1)
     row_batches = [train_rows[np.asarray(b)] for b in sampler]
     ds = ImageViewDataset(data.table["image_path"].tolist(), view_size(model.clip_encoder, model.scene_encoder))

@@ -134,11 +134,11 @@ def gallery(work: Path) -> dict:
     df, cells = _manifest(work), pd.read_json(work / "cells.json", orient="records")
     train, test = df[df["split"] == "train"], df[df["split"] == "test"]
     g = build_gallery(rng.normal(size=(len(train), 256)).astype(np.float32), train["latitude"], train["longitude"],
-                      train["cell_id"], len(cells))
+                      train["cell_id"], n_cells=len(cells))
     cid = np.c_[test["cell_id"].clip(lower=0).to_numpy()[:, None], rng.integers(0, len(cells), (len(test), 9))]
     lat, lon = cells["center_lat"].to_numpy()[cid], cells["center_lon"].to_numpy()[cid]
-    refine_hypotheses(rng.normal(size=(len(test), 256)), cid, lat, lon, np.full(cid.shape, 0.1), g,
-                      cells["radius_km"].to_numpy(), k=5, rescore_temperature=0.1)
+    refine_hypotheses(rng.normal(size=(len(test), 256)), cid, lat, lon, weight=np.full(cid.shape, 0.1), gallery=g,
+                      cell_radius_km=cells["radius_km"].to_numpy(), k=5, rescore_temperature=0.1)
     return {"gallery_mb": round(g.nbytes / 2**20, 1), "queries": len(test)}
 
 

@@ -63,13 +63,13 @@ def main(argv=None) -> None:
         embeddings["cache"] = {s: cached[table["split"].to_numpy() == s] for s in outs}
     for source, emb in embeddings.items():
         galleries = {k: rf.build_gallery(emb["train"], train["latitude"], train["longitude"], train["cell_id"],
-                                         n_cells, k) for k in ("images", "prototypes")}
+                                         n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
         for split in ("val", "test"):
             pred = rf.mixture_numpy(model, outs[split])
             f = frames[split]
             rows = [{"settings": "plain mixture", **summarize_errors(f["error_km"])}]
             for s in rf.SELECTION_GRID:
-                p = rf.refine_prediction(pred, emb[split], galleries[s.kind], radius, s)
+                p = rf.refine_prediction(pred, emb[split], galleries[s.kind], radius, settings=s)
                 rows.append({"settings": s.label(),
                              **summarize_errors(error_km(p["lat"], p["lon"], f["latitude"], f["longitude"]))})
             print(f"\n## embedding {source}, {split} ({len(f)} images); gallery items: "
@@ -77,10 +77,10 @@ def main(argv=None) -> None:
             print(pd.DataFrame(rows).set_index("settings")[COLUMNS].round(3).to_markdown())
     # the error radius per province, for the plain mixture and for 06's chosen refinement
     galleries = {k: rf.build_gallery(embeddings["fused"]["train"], train["latitude"], train["longitude"],
-                                     train["cell_id"], n_cells, k) for k in ("images", "prototypes")}
-    table = rf.selection_table(model, frames["val"], outs["val"], galleries, rf.SELECTION_GRID)
+                                     train["cell_id"], n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
+    table = rf.selection_table(model, frames["val"], outs["val"], galleries, grid=rf.SELECTION_GRID)
     chosen, _ = rf.choose_settings(table, rf.SELECTION_GRID)
-    refined = {s: rf.as_refined(rf.with_refinement(frames[s], model, outs[s], galleries[chosen.kind], chosen))
+    refined = {s: rf.as_refined(rf.with_refinement(frames[s], model, outs[s], galleries[chosen.kind], settings=chosen))
                for s in ("val", "test")}
     for name, (val, test) in {"plain mixture": (frames["val"], frames["test"]),
                               f"refined ({chosen.label()})": (refined["val"], refined["test"])}.items():

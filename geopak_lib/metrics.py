@@ -150,7 +150,7 @@ def coverage(radius_km, errors_km) -> float:
     return float(np.mean(np.asarray(errors_km, float) <= np.asarray(radius_km, float)))
 
 
-def fit_group_radius_scales(spread_km, errors_km, group, coverage: float = 0.8, floor_km: float = 1.0,
+def fit_group_radius_scales(spread_km, errors_km, group, *, coverage: float = 0.8, floor_km: float = 1.0,
                             n_min: int = 20) -> dict:
     """Group-conditional radius scales: {group: scale} for each group with at least ``n_min`` samples.
 
@@ -173,7 +173,7 @@ def fit_group_radius_scales(spread_km, errors_km, group, coverage: float = 0.8, 
     return scales
 
 
-def group_error_radius(spread_km, group, scales: dict, default_scale: float, floor_km: float = 1.0) -> np.ndarray:
+def group_error_radius(spread_km, group, scales: dict, default_scale: float, *, floor_km: float = 1.0) -> np.ndarray:
     """Error radius (km) with each sample's group scale, ``default_scale`` for groups not in ``scales``.
     spread_km, group (N,) -> (N,)."""
     s = np.array([scales.get(g, default_scale) for g in np.asarray(group).tolist()], float)

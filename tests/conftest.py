@@ -39,5 +39,6 @@ def ckpt(tmp_path, monkeypatch):
     for p in model.offset_head.out[-1].parameters():  # non-zero offsets, so they are tested too
         torch.nn.init.normal_(p, std=0.5)
     path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
     return path, model.eval()

@@ -34,14 +34,15 @@ def test_ablation_trains_the_other_variants_and_writes_the_table(tmp_path, monke
     def fake_inputs(run_dir, phase, cache, device, progress, concept_weight=None, concept_bottleneck=False):
         calls.append((concept_weight, concept_bottleneck))
         logging.getLogger("geopak_lib.model.encoders").warning("encoder runs on RANDOM weights (variant rebuild)")
-        model = add_concept_heads(tiny_model(cells), mapping, concept_weight, concept_bottleneck)
+        model = add_concept_heads(tiny_model(cells), mapping, concept_weight, bottleneck=concept_bottleneck)
         return PhaseInputs({}, tmp_path / "p0.pt", model, data)
 
     monkeypatch.setattr(ablation, "load_phase_inputs", fake_inputs)
     cfg = cfg1(epochs=2, batches_per_epoch=4)
     main = add_concept_heads(tiny_model(cells), mapping, 0.5)
     train_phase(cfg, main, data, tmp_path / "run", progress=False, device="cpu")
-    table = ablation.concept_ablation(tmp_path / "run", cfg, None, 0.5, "on", main, data, main_seconds=1.0)
+    table = ablation.concept_ablation(tmp_path / "run", cfg, None, 0.5, main_variant="on", main_model=main, data=data,
+                                      main_seconds=1.0)
     # 'on' was the main run: not trained again; each other variant is set up to train, then to evaluate
     assert calls == [(0.0, False), (0.5, True), (0.0, False), (0.5, True)]
     assert "variant rebuild" not in caplog.text  # 03 reported the encoders once; the variants stay quiet
@@ -127,9 +128,10 @@ def test_variants_trained_in_two_processes_equal_the_ones_trained_here(tmp_path)
             if f.is_file():
                 shutil.copy(f, run / f.name)
         shutil.copytree(smoke / "checkpoints" / "phase0", run / "checkpoints" / "phase0")
-        seconds = ablation.train_variant(run, "on", 0.1, asdict(cfg), asdict(cache))
+        seconds = ablation.train_variant(run, "on", 0.1, asdict(cfg), cache=asdict(cache))
         model, data = ablation.load_variant(run, "on", 0.1, cache)
-        tables[workers] = ablation.concept_ablation(run, cfg, cache, 0.1, "on", model, data, main_seconds=seconds,
+        tables[workers] = ablation.concept_ablation(run, cfg, cache, 0.1, main_variant="on", main_model=model,
+                                                    data=data, main_seconds=seconds,
                                                     workers=workers)
         assert not list((ablation.variant_dir(run, "off") / "checkpoints" / "phase1").glob("epoch_*.pt"))
     cols = ["variant", "split", "n", "median_km", "p90_km", "province_acc", "climate_acc", "land_cover_acc"]

@@ -148,5 +148,6 @@ def test_targets_metrics_training_and_checkpoint_round_trip(tmp_path):
     for k in ("climate", "land_cover"):
         torch.testing.assert_close(back.forward_features(*x)["concept_logits"][k],
                                    model.forward_features(*x)["concept_logits"][k])
-    save_checkpoint(checkpoint_state(back, None, None, {"phase": 1}, 1, {}, [], {}, 0, False, {}), tmp_path / "b.pt")
+    save_checkpoint(checkpoint_state(back, None, None, {"phase": 1}, epoch=1, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), tmp_path / "b.pt")
     assert GeopakModel.from_meta(load_checkpoint(tmp_path / "b.pt")["model_meta"]).config.concept_bottleneck

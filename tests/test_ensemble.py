@@ -46,8 +46,9 @@ def ckpts(tmp_path, monkeypatch):
     paths = {}
     for name, cells, seed in (("a", CELLS, 0), ("b", CELLS, 1), ("c", OTHER_CELLS, 2)):
         paths[name] = tmp_path / name / "best.pt"
-        save_checkpoint(checkpoint_state(tiny_model(cells, seed), None, None, {"phase": 1}, 3, {}, [], {}, 0,
-                                         False, {}), paths[name])
+        save_checkpoint(checkpoint_state(tiny_model(cells, seed), None, None, {"phase": 1}, epoch=3, metrics={},
+                                         history=[], best={}, epochs_since_best=0,
+                                         stopped=False, sampler={}), paths[name])
     return paths
 
 
@@ -232,7 +233,7 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkey
                for k in ("a", "b")]
     ens = GeopakPredictor.ensemble(members)
     known = {s: split_outputs(members[0], table, s, progress=False) for s in ("val", "test")}
-    want, got = predictor_frames(ens, table), ensemble_frames(ens, table, known)
+    want, got = predictor_frames(ens, table), ensemble_frames(ens, table, known=known)
     alone = predictor_frames(members[0], table)
     cols = ["mixture_lat", "mixture_lon", "mixture_error_km"]
     for s in ("val", "test"):
@@ -250,6 +251,6 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkey
         raise AssertionError("the cached member's encoders ran")
 
     monkeypatch.setattr(multiview, "split_outputs", no_encoders)
-    cached = ensemble_frames(ens, table, known, cache_root=tmp_path / "cache")
+    cached = ensemble_frames(ens, table, known=known, cache_root=tmp_path / "cache")
     for s in ("val", "test"):
         assert np.allclose(cached[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-4)

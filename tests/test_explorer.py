@@ -58,16 +58,16 @@ def test_picks_worst_and_most_confident_wrong_with_the_calibrated_temperature():
     frame = pd.DataFrame({"id": ["a", "b", "c", "d"], "error_km": [10.0, 400.0, 3.0, 90.0],
                           "province_id": [1, 1, 0, 0], "province_pred": logits.argmax(1),
                           **{f"logit_{p}": logits[:, p] for p in range(7)}})
-    assert pick_ids(frame, "worst", 2) == ["b", "d"]
+    assert pick_ids(frame, "worst", n=2) == ["b", "d"]
     refined = frame.assign(refined_error_km=[500.0, 1.0, 3.0, 90.0])  # refinement fixed b and broke a
-    assert pick_ids(refined, "worst", 2, error_col="refined_error_km") == ["a", "d"]
+    assert pick_ids(refined, "worst", n=2, error_col="refined_error_km") == ["a", "d"]
     assert pick_ids(frame, "id") == ["a", "b", "c", "d"]
     for t in (1.0, 10.0):  # confidence order of a and b flips with the temperature (scipy's softmax)
         conf = softmax(logits / t, axis=1).max(1)
         want = sorted(["a", "b", "d"], key=lambda i: -conf["abcd".index(i)])
-        assert pick_ids(frame, "confident_wrong", 3, temperature=t) == want
-    assert pick_ids(frame, "confident_wrong", 3, 1.0)[:2] == ["b", "a"]
-    assert pick_ids(frame, "confident_wrong", 3, 10.0)[:2] == ["a", "b"]
+        assert pick_ids(frame, "confident_wrong", n=3, temperature=t) == want
+    assert pick_ids(frame, "confident_wrong", n=3, temperature=1.0)[:2] == ["b", "a"]
+    assert pick_ids(frame, "confident_wrong", n=3, temperature=10.0)[:2] == ["a", "b"]
     with pytest.raises(ValueError, match="pick must be one of"):
         pick_ids(frame, "best")
 

@@ -136,19 +136,19 @@ def test_find_clean_ignores_views_seed_dtype_but_not_encoders_or_manifest(manife
     same encoders and manifest; other weights, another manifest or an unfinished build: none."""
     root = tmp_path / "c"
     clip, scene = _encoders()
-    assert FeatureCache.find_clean(manifest, clip, scene, root) is None  # nothing built yet
+    assert FeatureCache.find_clean(manifest, clip, scene, cache_root=root) is None  # nothing built yet
     built = _build(manifest, root, clip, scene, views=1, seed=5, dtype="float32")
-    found = FeatureCache.find_clean(manifest, *_encoders(), root)  # fresh encoders, same weights
+    found = FeatureCache.find_clean(manifest, *_encoders(), cache_root=root)  # fresh encoders, same weights
     assert found is not None and found.path == built.path
     assert torch.equal(found.gather([9, 11])[0], built.gather([9, 11])[0])
     other = _encoders()
     with torch.no_grad():
         other[1].net[2].weight.mul_(2.0)
-    assert FeatureCache.find_clean(manifest, *other, root) is None
+    assert FeatureCache.find_clean(manifest, *other, cache_root=root) is None
     changed = manifest.assign(split=manifest["split"].replace({"test": "val"}))
-    assert FeatureCache.find_clean(changed, clip, scene, root) is None
+    assert FeatureCache.find_clean(changed, clip, scene, cache_root=root) is None
     (built.path / "complete.json").unlink()
-    assert FeatureCache.find_clean(manifest, clip, scene, root) is None
+    assert FeatureCache.find_clean(manifest, clip, scene, cache_root=root) is None
 
 
 def test_workers_give_the_same_features(manifest, tmp_path):
@@ -181,7 +181,7 @@ def test_baselines_by_hand():
     fa, fb = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     feats = np.stack([fa, fa, fb, fb, fb]).astype(np.float32)
     cache = SimpleNamespace(ids=table["id"].to_numpy(object), clip=feats, scene=feats[:, :2])
-    pred = baseline_predictions(cache, table, "val", k=2)
+    pred = baseline_predictions(cache, table, split="val", k=2)
     assert len(pred) == 1 and pred["id"][0] == "q"
     # kNN: spherical mean of (33, 73) and (33, 75): on the 74 meridian, a little north of 33
     assert pred["knn_lon"][0] == pytest.approx(74.0) and 33.0 < pred["knn_lat"][0] < 33.02
@@ -192,10 +192,10 @@ def test_baselines_by_hand():
     assert pred["train_centroid_lat"][0] == pytest.approx(lat)
     assert pred["knn_error_km"][0] == pytest.approx(haversine_km(pred["knn_lat"][0], 74.0, 32.0, 74.0))
     # explicit predicted province: Sindh's centroid (25, 67) by symmetry
-    pred = baseline_predictions(cache, table, "val", k=2, province_pred=np.array([0]))
+    pred = baseline_predictions(cache, table, split="val", k=2, province_pred=np.array([0]))
     assert pred["province_centroid_lon"][0] == pytest.approx(67.0)
     assert pred["province_centroid_lat"][0] == pytest.approx(25.0, abs=0.01)
-    summary = baseline_errors(cache, table, "val", k=2)
+    summary = baseline_errors(cache, table, split="val", k=2)
     assert summary["method"].tolist() == ["train_centroid", "province_centroid", "knn"]
     assert summary.set_index("method").loc["knn", "median_km"] == pytest.approx(pred["knn_error_km"][0])
 

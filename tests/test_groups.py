@@ -42,15 +42,15 @@ def test_one_view_groups_equal_the_plain_forward(ckpt):  # noqa: F811
     clip, scene = torch.randn(3, 6), torch.randn(3, 5)
     plain = model.forward_features(clip, scene)
     for combine in ("embedding", "probs"):
-        out = features_group_outputs(model, clip, scene, torch.arange(3), 3, combine)
+        out = features_group_outputs(model, clip, scene, torch.arange(3), n_groups=3, combine=combine)
         assert torch.allclose(torch.softmax(out["province_logits"], -1), torch.softmax(plain["province_logits"], -1),
                               atol=1e-6)
         assert torch.allclose(out["fused"], plain["fused"], atol=1e-6)
-    emb = features_group_outputs(model, clip, scene, torch.zeros(3, dtype=torch.long), 1, "embedding")
+    emb = features_group_outputs(model, clip, scene, torch.zeros(3, dtype=torch.long), n_groups=1, combine="embedding")
     want = model.forward_features(clip.mean(0, keepdim=True), scene.mean(0, keepdim=True))
     assert torch.allclose(emb["province_logits"], want["province_logits"])
     with pytest.raises(ValueError, match="combine must be"):
-        features_group_outputs(model, clip, scene, torch.arange(3), 3, "vote")
+        features_group_outputs(model, clip, scene, torch.arange(3), n_groups=3, combine="vote")
 
 
 def write_places(root):

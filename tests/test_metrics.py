@@ -129,11 +129,11 @@ def test_group_radius_scales_use_the_conformal_rank_and_fall_back_below_n_min():
     err = np.r_[np.arange(1, 10), [10, 20, 30, 40], [5, 7]].astype(float)
     grp = np.r_[[0] * 9, [1] * 4, [2] * 2]
     spread = np.zeros_like(err)
-    assert fit_group_radius_scales(spread, err, grp, 0.8, n_min=1) == {0: 8.0, 1: 40.0}
-    assert fit_group_radius_scales(spread, err, grp, 0.8, n_min=5) == {0: 8.0}  # group 1 has 4 < 5 samples
+    assert fit_group_radius_scales(spread, err, grp, coverage=0.8, n_min=1) == {0: 8.0, 1: 40.0}
+    assert fit_group_radius_scales(spread, err, grp, coverage=0.8, n_min=5) == {0: 8.0}  # group 1 has 4 < 5 samples
     # spread shifts the ratio: error 6 with spread 2 -> ratio 6 / 3 = 2
-    assert fit_group_radius_scales([2.0, 2.0], [6.0, 3.0], ["a", "a"], 0.5, n_min=1) == {"a": 2.0}
+    assert fit_group_radius_scales([2.0, 2.0], [6.0, 3.0], ["a", "a"], coverage=0.5, n_min=1) == {"a": 2.0}
     radius = group_error_radius([0.0, 1.0, 4.0], [0, 1, 2], {0: 8.0, 1: 40.0}, default_scale=3.0)
     np.testing.assert_allclose(radius, [8.0, 80.0, 15.0])  # group 2 takes the default: 3 * (4 + 1)
     with pytest.raises(ValueError):
-        fit_group_radius_scales(spread, err, grp, 1.0)
+        fit_group_radius_scales(spread, err, grp, coverage=1.0)

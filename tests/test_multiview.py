@@ -61,11 +61,11 @@ def test_multiview_errors_and_table():
                           "latitude": [25.0, 25.0, 31.0, 31.0], "longitude": [68.0, 68.0, 74.0, 74.0]})
     torch.manual_seed(3)
     clip, scene = torch.randn(4, 6), torch.randn(4, 5)
-    one = multiview.multiview_errors(model, clip, scene, views, 1, "probs")
+    one = multiview.multiview_errors(model, clip, scene, views, n_views=1, combine="probs")
     pred = mixture_predict(model, model.forward_features(clip[[0, 2]], scene[[0, 2]]))  # views 0 alone
     want = error_km(pred["lat"].numpy(), pred["lon"].numpy(), np.array([25.0, 31.0]), np.array([68.0, 74.0]))
     assert one["group"].tolist() == ["a", "b"] and np.allclose(one["error_km"], want, rtol=1e-5)
-    two = multiview.multiview_errors(model, clip, scene, views, 2, "embedding")
+    two = multiview.multiview_errors(model, clip, scene, views, n_views=2, combine="embedding")
     mean = model.forward_features(torch.stack([clip[:2].mean(0), clip[2:].mean(0)]),
                                   torch.stack([scene[:2].mean(0), scene[2:].mean(0)]))
     assert np.allclose(two["lat"], mixture_predict(model, mean)["lat"].numpy(), atol=1e-5)
@@ -77,7 +77,7 @@ def test_multiview_errors_and_table():
     assert multiview.best_combine(t, 4) == "probs"
     base = np.random.default_rng(0).gamma(2.0, 50.0, 200)
     blocks = np.arange(200) // 4
-    row = multiview.option_row("x", base, 0.5 * base, base, base, val_blocks=blocks)
+    row = multiview.option_row("x", base, 0.5 * base, base, test_with=base, val_blocks=blocks)
     assert row["adopted"] and row["val Δ 95% hi"] < 0
-    same = multiview.option_row("x", base, base, base, base, "off", val_blocks=blocks)
+    same = multiview.option_row("x", base, base, base, test_with=base, how="off", val_blocks=blocks)
     assert not same["adopted"] and same["in_the_predictor"] == "off" and same["val Δ median km"] == 0

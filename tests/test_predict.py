@@ -254,7 +254,8 @@ def concept_ckpt(tmp_path, monkeypatch):
     for head in model.concept_heads.heads.values():
         torch.nn.init.normal_(head[-1].weight, std=2.0)
     path = tmp_path / "crun" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
     return path, model.eval()
 
 

@@ -93,8 +93,9 @@ def test_predictor_reports_probe_scores_of_its_own_clip_features(tiny_weights, t
     cfg = ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim, fused_dim=8, province_hidden=8, cell_hidden=8,
                       small_cell_hidden=8, offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
     path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(GeopakModel(cfg, cells, clip, scene), None, None, {"phase": 1}, 1, {}, [], {},
-                                     0, False, {}), path)
+    save_checkpoint(checkpoint_state(GeopakModel(cfg, cells, clip, scene), None, None, {"phase": 1}, epoch=1,
+                                     metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
     img = tmp_path / "a.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(img)
 

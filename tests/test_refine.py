@@ -14,12 +14,12 @@ KM_PER_DEG = math.pi * 6371.0088 / 180.0
 
 
 def gallery(emb, lat, lon, cell, n_cells=3):
-    return Gallery.from_items(np.array(emb, float), lat, lon, cell, n_cells)
+    return Gallery.from_items(np.array(emb, float), lat, lon, cell, n_cells=n_cells)
 
 
 def refine(g, cell_id, lat, lon, weight, radius, query=((1.0, 0.0),), **kw):
     return refine_hypotheses(np.array(query), np.array([cell_id]), np.array([lat], float), np.array([lon], float),
-                             np.array([weight], float), g, np.array(radius, float), **kw)
+                             weight=np.array([weight], float), gallery=g, cell_radius_km=np.array(radius, float), **kw)
 
 
 def test_gallery_is_sorted_by_cell_with_offsets_and_drops_unassigned_items():
@@ -45,10 +45,10 @@ def test_move_is_clamped_at_the_cell_radius():
 
 def test_move_towards_along_a_meridian_and_never_past_the_target():
     lat, lon, moved = move_towards(np.array([10.0]), np.array([70.0]), np.array([12.0]), np.array([70.0]),
-                                   np.array([1e6]))
+                                   max_km=np.array([1e6]))
     assert (lat[0], lon[0], moved[0]) == pytest.approx((12.0, 70.0, 2 * KM_PER_DEG))
     lat, _, moved = move_towards(np.array([10.0]), np.array([70.0]), np.array([12.0]), np.array([70.0]),
-                                 np.array([KM_PER_DEG]))
+                                 max_km=np.array([KM_PER_DEG]))
     assert lat[0] == pytest.approx(11.0) and moved[0] == pytest.approx(KM_PER_DEG)
 
 
@@ -91,7 +91,7 @@ def test_each_query_uses_only_its_own_cells_items_and_bad_settings_fail():
     # two queries in one batch, same cell: each moves towards the item it resembles
     g = gallery([[1, 0], [0, 1]], [0.0, 0.0], [1.0, -1.0], [0, 0])
     r = refine_hypotheses(np.array([[1.0, 0.1], [0.1, 1.0]]), np.array([[0], [0]]), np.zeros((2, 1)),
-                          np.zeros((2, 1)), np.ones((2, 1)), g, np.array([1e4, 1, 1]))
+                          np.zeros((2, 1)), weight=np.ones((2, 1)), gallery=g, cell_radius_km=np.array([1e4, 1, 1]))
     assert r["lon"][:, 0] == pytest.approx([1.0, -1.0])
     with pytest.raises(ValueError, match="step"):
         refine(g, [0], [0.0], [0.0], [1.0], radius=[1.0, 1, 1], step=1.5)

@@ -17,7 +17,8 @@ def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step
     model gives to an all-grey image (so every query matches something)."""
     cells = model.cells
     emb = np.random.default_rng(0).normal(size=(len(cells), model.config.fused_dim))
-    g = rf.build_gallery(emb, cells["center_lat"] + 0.09, cells["center_lon"] + 0.09, cells["cell_id"], len(cells))
+    g = rf.build_gallery(emb, cells["center_lat"] + 0.09, cells["center_lon"] + 0.09, cells["cell_id"],
+                         n_cells=len(cells))
     return rf.save_gallery(path, g, settings, {"default": default, "val_median_km": {"plain": 2.0, "refined": 1.0}})
 
 
@@ -101,7 +102,7 @@ def test_cached_outputs_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path)
     table = pd.DataFrame(rows)
     FeatureCache.build_or_load(table, model.clip_encoder, model.scene_encoder, cache_root=tmp_path / "c", views=0,
                                dtype="float32", device="cpu", progress=False)
-    before, source = cached_outputs(model, table, "val", tmp_path / "c")  # rows 4 and 5
+    before, source = cached_outputs(model, table, "val", cache_root=tmp_path / "c")  # rows 4 and 5
     got = before
     assert source == "cache"
     x = torch.stack([clean_transform(16)(Image.open(table.image_path[i]).convert("RGB")) for i in (4, 5)])
@@ -112,24 +113,26 @@ def test_cached_outputs_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path)
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
     for p in want["geocell_logits"]:
         torch.testing.assert_close(got["geocell_logits"][p], want["geocell_logits"][p], rtol=1e-4, atol=1e-5)
-    assert len(cached_outputs(model, table, "train", tmp_path / "c")[0]["fused"]) == 4
+    assert len(cached_outputs(model, table, "train", cache_root=tmp_path / "c")[0]["fused"]) == 4
     assert feature_source(model, table, tmp_path / "c")[0] == "cache"
     with torch.no_grad():  # phase 2 tuned the scene encoder: CLIP from the cache, the scene encoder on the images
         for p in model.scene_encoder.parameters():
             p.mul_(1.05)
         want = model(encoder_input(x, model.clip_encoder.preprocess), encoder_input(x, model.scene_encoder.preprocess))
     assert feature_source(model, table, tmp_path / "c")[0] == "clip_cache"
-    got, source = cached_outputs(model, table, "val", tmp_path / "c")
+    got, source = cached_outputs(model, table, "val", cache_root=tmp_path / "c")
     assert source == "clip_cache" and not torch.allclose(got["fused"], before["fused"], atol=1e-3)  # the new scene weights count
     for key in ("fused", "province_logits", "aux_latlon", "alpha"):
         torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-5)
     from geopak_lib.training.inputs import TrainData
     from geopak_lib.training.passes import PassSettings, batches
     with pytest.raises(ValueError, match="for evaluation"):  # a training view is augmented afresh: not cached
-        next(batches(model, TrainData(table, FeatureCache.find_clean(table, model.clip_encoder, None, tmp_path / "c",
-                                                                     ("clip",))),
-                     [np.array([0, 1])], PassSettings(source="clip_cache"), 1, True, torch.device("cpu")))
+        next(batches(model, TrainData(table, FeatureCache.find_clean(table, model.clip_encoder, None,
+                                                                     cache_root=tmp_path / "c",
+                                                                     slots=("clip",))),
+                     [np.array([0, 1])], PassSettings(source="clip_cache"), epoch=1, train=True,
+                     device=torch.device("cpu")))
     with torch.no_grad():  # and the CLIP encoder too: nothing in the cache fits
         next(model.clip_encoder.parameters()).add_(0.01)
     assert feature_source(model, table, tmp_path / "c") == ("images", None)
-    assert cached_outputs(model, table, "val", tmp_path / "c") == (None, "images")
+    assert cached_outputs(model, table, "val", cache_root=tmp_path / "c") == (None, "images")

@@ -27,11 +27,11 @@ def test_spec003_shares_exact_in_every_batch():
 
 def test_equal_shares_with_remainder():
     # 70 / 7 = 10 exactly
-    for batch in ProvinceBalancedSampler(ALL, 70, 5, "equal", seed=0):
+    for batch in ProvinceBalancedSampler(ALL, 70, 5, shares="equal", seed=0):
         assert np.bincount(ALL[batch], minlength=7).tolist() == [10] * 7
     # 64 / 7 = 9 rem 1: every province gets 9, exactly one gets a 10th, chosen at random
     extra = np.zeros(7)
-    for batch in ProvinceBalancedSampler(ALL, 64, 700, "equal", seed=0):
+    for batch in ProvinceBalancedSampler(ALL, 64, 700, shares="equal", seed=0):
         c = np.bincount(ALL[batch], minlength=7)
         assert c.sum() == 64 and sorted(c.tolist()) == [9] * 6 + [10]
         extra += c == 10
@@ -41,7 +41,7 @@ def test_equal_shares_with_remainder():
 def test_absent_provinces_skipped_and_share_redistributed():
     ids = _ids([50, 30, 0, 0, 0, 3, 0])  # only Sindh, Punjab, Balochistan
     # spec003 weights 2:1:1 over the present ones -> 32 * 2/4, 32 * 1/4, 32 * 1/4
-    for batch in ProvinceBalancedSampler(ids, 32, 10, "spec003", seed=3):
+    for batch in ProvinceBalancedSampler(ids, 32, 10, shares="spec003", seed=3):
         c = np.bincount(ids[batch], minlength=7)
         assert (c[0], c[1], c[5]) == (16, 8, 8) and c.sum() == 32
 
@@ -58,7 +58,7 @@ def test_batch_counts_by_hand():
 
 def test_deterministic_per_seed_and_epoch():
     def draw(seed, epoch):
-        s = ProvinceBalancedSampler(ALL, 32, 4, "equal", seed=seed)
+        s = ProvinceBalancedSampler(ALL, 32, 4, shares="equal", seed=seed)
         s.set_epoch(epoch)
         return [list(b) for b in s]
 
@@ -69,7 +69,7 @@ def test_deterministic_per_seed_and_epoch():
 
 def test_with_replacement_and_membership():
     ids = _ids([40, 40, 40, 40, 40, 2, 40])  # Balochistan has 2 samples but gets 8 per batch
-    s = ProvinceBalancedSampler(ids, 56, 3, "equal", seed=0)
+    s = ProvinceBalancedSampler(ids, 56, 3, shares="equal", seed=0)
     for batch in s:
         bal = [i for i in batch if ids[i] == PROVINCE_ID["Balochistan"]]
         assert len(bal) == 8 and len(set(bal)) <= 2  # repeats: drawn with replacement

@@ -90,7 +90,8 @@ def trained(tmp_path):
     for p in model.offset_head.out[-1].parameters():
         torch.nn.init.normal_(p, std=0.5)
     path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 3, {}, [], {}, 0, False, {}), path)
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
     rng = np.random.default_rng(0)
     (tmp_path / "imgs").mkdir()
     for i in range(4):
@@ -149,7 +150,8 @@ def test_changed_weights_byte_is_refused(tmp_path, trained, capsys):
 def test_export_refuses_a_calibration_of_another_checkpoint(tmp_path, trained):
     path, model, _ = trained
     save_calibration(path, {"temperature": 1.0, "radius_scales": {}})
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, 4, {}, [], {}, 0, False, {}), path)  # retrained
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=4, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)  # retrained
     with pytest.raises(ValueError, match="calibration file .* another checkpoint"):
         export_model(path, tmp_path / "m")
 

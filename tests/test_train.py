@@ -559,8 +559,8 @@ def test_lr_zero_freezes_a_part_but_something_must_train():
 def test_nan_loss_stops_phase_and_is_never_best(tmp_path, monkeypatch):
     real = train.loss_terms
 
-    def nan_in_epoch_2(loss_fn, model, out, labels, passes, epoch):
-        terms = real(loss_fn, model, out, labels, passes, epoch)
+    def nan_in_epoch_2(loss_fn, model, out, labels, *, cfg, epoch):
+        terms = real(loss_fn, model, out, labels, cfg=cfg, epoch=epoch)
         if epoch == 2:
             terms["total"] = terms["total"] * float("nan")
         return terms

@@ -113,7 +113,7 @@ def _jitter(rng, town_lat, town_pop, spread_town):
     return dist, dlat, dlon
 
 
-def sample_locations(n: int, seed: int, floor: int | None = None, population_power: float = POPULATION_POWER,
+def sample_locations(n: int, seed: int, *, floor: int | None = None, population_power: float = POPULATION_POWER,
                      region_km: float = REGION_KM) -> pd.DataFrame:
     """Draw ``n`` labelled locations around Pakistani towns. Pure: the same (n, seed) give the same frame.
 
@@ -208,7 +208,7 @@ def load_rasters() -> dict:
     return out
 
 
-def window_box(lat, lon, window_km, shift_north, shift_east, px_per_deg,
+def window_box(lat, lon, window_km, shift_north, *, shift_east, px_per_deg,
                lat_top=REGION["lat_top"], lon_left=REGION["lon_left"]):
     """Pixel box (x0, y0, x1, y1), pixel-edge coordinates, of a square crop of side ``window_km``.
 
@@ -223,7 +223,7 @@ def window_box(lat, lon, window_km, shift_north, shift_east, px_per_deg,
             (c_lon + half_lon - lon_left) * px_per_deg, (lat_top - c_lat + half_lat) * px_per_deg)
 
 
-def render_image(lat: float, lon: float, view, image_size: int, rng: np.random.Generator) -> Image.Image:
+def render_image(lat: float, lon: float, view, image_size: int, *, rng: np.random.Generator) -> Image.Image:
     """One RGB image (image_size x image_size) for a point and a row of :func:`sample_views`.
 
     A row of :func:`fit_windows` is cut at its fitted centre (window_lat, window_lon); a raw row is
@@ -234,8 +234,9 @@ def render_image(lat: float, lon: float, view, image_size: int, rng: np.random.G
 
     def cut(name):
         image, ppd = rasters[name]
-        box = (window_box(view.window_lat, view.window_lon, view.window_km, 0.0, 0.0, ppd) if fitted
-               else window_box(lat, lon, view.window_km, view.shift_north, view.shift_east, ppd))
+        box = (window_box(view.window_lat, view.window_lon, view.window_km, 0.0, shift_east=0.0,
+                          px_per_deg=ppd) if fitted
+               else window_box(lat, lon, view.window_km, view.shift_north, shift_east=view.shift_east, px_per_deg=ppd))
         return image.transform((image_size, image_size), Image.Transform.EXTENT, box, Image.Resampling.BICUBIC)
 
     if view.raster == "blend":
@@ -297,7 +298,7 @@ def _is_demo_folder(out: Path) -> bool:
     return readme.exists() and readme.read_text().startswith(README_TEXT.splitlines()[0])
 
 
-def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share: float = 0.15,
+def build_demo_dataset(out_dir, *, n_images: int = 3000, seed: int = 0, poor_share: float = 0.15,
                        image_size: int = 224, overwrite: bool = False, region_km: float = REGION_KM) -> Path:
     """Build (or reuse) the demo dataset in ``out_dir``; return the path of its samples.csv.
 
@@ -332,7 +333,7 @@ def build_demo_dataset(out_dir, n_images: int = 3000, seed: int = 0, poor_share:
     ids = [f"pk{i:06d}" for i in range(n_images)]  # a letter first: nothing parses the id as an int
     for i, (loc, view) in enumerate(tqdm(zip(locs.itertuples(), views.itertuples()), total=n_images,
                                          desc="demo images", unit="img")):
-        img = render_image(loc.latitude, loc.longitude, view, image_size, np.random.default_rng([seed, 2, i]))
+        img = render_image(loc.latitude, loc.longitude, view, image_size, rng=np.random.default_rng([seed, 2, i]))
         img.save(out / IMAGE_DIR / f"{ids[i]}.jpg", "JPEG", quality=JPEG_QUALITY)
 
     samples = pd.DataFrame({"id": ids, "image": [f"{i}.jpg" for i in ids], "latitude": locs["latitude"],

@@ -48,7 +48,7 @@ def choose_points(manifest: pd.DataFrame, splits=("val", "test"), max_points: in
     return manifest.iloc[sorted(keep)].reset_index(drop=True)
 
 
-def build_multiview_set(manifest: pd.DataFrame, out_dir, n_views: int = 4, max_points: int = 200,
+def build_multiview_set(manifest: pd.DataFrame, out_dir, *, n_views: int = 4, max_points: int = 200,
                         seed: int = 0, splits=("val", "test")) -> pd.DataFrame:
     """Write (or reuse) the multi-view set; -> its table (COLUMNS, n_views rows per point, view 0 = the
     point's own image). Raises ValueError when the manifest's images are not a demo build."""
@@ -80,7 +80,7 @@ def build_multiview_set(manifest: pd.DataFrame, out_dir, n_views: int = 4, max_p
         for k in range(1, n_views):
             j = i * (n_views - 1) + k - 1
             img = demo.render_image(p.latitude, p.longitude, extra.iloc[j], int(stamp["image_size"]),
-                                    np.random.default_rng([seed, 5, j]))
+                                    rng=np.random.default_rng([seed, 5, j]))
             path = safe_child(out / "views", p.id, f"_v{k}.jpg")  # the id is data: never a path
             img.save(path, "JPEG", quality=demo.JPEG_QUALITY)
             rows.append({"group": p.id, "view": k, "image_path": str(path)})

@@ -86,7 +86,7 @@ def notebook_inputs(params: dict, manifest_path) -> tuple:
     -> (manifest, clip_encoder, scene_encoder, CacheSettings)."""
     manifest = RunDir(Path(manifest_path).parent).read_manifest()
     clip_encoder, scene_encoder = build_encoders(params["seed"], params["clip_spec"], params["clip_weights"],
-                                                 params["scene_spec"], params["scene_weights"],
+                                                 params["scene_spec"], scene_weights=params["scene_weights"],
                                                  allow_random_weights=params.get("allow_random_weights", False))
     return manifest, clip_encoder, scene_encoder, cache_settings(**{k: params[k] for k in CACHE_PARAMETERS})
 
@@ -103,7 +103,7 @@ def _cache(params: dict, manifest_path: Path, device: str, decode: str, progress
             print(f"{prog}: {e}", file=sys.stderr)
             return 2
         cache = build_cache_distributed(manifest, clip_encoder, scene_encoder, replace(settings, decode=decode),
-                                        device, progress)
+                                        device=device, progress=progress)
     finally:
         if grouped:
             dist.destroy_process_group()

@@ -40,12 +40,13 @@ def load_test_predictions(predictor, run_dir, batch_size: int = 64, num_workers:
     frame = read_test_predictions(run_dir, predictor.checkpoint)
     if frame is None:
         table = load_data(run_dir).table
-        frame = predictor_frames(predictor, table, ("test",), batch_size=batch_size, num_workers=num_workers)["test"]
+        frame = predictor_frames(predictor, table, splits=("test",), batch_size=batch_size,
+                                 num_workers=num_workers)["test"]
         save_test_predictions(run_dir, frame, predictor.checkpoint)
     return frame
 
 
-def pick_ids(frame: pd.DataFrame, pick: str, n: int = 10, temperature: float = 1.0,
+def pick_ids(frame: pd.DataFrame, pick: str, *, n: int = 10, temperature: float = 1.0,
              error_col: str = "error_km") -> list[str]:
     """Test ids for a pick: 'worst' (n largest ``error_col``), 'confident_wrong' (the n wrong
     provinces with the highest confidence, softmax(logits / temperature)) or 'id' (every id, sorted)."""
@@ -100,7 +101,8 @@ class Explorer:
     """State of the explorer: the chosen image (a test row or an upload), the mixture settings, and
     the model outputs for that image per TTA setting."""
 
-    def __init__(self, predictor, frame: pd.DataFrame, top_provinces: int = 2, top_cells: int = 5, tta: bool = False):
+    def __init__(self, predictor, frame: pd.DataFrame, *, top_provinces: int = 2, top_cells: int = 5,
+                 tta: bool = False):
         self.predictor, self.frame = predictor, frame.set_index("id", drop=False)
         self.top_provinces, self.top_cells, self.tta = top_provinces, top_cells, tta
         self.image, self.title, self.truth, self._outputs = None, "", None, {}
@@ -214,7 +216,7 @@ class ExplorerApp:
 
     def _fill_images(self, image_id: str = "") -> None:
         ex = self.explorer
-        ids = pick_ids(ex.frame, self.pick.value, self.n, ex.temperature, ex.error_col)
+        ids = pick_ids(ex.frame, self.pick.value, n=self.n, temperature=ex.temperature, error_col=ex.error_col)
         if image_id and image_id not in ids:
             ids.insert(0, image_id)  # a test id asked for by the parameters; choose_test checks it
         first = ids[0] if ids else None

@@ -41,7 +41,7 @@ def git_commit(root=".") -> str:
         return "unknown"
 
 
-def run_manifest(run_dir, manifest: pd.DataFrame, checkpoint, ckpt_info: dict, calibration_note: str = "") -> str:
+def run_manifest(run_dir, manifest: pd.DataFrame, checkpoint, ckpt_info: dict, *, calibration_note: str = "") -> str:
     """Markdown: what this report was computed from (commit, run folder, dataset hash and size,
     checkpoint, encoders with a warning box for random weights)."""
     sizes = manifest["split"].value_counts().reindex(["train", "val", "val_cal", "test"], fill_value=0)

@@ -95,7 +95,7 @@ def relief_data_uri(width: int = 900) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def offline_map(location=PAK_CENTER, zoom_start: float = 5.25, relief: bool = True, outlines: bool = True,
+def offline_map(*, location=PAK_CENTER, zoom_start: float = 5.25, relief: bool = True, outlines: bool = True,
                 height: str = "520px") -> folium.Map:
     """A folium map with no tile layer: shaded relief and province outlines as the base."""
     m = folium.Map(location=list(location), zoom_start=zoom_start, tiles=None, height=height,
@@ -225,7 +225,7 @@ def add_map_note(m: folium.Map, shown: int, total: int, what: str = "samples") -
         f'border:1px solid #999;font:12px sans-serif">{html_lib.escape(text)}</div>'))
 
 
-def samples_map(df, group_col: str = "province", color_col: str | None = None, radius: float = 3,
+def samples_map(df, *, group_col: str = "province", color_col: str | None = None, radius: float = 3,
                 popup_cols=("id",), colors: dict | None = None, max_points: int = MAP_MAX_POINTS) -> folium.Map:
     """Offline map of sample points (lat/lon columns ``latitude``/``longitude``), one layer per group.
 

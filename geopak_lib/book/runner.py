@@ -153,7 +153,7 @@ def inline_figures():
             os.environ["MPLBACKEND"] = saved
 
 
-def run_book(profile_name: str, only: list[str] | None = None, start: str | None = None,
+def run_book(profile_name: str, *, only: list[str] | None = None, start: str | None = None,
              kernel: str = "python3", log=print, site: bool = True) -> list[Path]:
     """Run the book's notebooks in order with a profile; return the HTML reports written.
 
@@ -212,7 +212,7 @@ def build_book_site(profile: Profile, run_dir: Path, log=print) -> Path:
     from geopak_lib.book.site import SiteError, build_site
 
     try:
-        return build_site(run_dir, profile.name, REPO_ROOT / "reports" / profile.name / "site", REPO_ROOT, log)
+        return build_site(run_dir, profile.name, REPO_ROOT / "reports" / profile.name / "site", REPO_ROOT, log=log)
     except SiteError as e:
         raise BookError(str(e)) from None
 

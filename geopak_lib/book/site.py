@@ -146,7 +146,7 @@ def _unescape_srcdoc(page: str) -> str:
     return "\n".join(html.unescape(s) for s in re.findall(r'srcdoc="([^"]*)"', page))
 
 
-def build_site(run_dir, profile: str, out_dir, root, log=print) -> Path:
+def build_site(run_dir, profile: str, out_dir, root, *, log=print) -> Path:
     """Build the site of a run into ``out_dir`` (replaced); return its index.html.
 
     Raises SiteError when a page would reach the network."""

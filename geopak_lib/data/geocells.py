@@ -67,7 +67,7 @@ class GeocellResult:
 
 # --- pure per-cell maths ------------------------------------------------------------------
 
-def cell_centre_radius(lat, lon, zone: int, quantile: float = 0.95, min_radius_km: float = 0.0):
+def cell_centre_radius(lat, lon, zone: int, *, quantile: float = 0.95, min_radius_km: float = 0.0):
     """Centre and size of one cell from its members (N,) in degrees.
 
     Centre = mean of the members in UTM ``zone`` metres, projected back to (lat, lon).
@@ -163,8 +163,8 @@ def _split_large(groups, xy_km, lat, lon, zone, config):
     stack, done, n_split, n_over = list(groups)[::-1], [], 0, 0
     while stack:
         g = stack.pop()
-        _, _, radius, median = cell_centre_radius(lat[g], lon[g], zone, config.radius_quantile,
-                                                  config.min_radius_km)
+        _, _, radius, median = cell_centre_radius(lat[g], lon[g], zone, quantile=config.radius_quantile,
+                                                  min_radius_km=config.min_radius_km)
         if radius <= urban_cap_km(len(g), median, config):
             done.append(g)
             continue
@@ -218,8 +218,8 @@ def build_geocells(train: pd.DataFrame, config: GeocellConfig | None = None) -> 
         order = rows[canon.sort_values(["lat", "lon", "id"], kind="mergesort").index.to_numpy()]
         lat, lon = lat_all[order], lon_all[order]
         groups, st = _province_groups(lat, lon, prov, config)
-        summaries = [cell_centre_radius(lat[g], lon[g], UTM_ZONE[prov], config.radius_quantile,
-                                        config.min_radius_km) for g in groups]
+        summaries = [cell_centre_radius(lat[g], lon[g], UTM_ZONE[prov], quantile=config.radius_quantile,
+                                        min_radius_km=config.min_radius_km) for g in groups]
         for i in sorted(range(len(groups)), key=lambda i: summaries[i][:2]):
             clat, clon, radius, _ = summaries[i]
             cell_of_row[order[groups[i]]] = len(records)

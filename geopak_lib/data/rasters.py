@@ -34,7 +34,7 @@ class GridWindow:
     nodata: int | None = None
 
 
-def pixel_index(lat, lon, top_lat: float, left_lon: float, res_deg: float) -> tuple[np.ndarray, np.ndarray]:
+def pixel_index(lat, lon, top_lat: float, left_lon: float, *, res_deg: float) -> tuple[np.ndarray, np.ndarray]:
     """(row, col) int arrays of the pixels holding points (lat, lon degrees) on a north-up grid:
     row = floor((top - lat) / res), col = floor((lon - left) / res). A point on an edge belongs to
     the pixel below / right of it. Out-of-grid indices are returned as they are (callers mask)."""
@@ -49,7 +49,7 @@ def pixel_index(lat, lon, top_lat: float, left_lon: float, res_deg: float) -> tu
 def sample(window: GridWindow, lat, lon) -> np.ndarray:
     """Values of the window at points (lat, lon degrees) -> (N,) int64; -1 where the point lies
     outside the window, is not finite, or the pixel holds the no-data value."""
-    row, col = pixel_index(lat, lon, window.top_lat, window.left_lon, window.res_deg)
+    row, col = pixel_index(lat, lon, window.top_lat, window.left_lon, res_deg=window.res_deg)
     h, w = window.values.shape
     inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
     out = np.full(row.shape, -1, dtype=np.int64)
@@ -98,7 +98,7 @@ def read_window(path, lat_range: tuple[float, float], lon_range: tuple[float, fl
     g = geotiff_grid(path)
     res = g["res_deg"]
     (r0, r1), (c0, c1) = pixel_index([lat_range[1], lat_range[0]], [lon_range[0], lon_range[1]],
-                                     g["top_lat"], g["left_lon"], res)
+                                     g["top_lat"], g["left_lon"], res_deg=res)
     r0, r1 = max(0, r0), min(g["height"], r1 + 1)
     c0, c1 = max(0, c0), min(g["width"], c1 + 1)
     if r0 >= r1 or c0 >= c1:

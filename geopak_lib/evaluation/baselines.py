@@ -48,7 +48,7 @@ def joint_features(cache: FeatureCache, rows) -> np.ndarray:
     return np.concatenate([l2_normalize(clip), l2_normalize(scene)], 1)
 
 
-def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
+def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, *, split: str = "val", k: int = 10,
                          province_pred=None) -> pd.DataFrame:
     """Per-sample predictions of three baselines on ``split``; table rows align with the cache.
 
@@ -82,10 +82,10 @@ def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, split: str = 
     return out
 
 
-def baseline_errors(cache: FeatureCache, table: pd.DataFrame, split: str = "val", k: int = 10,
+def baseline_errors(cache: FeatureCache, table: pd.DataFrame, *, split: str = "val", k: int = 10,
                     province_pred=None) -> pd.DataFrame:
     """One row per baseline: method, n and the metrics.summarize_errors figures (km)."""
-    pred = baseline_predictions(cache, table, split, k, province_pred)
+    pred = baseline_predictions(cache, table, split=split, k=k, province_pred=province_pred)
     rows = [{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}
             for m in ("train_centroid", "province_centroid", "knn")]
     return pd.DataFrame(rows)

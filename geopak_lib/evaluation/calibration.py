@@ -28,7 +28,7 @@ def province_logits(frame: pd.DataFrame) -> np.ndarray:
     return frame[[f"logit_{p}" for p in range(NUM_PROVINCES)]].to_numpy(float)
 
 
-def temperature_calibration(val_logits, val_labels, test_logits, test_labels, n_bins: int = 10) -> dict:
+def temperature_calibration(val_logits, val_labels, test_logits, test_labels, *, n_bins: int = 10) -> dict:
     """Fit T on validation; ECE/NLL on test before (T = 1) and after. Returns temperature, ece_before,
     ece_after, nll_before, nll_after, bins_before, bins_after (reliability_bins frames, test)."""
     t = fit_temperature(val_logits, val_labels)
@@ -40,7 +40,7 @@ def temperature_calibration(val_logits, val_labels, test_logits, test_labels, n_
             "bins_after": reliability_bins(after, test_labels, n_bins)}
 
 
-def radius_calibration(val_spread, val_err, test_spread, test_err, coverages=COVERAGES,
+def radius_calibration(val_spread, val_err, test_spread, test_err, *, coverages=COVERAGES,
                        floor_km: float = RADIUS_FLOOR_KM):
     """Fit one radius scale per target coverage on validation; measure coverage on test.
     Returns ({str(coverage): scale}, table: target, scale, val coverage, test coverage, median radius km)."""
@@ -72,7 +72,8 @@ def province_radius_scales(val: pd.DataFrame, coverages=COVERAGES, n_min: int = 
     out = {}
     for c in coverages:
         glob = fit_radius_scale(val["spread_km"], val["error_km"], c, floor_km)
-        own = fit_group_radius_scales(val["spread_km"], val["error_km"], group, c, floor_km, n_min)
+        own = fit_group_radius_scales(val["spread_km"], val["error_km"], group, coverage=c, floor_km=floor_km,
+                                      n_min=n_min)
         scale = {g: max(glob, s) for g, s in own.items()}
         out[str(c)] = {str(p): scale[g] for p, g in dict(zip(pred.tolist(), group.tolist())).items() if g in scale}
     return out
@@ -83,11 +84,11 @@ def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: flo
     one (its own group's, or the pooled small provinces'), else the global scale. spread_km, province_pred (N,) -> (N,)."""
     by_province = calibration.get("radius_scales_by_province", {}).get(str(coverage), {})
     return group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
-                              calibration["radius_scales"][str(coverage)], calibration.get("radius_floor_km",
+                              calibration["radius_scales"][str(coverage)], floor_km=calibration.get("radius_floor_km",
                                                                                            RADIUS_FLOOR_KM))
 
 
-def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
+def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, *, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
                     fitted_on: str = "val"):
     """Temperature (province confidence), global radius scales and per-province radius scales,
     fitted on ``val`` (named by ``fitted_on`` in the record: 06 passes the calibration part of
@@ -95,7 +96,7 @@ def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, coverages=COVERAGES, 
     Returns (calibration dict for save_calibration, temperature report, radius table)."""
     temp = temperature_calibration(province_logits(val), val["province_id"], province_logits(test), test["province_id"])
     scales, radius = radius_calibration(val["spread_km"], val["error_km"], test["spread_km"], test["error_km"],
-                                        coverages)
+                                        coverages=coverages)
     cal = {"temperature": temp["temperature"], "radius_scales": scales, "fitted_on": fitted_on, "n_val": len(val),
            "n_val_blocks": int(val["block_id"].nunique()) if "block_id" in val.columns else len(val),
            "radius_scales_by_province": province_radius_scales(val, coverages, n_min), "province_n_min": n_min,

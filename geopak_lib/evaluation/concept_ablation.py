@@ -50,13 +50,13 @@ def variant_of(concept_weight: float, concept_bottleneck: bool) -> str:
     return "off" if concept_weight <= 0 else ("bottleneck" if concept_bottleneck else "on")
 
 
-def evaluate_variant(variant: str, model, data, weight: float, device, batch_size: int = 256,
+def evaluate_variant(variant: str, model, data, weight: float, *, device, batch_size: int = 256,
                      seconds: float = float("nan"), val_errors: dict | None = None) -> list[dict]:
     """Val and test rows of one trained variant (end-to-end mixture, heads on the cached features).
     val_errors, when given, receives {variant: validation frame (id, block_id, error_km)} for the rule."""
     rows = []
     for split in ("val", "test"):
-        frame = split_frame(model, data, split, "cache", batch_size, device)
+        frame = split_frame(model, data, split, source="cache", batch_size=batch_size, device=device)
         if split == "val" and val_errors is not None:
             val_errors[variant] = frame
         h = headline(frame)
@@ -70,7 +70,7 @@ def evaluate_variant(variant: str, model, data, weight: float, device, batch_siz
     return rows
 
 
-def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict | None, device="cpu",
+def train_variant(run_dir, variant: str, weight: float, phase: dict, *, cache: dict | None, device="cpu",
                   beta: float = 0.9995, params: dict | None = None, threads: int = 0,
                   progress: bool = False) -> float:
     """Train one variant's phase 1 into ``run_dir/ablations/concepts_<variant>/`` from phase 0's
@@ -83,7 +83,8 @@ def train_variant(run_dir, variant: str, weight: float, phase: dict, cache: dict
     seed_everything(cfg.seed)
     w, neck = variant_settings(variant, weight)
     with quiet_rebuild():
-        inputs = load_phase_inputs(run_dir, 1, CacheSettings(**cache) if cache else None, device, False,
+        inputs = load_phase_inputs(run_dir, 1, cache=CacheSettings(**cache) if cache else None, device=device,
+                                   progress=False,
                                    concept_weight=w, concept_bottleneck=neck)
     loss_fn = make_loss(inputs.model, inputs.data, beta=beta, top_provinces=cfg.top_provinces,
                         top_cells=cfg.top_cells)
@@ -97,17 +98,18 @@ def variant_dir(run_dir, variant: str) -> Path:
     return RunDir(run_dir).path / "ablations" / f"concepts_{variant}"
 
 
-def load_variant(run_dir, variant: str, weight: float, cache: CacheSettings | None, device="cpu"):
+def load_variant(run_dir, variant: str, weight: float, cache: CacheSettings | None, *, device="cpu"):
     """(model, data) of a trained variant: its best.pt on the phase-1 inputs."""
     w, neck = variant_settings(variant, weight)
     with quiet_rebuild():
-        inputs = load_phase_inputs(run_dir, 1, cache, device, False, concept_weight=w, concept_bottleneck=neck)
+        inputs = load_phase_inputs(run_dir, 1, cache=cache, device=device, progress=False, concept_weight=w,
+                                   concept_bottleneck=neck)
     best = load_checkpoint(RunDir(variant_dir(run_dir, variant)).best_checkpoint(1))
     inputs.model.load_state_dict(best["model_state"])
     return inputs.model, inputs.data
 
 
-def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, main_model, data, device="cpu",
+def concept_ablation(run_dir, phase, cache, weight: float, *, main_variant: str, main_model, data, device="cpu",
                      beta: float = 0.9995, params: dict | None = None, main_seconds: float = float("nan"),
                      progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Train the variants other than ``main_variant`` (whose trained model is ``main_model``, on
@@ -121,24 +123,26 @@ def concept_ablation(run_dir, phase, cache, weight: float, main_variant: str, ma
     both variants ~30% sooner than one 2-thread process after the other (docs/decisions/concepts.md).
     Results are the same either way up to float rounding (the thread count changes the order of sums)."""
     val_frames: dict = {}
-    rows = evaluate_variant(main_variant, main_model, data, weight, device, phase.eval_batch_size, main_seconds,
-                            val_frames)
+    rows = evaluate_variant(main_variant, main_model, data, weight, device=device, batch_size=phase.eval_batch_size,
+                            seconds=main_seconds,
+                            val_errors=val_frames)
     others = [v for v in VARIANTS if v != main_variant]
     threads = torch.get_num_threads()
     if workers is None:
         workers = 2 if pick_device(device).type == "cpu" and threads >= 2 else 1
-    args = (asdict(phase), asdict(cache) if cache is not None else None, str(device), beta, params)
+    kwargs = dict(phase=asdict(phase), cache=asdict(cache) if cache is not None else None, device=str(device),
+                  beta=beta, params=params)
     if workers > 1:
         share = max(1, threads // min(workers, len(others)))
         with ProcessPoolExecutor(min(workers, len(others)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            jobs = {v: pool.submit(train_variant, str(run_dir), v, weight, *args, share) for v in others}
+            jobs = {v: pool.submit(train_variant, str(run_dir), v, weight, threads=share, **kwargs) for v in others}
             seconds = {v: job.result() for v, job in jobs.items()}
     else:
-        seconds = {v: train_variant(run_dir, v, weight, *args, 0, progress) for v in others}
+        seconds = {v: train_variant(run_dir, v, weight, threads=0, progress=progress, **kwargs) for v in others}
     for variant in others:
-        model, variant_data = load_variant(run_dir, variant, weight, cache, device)
-        rows += evaluate_variant(variant, model, variant_data, variant_settings(variant, weight)[0], device,
-                                 phase.eval_batch_size, seconds[variant], val_frames)
+        model, variant_data = load_variant(run_dir, variant, weight, cache, device=device)
+        rows += evaluate_variant(variant, model, variant_data, variant_settings(variant, weight)[0], device=device,
+                                 batch_size=phase.eval_batch_size, seconds=seconds[variant], val_errors=val_frames)
     table = with_rule(pd.DataFrame(rows), val_frames, seed=phase.seed)
     table["this_run"] = table["variant"] == main_variant  # the variant the run's model carries on with
     table["variant"] = pd.Categorical(table["variant"], VARIANTS, ordered=True)

@@ -173,15 +173,18 @@ class EnsembleModel(torch.nn.Module):
                         temperature: float = 1.0) -> dict:
         """The ensemble's prediction, with the keys of inference.mixture_predict."""
         if self.mode == "shared":
-            return inference.mixture_predict(self, outputs, top_provinces, top_cells, temperature)
-        preds = [inference.mixture_predict(m, self.member_outputs(outputs, i), top_provinces, top_cells, temperature)
+            return inference.mixture_predict(self, outputs, top_provinces=top_provinces, top_cells=top_cells,
+                                             temperature=temperature)
+        preds = [inference.mixture_predict(m, self.member_outputs(outputs, i), top_provinces=top_provinces,
+                                           top_cells=top_cells, temperature=temperature)
                  for i, m in enumerate(self.members)]
         probs = torch.softmax(outputs["province_logits"] / temperature, -1)
         return combine_member_predictions(preds, self.member_weights, probs)
 
 
-def mixture(model, outputs: dict, top_provinces: int = 2, top_cells: int = 5, temperature: float = 1.0) -> dict:
+def mixture(model, outputs: dict, *, top_provinces: int = 2, top_cells: int = 5, temperature: float = 1.0) -> dict:
     """inference.mixture_predict for a GeopakModel, EnsembleModel.mixture_predict for an ensemble."""
     if isinstance(model, EnsembleModel):
         return model.mixture_predict(outputs, top_provinces, top_cells, temperature)
-    return inference.mixture_predict(model, outputs, top_provinces, top_cells, temperature)
+    return inference.mixture_predict(model, outputs, top_provinces=top_provinces, top_cells=top_cells,
+                                     temperature=temperature)

@@ -105,7 +105,7 @@ def alpha_gallery(images: torch.Tensor, alpha, labels, n: int = 4):
     return fig
 
 
-def explain_test_images(predictor, test, n_alpha: int = 4, n_occlusion: int = 3, grid: int = 4) -> tuple:
+def explain_test_images(predictor, test, *, n_alpha: int = 4, n_occlusion: int = 3, grid: int = 4) -> tuple:
     """The report's two figures for a predictions frame: the gate gallery (images spread over α)
     and occlusion maps of the n_occlusion best-located test images. -> (alpha_fig, occlusion_fig)."""
     views = load_views(test["image_path"].tolist(), predictor.image_size)

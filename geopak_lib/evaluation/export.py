@@ -53,7 +53,7 @@ def spec_digest(encoder, slot: str, tensors: dict) -> str:
     return state_sha256({k: v for k, v in encoder.state_dict().items() if f"{slot}.{k}" not in tensors})
 
 
-def check_spec_weights(folder, slot: str, info: dict, encoder, tensors: dict) -> None:
+def check_spec_weights(folder, slot: str, info: dict, encoder, *, tensors: dict) -> None:
     """Refuse, in one line, an encoder whose spec builds other weights here than at export."""
     expected = info.get("spec_sha256")
     if expected is None:
@@ -215,7 +215,7 @@ def load_exported_model(folder, device="cpu") -> tuple[GeopakModel, dict]:
         enc = _fresh_encoder(info["spec"])
         if info.get("is_random") and info.get("weights_in_file") != "all":
             raise ModelFolderError(f"{folder}: {slot} runs on random weights, but its weights are not in the file")
-        check_spec_weights(folder, slot, info, enc, tensors)
+        check_spec_weights(folder, slot, info, enc, tensors=tensors)
         recorded = config["preprocess"] if isinstance(config["preprocess"], dict) else {}
         check_preprocess(folder, slot, recorded.get(slot), enc)
         if info.get("weights_in_file") == "all":  # every tensor is the checkpoint's: its status holds

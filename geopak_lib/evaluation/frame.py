@@ -52,7 +52,7 @@ PREDICTIONS_FILE = "predictions_test.csv"
 
 # --- model outputs for a split ----------------------------------------------------------------
 
-def split_frame(model, data, split: str, source: str = "cache", batch_size: int = 256, device="cpu",
+def split_frame(model, data, split: str, *, source: str = "cache", batch_size: int = 256, device="cpu",
                 top_provinces: int = 2, top_cells: int = 5, num_workers: int = 0, progress: bool = False):
     """predictions_frame for the ``split`` rows of data (a TrainData), the model run through the
     trainer's own pass: source 'cache' (heads on frozen features) or 'images' (encoders inside)."""
@@ -60,20 +60,21 @@ def split_frame(model, data, split: str, source: str = "cache", batch_size: int 
     model.to(device)
     rows = data.rows(split)
     settings = PassSettings(source=source, batch_size=batch_size, num_workers=num_workers)
-    outputs = model_outputs(model, data, rows, settings, device, progress)
+    outputs = model_outputs(model, data, rows, settings, device=device, progress=progress)
     return predictions_frame(model, outputs, data.table.iloc[rows], data.table.iloc[data.rows("train")],
-                             top_provinces, top_cells)
+                             top_provinces=top_provinces, top_cells=top_cells)
 
 
-def split_outputs(predictor, table: pd.DataFrame, split: str, tta: bool = False, batch_size: int = 64,
+def split_outputs(predictor, table: pd.DataFrame, split: str, *, tta: bool = False, batch_size: int = 64,
                   num_workers: int = 0, progress: bool = True, identity: dict | None = None) -> dict:
     """Model outputs (CPU) for every ``split`` row of ``table`` (image_path column), in table order.
     identity (with tta): the same rows' plain outputs, reused as the identity view."""
     rows = table[table["split"] == split]
     saved, predictor.tta = predictor.tta, tta
     try:
-        out, ok, errors = predictor.raw_outputs(rows["image_path"].tolist(), batch_size, progress, num_workers,
-                                                identity)
+        out, ok, errors = predictor.raw_outputs(rows["image_path"].tolist(), batch_size=batch_size, progress=progress,
+                                                num_workers=num_workers,
+                                                identity=identity)
     finally:
         predictor.tta = saved
     if errors:
@@ -100,7 +101,7 @@ def feature_source(model, table: pd.DataFrame, cache_root="cache") -> tuple[str,
     return "images", None
 
 
-def cached_outputs(model, table: pd.DataFrame, split: str, cache_root="cache",
+def cached_outputs(model, table: pd.DataFrame, split: str, *, cache_root="cache",
                    batch_size: int = 256) -> tuple[dict | None, str]:
     """(model outputs (CPU) for the ``split`` rows of ``table``, source) with what the feature cache
     holds of this model's encoders (feature_source): the same numbers as split_outputs up to the
@@ -109,28 +110,31 @@ def cached_outputs(model, table: pd.DataFrame, split: str, cache_root="cache",
     source, cache = feature_source(model, table, cache_root)
     if cache is None:
         return None, source
-    return outputs_from_cache(model, table, split, source, cache, batch_size), source
+    return outputs_from_cache(model, table, split, source, cache=cache, batch_size=batch_size), source
 
 
-def outputs_from_cache(model, table: pd.DataFrame, split: str, source: str, cache: FeatureCache,
+def outputs_from_cache(model, table: pd.DataFrame, split: str, source: str, *, cache: FeatureCache,
                        batch_size: int = 256) -> dict:
     """cached_outputs with feature_source's answer already in hand (several splits, one lookup)."""
     data = TrainData(table.reset_index(drop=True), cache)
     device, was_training = next(model.parameters()).device, model.training
     try:
-        return model_outputs(model, data, data.rows(split), PassSettings(source=source, batch_size=batch_size), device)
+        return model_outputs(model, data, data.rows(split), PassSettings(source=source, batch_size=batch_size),
+                             device=device)
     finally:
         model.train(was_training)
 
 
-def predictor_frames(predictor, table: pd.DataFrame, splits=("val", "test"), tta: bool = False,
+def predictor_frames(predictor, table: pd.DataFrame, *, splits=("val", "test"), tta: bool = False,
                      batch_size: int = 64, num_workers: int = 0, plain: dict | None = None) -> dict:
     """{split: predictions_frame} through the predictor (what `geopak predict` computes). plain
     (with tta): {split: outputs without TTA} already computed, so the identity view is not re-run."""
     train = table[table["split"] == "train"]
-    return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta, batch_size, num_workers,
+    return {s: predictions_frame(predictor.model, split_outputs(predictor, table, s, tta=tta, batch_size=batch_size,
+                                                                num_workers=num_workers,
                                                                 identity=(plain or {}).get(s) if tta else None),
-                                 table[table["split"] == s], train, predictor.top_provinces, predictor.top_cells)
+                                 table[table["split"] == s], train, top_provinces=predictor.top_provinces,
+                                 top_cells=predictor.top_cells)
             for s in splits}
 
 
@@ -169,7 +173,7 @@ def _true_province_outputs(outputs: dict, province_id: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFrame, top_provinces: int = 2,
+def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFrame, *, top_provinces: int = 2,
                       top_cells: int = 5) -> pd.DataFrame:
     """Per sample: truth, the mixture (lat, lon, error_km, province_pred, confidence, spread_km),
     the ablations and the diagnostics as ``<method>_lat/_lon/_error_km``, cell ranks, α and the
@@ -178,9 +182,9 @@ def predictions_frame(model, outputs: dict, rows: pd.DataFrame, train: pd.DataFr
     device = next(model.parameters()).device
     out = outputs_to(outputs, device)
     prov = torch.tensor(rows["province_id"].to_numpy(int), device=device)
-    mix = mixture_predict(model, out, top_provinces, top_cells)
+    mix = mixture_predict(model, out, top_provinces=top_provinces, top_cells=top_cells)
     arg, aux = argmax_predict(model, out), aux_predict(out)
-    diag = mixture_predict(model, _true_province_outputs(out, prov), 1, top_cells)
+    diag = mixture_predict(model, _true_province_outputs(out, prov), top_provinces=1, top_cells=top_cells)
     cell = torch.tensor(rows["cell_id"].to_numpy(int), device=device)
     tc_lat, tc_lon = hypothesis_points(model, out["fused"], cell.clamp(min=0).unsqueeze(1))
     np_ = lambda t: t.detach().cpu().numpy()  # noqa: E731
@@ -270,7 +274,7 @@ def tta_comparison(plain: pd.DataFrame, tta: pd.DataFrame) -> pd.DataFrame:
                          {"predictor": "TTA (5 views)", **headline(tta)}]).set_index("predictor")
 
 
-def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_workers: int = 0,
+def phase_comparison(run_dir, data, *, batch_size: int = 64, device="cpu", num_workers: int = 0,
                      progress: bool = False, cache_root="cache") -> pd.DataFrame:
     """What each phase adds: the best checkpoint of every phase that has run, evaluated end to end
     on val and test. Rows (phase, split) with median/p90 km, accuracy at 25/200 km, province
@@ -295,7 +299,8 @@ def phase_comparison(run_dir, data, batch_size: int = 64, device="cpu", num_work
         source, cache = feature_source(model, manifest, cache_root)
         split_data = replace(data, cache=cache) if cache is not None else data
         for split in ("val", "test"):
-            h = headline(split_frame(model, split_data, split, source, batch_size, device, num_workers=num_workers,
+            h = headline(split_frame(model, split_data, split, source=source, batch_size=batch_size, device=device,
+                                     num_workers=num_workers,
                                      progress=progress))
             rows.append({"phase": phase, "name": PHASE_NAMES[phase], "split": split, "n": h["n"],
                          "median_km": h["median_km"], "p90_km": h["p90_km"], "acc_25km": h["acc_25km"],

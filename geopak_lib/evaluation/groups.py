@@ -56,7 +56,7 @@ def encoder_features(model, views: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def features_group_outputs(model, clip_feat, scene_feat, group, n_groups: int, combine: str) -> dict:
+def features_group_outputs(model, clip_feat, scene_feat, group, *, n_groups: int, combine: str) -> dict:
     """Per-view encoder features (N, D) of a GeopakModel -> group outputs (n_groups rows)."""
     if combine == "embedding":
         return model.forward_features(group_mean(clip_feat, group, n_groups), group_mean(scene_feat, group, n_groups))
@@ -71,5 +71,5 @@ def group_outputs(model, views: torch.Tensor, combine: str = DEFAULT_COMBINE) ->
     if isinstance(model, EnsembleModel):
         return model.pack([group_outputs(m, views, combine) for m in model.members])
     group = torch.zeros(len(views), dtype=torch.long)
-    return features_group_outputs(model, *encoder_features(model, views), group, 1, combine)
+    return features_group_outputs(model, *encoder_features(model, views), group, n_groups=1, combine=combine)
 

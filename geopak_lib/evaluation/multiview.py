@@ -43,7 +43,7 @@ def view_features(predictor, paths, batch_size: int = 64, progress: bool = True)
 
 
 @torch.no_grad()
-def multiview_errors(model, clip_feat, scene_feat, views: pd.DataFrame, n_views: int, combine: str,
+def multiview_errors(model, clip_feat, scene_feat, views: pd.DataFrame, *, n_views: int, combine: str,
                      top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
     """One row per place (group, split, lat, lon, error_km), predicted from its views 0..n_views-1.
     clip_feat/scene_feat: (len(views), D) aligned with the rows of ``views``."""
@@ -52,8 +52,8 @@ def multiview_errors(model, clip_feat, scene_feat, views: pd.DataFrame, n_views:
     codes, names = pd.factorize(sub["group"])
     device = next(model.parameters()).device
     feats = [t[torch.as_tensor(np.flatnonzero(mask))].to(device) for t in (clip_feat, scene_feat)]
-    out = features_group_outputs(model, *feats, torch.as_tensor(codes), len(names), combine)
-    pred = mixture_predict(model, out, top_provinces, top_cells)
+    out = features_group_outputs(model, *feats, torch.as_tensor(codes), n_groups=len(names), combine=combine)
+    pred = mixture_predict(model, out, top_provinces=top_provinces, top_cells=top_cells)
     truth = sub.drop_duplicates("group").set_index("group").loc[names]
     lat, lon = pred["lat"].cpu().numpy(), pred["lon"].cpu().numpy()
     return pd.DataFrame({"group": names, "split": truth["split"].to_numpy(), "lat": lat, "lon": lon,
@@ -61,14 +61,15 @@ def multiview_errors(model, clip_feat, scene_feat, views: pd.DataFrame, n_views:
                                               truth["longitude"].to_numpy(float))})
 
 
-def multiview_table(model, clip_feat, scene_feat, views: pd.DataFrame, n_views=(1, 2, 4), combines=COMBINE,
+def multiview_table(model, clip_feat, scene_feat, views: pd.DataFrame, *, n_views=(1, 2, 4), combines=COMBINE,
                     top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
     """Rows (split, views, combine) with n, median/mean/p90 km and accuracy at 1/5/25/200/750 km.
     Counts above the set's views per place are skipped."""
     rows = []
     for k in [k for k in n_views if k <= int(views["view"].max()) + 1]:
         for combine in combines:
-            e = multiview_errors(model, clip_feat, scene_feat, views, k, combine, top_provinces, top_cells)
+            e = multiview_errors(model, clip_feat, scene_feat, views, n_views=k, combine=combine,
+                                 top_provinces=top_provinces, top_cells=top_cells)
             rows += [{"split": s, "views": k, "combine": combine, **summarize_errors(g["error_km"].to_numpy(float))}
                      for s, g in e.groupby("split", sort=False)]
     return pd.DataFrame(rows)
@@ -80,7 +81,7 @@ def best_combine(table: pd.DataFrame, n_views: int) -> str:
     return min(COMBINE, key=lambda c: (val.get(c, np.inf), COMBINE.index(c)))
 
 
-def option_row(option: str, val_without, val_with, test_without, test_with, how: str = "", *, val_blocks) -> dict:
+def option_row(option: str, val_without, val_with, test_without, *, test_with, how: str = "", val_blocks) -> dict:
     """A row of 06's 'which options are on' table, decided by the one rule (bootstrap.adopt).
 
     val_without, val_with: per-image validation errors (km) of the simpler choice and of the option,
@@ -124,7 +125,7 @@ def run_ensemble(run_dir, final, phases, max_members: int = 2, **load) -> tuple:
     return (GeopakPredictor.ensemble(members) if len(members) > 1 else None), paths
 
 
-def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=("val", "test"),
+def ensemble_frames(ens, table: pd.DataFrame, *, known: dict | None = None, splits=("val", "test"),
                     batch_size: int = 64, num_workers: int = 0, cache_root="cache") -> dict:
     """{split: predictions_frame} of an ensemble predictor (what predictor_frames gives), with the
     first member's outputs taken from ``known`` ({split: outputs of that checkpoint alone}, e.g.
@@ -133,7 +134,8 @@ def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=
     alone for a phase-0/1 member, the scene encoder alone for one with a frozen CLIP slot);
     EnsembleModel.pack combines them exactly as its forward does."""
     model, train = ens.model, table[table["split"] == "train"]
-    solo = [GeopakPredictor(member, ens.checkpoint[m], top_provinces=ens.top_provinces, top_cells=ens.top_cells)
+    solo = [GeopakPredictor(member, checkpoint=ens.checkpoint[m], top_provinces=ens.top_provinces,
+                            top_cells=ens.top_cells)
             for m, member in enumerate(model.members)]
     found = [None if m == 0 and known is not None else feature_source(p.model, table, cache_root)
              for m, p in enumerate(solo)]  # one cache lookup per member, for every split
@@ -143,12 +145,12 @@ def ensemble_frames(ens, table: pd.DataFrame, known: dict | None = None, splits=
             return known[split]
         source, cache = found[m]
         if cache is not None:
-            return outputs_from_cache(solo[m].model, table, split, source, cache)
-        return split_outputs(solo[m], table, split, False, batch_size, num_workers)
+            return outputs_from_cache(solo[m].model, table, split, source, cache=cache)
+        return split_outputs(solo[m], table, split, tta=False, batch_size=batch_size, num_workers=num_workers)
 
     frames = {}
     for s in splits:
         outs = [member_outputs(m, s) for m in range(len(solo))]
         frames[s] = predictions_frame(model, model.pack(outs), table[table["split"] == s], train,
-                                      ens.top_provinces, ens.top_cells)
+                                      top_provinces=ens.top_provinces, top_cells=ens.top_cells)
     return frames

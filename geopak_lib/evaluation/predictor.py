@@ -22,11 +22,12 @@ from geopak_lib.geo import farthest_in_pakistan_km
 from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
 from geopak_lib.evaluation.concepts_eval import concept_scores
 from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
-from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery, read_model_folder
+from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery
 from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.evaluation.labelled import evaluate_table
+from geopak_lib.evaluation.loaded import gallery_loader, model_warnings
 from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
-from geopak_lib.evaluation.refinement import RefineSettings, load_gallery, refine_prediction, refinement_choice
+from geopak_lib.evaluation.refinement import RefineSettings, refine_prediction, refinement_choice
 from geopak_lib.metrics import error_radius
 from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
@@ -43,24 +44,6 @@ def _device(device) -> torch.device:
     return dev
 
 
-def _warnings(info: dict, calibration) -> list[str]:
-    """What a user must know about a loaded model: random encoder weights, a phase-0 model, no calibration."""
-    out = [f"{s} `{e['spec']}` runs on random weights ({e['weight_status']}): its features carry no "
-           "pretrained knowledge" for s, e in info["encoders"].items() if e.get("is_random")]
-    if int(info["phase"]) == 0:
-        out.append("phase-0 checkpoint: only the province head is trained; lat/lon are not meaningful")
-    if calibration is None:
-        out.append(f"radius_km is not calibrated: {info['calibration']}")
-    return out
-
-
-def _gallery_loader(source, model_folder: bool = False):
-    """The zero-argument loader of a checkpoint's gallery (beside it) or an exported folder's (inside it)."""
-    if model_folder:
-        return lambda: load_folder_gallery(source, read_model_folder(source))
-    return lambda: load_gallery(source)
-
-
 class GeopakPredictor:
     """Predict (province, lat, lon, confidence, radius_km, hypotheses) for images.
 
@@ -70,7 +53,7 @@ class GeopakPredictor:
 
     probes = None  # TextProbes when on (with_probes)
 
-    def __init__(self, model, checkpoint=None, calibration: dict | None = None, tta: bool = False,
+    def __init__(self, model, *, checkpoint=None, calibration: dict | None = None, tta: bool = False,
                  top_provinces: int = 2, top_cells: int = 5, info: dict | None = None, warnings=(),
                  gallery=None, refine_settings: RefineSettings | None = None):
         self.model, self.checkpoint = model.eval(), checkpoint
@@ -82,7 +65,7 @@ class GeopakPredictor:
         channels_last(model.clip_encoder, model.scene_encoder)  # conv encoders: 1.7x on CPU, docs/performance.md
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto", tta: bool = False, calibration="auto",
+    def from_checkpoint(cls, path, *, device="auto", tta: bool = False, calibration="auto",
                         top_provinces: int = 2, top_cells: int = 5, refine="auto") -> "GeopakPredictor":
         """Load a trained checkpoint (best.pt of phases 0-3). calibration: 'auto' (the file beside
         the checkpoint, if it matches), None (uncalibrated) or a dict. refine: 'auto' (refine inside
@@ -90,7 +73,8 @@ class GeopakPredictor:
         True (refine; a ValueError without a gallery) or False. A list of paths gives an ensemble of
         them (see :meth:`ensemble`; ensembles are neither calibrated nor refined)."""
         if isinstance(path, (list, tuple)):
-            return cls.ensemble([cls.from_checkpoint(p, device, tta, None, top_provinces, top_cells, refine=False)
+            return cls.ensemble([cls.from_checkpoint(p, device=device, tta=tta, calibration=None,
+                                                     top_provinces=top_provinces, top_cells=top_cells, refine=False)
                                  for p in path])
         path = Path(path)
         if not path.exists():  # a folder: load_checkpoint says what to give instead
@@ -116,22 +100,24 @@ class GeopakPredictor:
         why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
         if calibration == "auto":
             calibration, why = load_calibration(path)
-        gallery, settings, refinement = refinement_choice(_gallery_loader(path), refine)
+        gallery, settings, refinement = refinement_choice(gallery_loader(path), refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
                 "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
-        predictor = cls(model, path, calibration, tta, top_provinces, top_cells, info, _warnings(info, calibration),
-                   gallery, settings)
+        predictor = cls(model, checkpoint=path, calibration=calibration, tta=tta, top_provinces=top_provinces,
+                        top_cells=top_cells, info=info, warnings=model_warnings(info, calibration),
+                        gallery=gallery, refine_settings=settings)
         return predictor.with_probes()
 
     @classmethod
-    def from_pretrained(cls, folder, device="auto", tta: bool = False, top_provinces: int | None = None,
+    def from_pretrained(cls, folder, *, device="auto", tta: bool = False, top_provinces: int | None = None,
                         top_cells: int | None = None, refine="auto") -> "GeopakPredictor":
         """Load a model folder written by ``geopak export`` (config.json + model.safetensors): nothing
         else is needed. Its sha256 stamps are checked first; its calibration travels in config.json.
         refine: as in :meth:`from_checkpoint`, with the gallery inside the folder (``geopak export
         --with-gallery``). A list of folders gives an ensemble of them (see :meth:`ensemble`)."""
         if isinstance(folder, (list, tuple)):
-            return cls.ensemble([cls.from_pretrained(f, device, tta, top_provinces, top_cells, refine=False)
+            return cls.ensemble([cls.from_pretrained(f, device=device, tta=tta, top_provinces=top_provinces,
+                                                     top_cells=top_cells, refine=False)
                                  for f in folder])
         model, config = load_exported_model(folder, _device(device))
         calibration = config.get("calibration")
@@ -142,8 +128,9 @@ class GeopakPredictor:
                 "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
                 else "no calibration was exported with this model"}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
-        predictor = cls(model, Path(folder), calibration, tta, top_provinces or top_p, top_cells or top_c, info,
-                        _warnings(info, calibration), gallery, settings)
+        predictor = cls(model, checkpoint=Path(folder), calibration=calibration, tta=tta,
+                        top_provinces=top_provinces or top_p, top_cells=top_cells or top_c, info=info,
+                        warnings=model_warnings(info, calibration), gallery=gallery, refine_settings=settings)
         return predictor.with_probes()
 
     @classmethod
@@ -160,11 +147,11 @@ class GeopakPredictor:
                 "epoch": None, "encoders": first.info["encoders"], "members": [p.info for p in predictors],
                 "ensemble": model.mode, "weights": model.member_weights.tolist(),
                 "calibration": "ensembles are not calibrated (each calibration file fits one checkpoint)"}
-        warnings = list(dict.fromkeys(w for p in predictors for w in _warnings(p.info, True)))
+        warnings = list(dict.fromkeys(w for p in predictors for w in model_warnings(p.info, True)))
         warnings.append(f"ensemble of {len(predictors)} checkpoints ({model.mode} geocells): radius_km is not "
                         "calibrated for it (each calibration file fits one checkpoint)")
-        return cls(model, [p.checkpoint for p in predictors], None, first.tta, first.top_provinces,
-                   first.top_cells, info, warnings)
+        return cls(model, checkpoint=[p.checkpoint for p in predictors], calibration=None, tta=first.tta,
+                   top_provinces=first.top_provinces, top_cells=first.top_cells, info=info, warnings=warnings)
 
     def _share_probes(self, other: "GeopakPredictor") -> "GeopakPredictor":
         self.probes = other.probes
@@ -182,11 +169,12 @@ class GeopakPredictor:
         beside the checkpoint, or one inside an exported folder; ValueError otherwise) or off."""
         if isinstance(self.checkpoint, list) and on:
             raise ValueError("an ensemble is not refined: each gallery fits one checkpoint")
-        gallery, settings, why = refinement_choice(_gallery_loader(self.checkpoint, self.info.get("model_folder", False)),
+        gallery, settings, why = refinement_choice(gallery_loader(self.checkpoint, self.info.get("model_folder", False)),
                                                    bool(on))
-        return GeopakPredictor(self.model, self.checkpoint, self.calibration, self.tta, self.top_provinces,
-                               self.top_cells, {**self.info, "refinement": why}, self.warnings, gallery,
-                               settings)._share_probes(self)
+        return GeopakPredictor(self.model, checkpoint=self.checkpoint, calibration=self.calibration, tta=self.tta,
+                               top_provinces=self.top_provinces, top_cells=self.top_cells,
+                               info={**self.info, "refinement": why}, warnings=self.warnings, gallery=gallery,
+                               refine_settings=settings)._share_probes(self)
 
     # raw outputs -------------------------------------------------------------------------
 
@@ -220,7 +208,7 @@ class GeopakPredictor:
             out["clip_pooled"] = outs[0]["clip_pooled"]  # the identity view's, like α
         return outputs_to(out, "cpu")
 
-    def raw_outputs(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0,
+    def raw_outputs(self, paths, *, batch_size: int = 32, progress: bool = True, num_workers: int = 0,
                     identity: dict | None = None):
         """Model outputs for image files -> (outputs of the readable files in order or None,
         their indices into ``paths`` (array), {index: error message} for the others). identity:
@@ -245,10 +233,10 @@ class GeopakPredictor:
         """Model outputs (B rows) -> B result dicts (see :meth:`predict`)."""
         out = outputs_to(outputs, self.device)
         pred = {k: v.cpu().numpy() for k, v in
-                mixture(self.model, out, self.top_provinces, self.top_cells).items()}
+                mixture(self.model, out, top_provinces=self.top_provinces, top_cells=self.top_cells).items()}
         if self.gallery is not None:
             pred = refine_prediction(pred, out["fused"].float().cpu().numpy(), self.gallery,
-                                     self.model.cell_radius_km.cpu().numpy(), self.refine_settings)
+                                     self.model.cell_radius_km.cpu().numpy(), settings=self.refine_settings)
         cal = self._cal()
         temperature = float(cal.get("temperature", 1.0))
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
@@ -325,8 +313,7 @@ class GeopakPredictor:
                 yield [done[i] for i in sorted(done)]
 
     def evaluate(self, table, images_dir, *, block_km: float = 30.0, batch_size: int = 32, progress: bool = True):
-        """Score this model on a labelled table: validated as `geopak validate` does, predicted in batches,
-        scored as 06 scores test, with 95% block intervals (evaluation/labelled.py; `geopak evaluate`)."""
+        """Score this model on a labelled table (evaluation/labelled.py; `geopak evaluate`)."""
         return evaluate_table(self, table, images_dir, block_km=block_km, batch_size=batch_size, progress=progress)
 
     def predict_group(self, images, combine: str | None = None) -> dict:

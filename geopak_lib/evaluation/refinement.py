@@ -47,7 +47,7 @@ class RefineSettings:
 
 # --- the gallery --------------------------------------------------------------------------------
 
-def prototypes(embedding, lat, lon, cell_id, min_cluster_size: int = 3):
+def prototypes(embedding, lat, lon, cell_id, *, min_cluster_size: int = 3):
     """Per cell, HDBSCAN on the images' positions (km, local plane): each cluster becomes one item
     (mean embedding of unit rows, spherical mean position); unclustered images stay single items.
     (M, D), (M,) x 3 -> embedding (P, D), lat, lon, cell_id (P,)."""
@@ -71,7 +71,7 @@ def prototypes(embedding, lat, lon, cell_id, min_cluster_size: int = 3):
     return np.array(out[0]), np.array(out[1], float), np.array(out[2], float), np.array(out[3], int)
 
 
-def build_gallery(embedding, lat, lon, cell_id, n_cells: int, kind: str = "images") -> Gallery:
+def build_gallery(embedding, lat, lon, cell_id, *, n_cells: int, kind: str = "images") -> Gallery:
     """The gallery from training images: embedding (M, D) (the model's fused embedding), lat, lon,
     cell_id (M,) (their assigned cells); kind 'images' or 'prototypes'."""
     embedding, lat, lon, cell_id = (np.asarray(embedding, np.float32), np.asarray(lat, float),
@@ -80,7 +80,7 @@ def build_gallery(embedding, lat, lon, cell_id, n_cells: int, kind: str = "image
         embedding, lat, lon, cell_id = prototypes(embedding, lat, lon, cell_id)
     elif kind != "images":
         raise ValueError(f"gallery kind must be 'images' or 'prototypes', got {kind!r}")
-    return Gallery.from_items(embedding, lat, lon, cell_id, n_cells)
+    return Gallery.from_items(embedding, lat, lon, cell_id, n_cells=n_cells)
 
 
 def gallery_paths(checkpoint) -> tuple[Path, Path]:
@@ -137,13 +137,14 @@ def refinement_choice(load, refine) -> tuple:
 
 # --- refined predictions ------------------------------------------------------------------------
 
-def refine_prediction(pred: dict, query, gallery: Gallery, cell_radius_km, settings: RefineSettings) -> dict:
+def refine_prediction(pred: dict, query, gallery: Gallery, cell_radius_km, *, settings: RefineSettings) -> dict:
     """A numpy mixture_predict dict (B rows) refined with query embeddings (B, D): the same keys with
     lat, lon, hyp_lat, hyp_lon, hyp_weight and spread_km refined, plus hyp_moved_km (B, H)."""
     valid = pred["hyp_cell_id"] >= 0
     r = refine_hypotheses(query, pred["hyp_cell_id"], np.nan_to_num(pred["hyp_lat"]), np.nan_to_num(pred["hyp_lon"]),
-                          pred["hyp_weight"], gallery, cell_radius_km, settings.k, settings.step, settings.temperature,
-                          settings.rescore_temperature)
+                          weight=pred["hyp_weight"], gallery=gallery, cell_radius_km=cell_radius_km, k=settings.k,
+                          step=settings.step, temperature=settings.temperature,
+                          rescore_temperature=settings.rescore_temperature)
     lat, lon = combine_hypotheses(r["lat"], r["lon"], r["weight"])
     spread = (r["weight"] * geo.haversine_km(r["lat"], r["lon"], lat[:, None], lon[:, None])).sum(-1)
     return {**pred, "lat": lat, "lon": lon, "spread_km": spread, "hyp_weight": r["weight"],
@@ -155,22 +156,23 @@ def refine_prediction(pred: dict, query, gallery: Gallery, cell_radius_km, setti
 def mixture_numpy(model, outputs: dict, top_provinces: int = 2, top_cells: int = 5) -> dict:
     """mixture_predict as numpy, plus ``query``: outputs['fused'] (B, D), the refinement's query."""
     out = outputs_to(outputs, next(model.parameters()).device)
-    pred = {k: v.cpu().numpy() for k, v in mixture_predict(model, out, top_provinces, top_cells).items()}
+    pred = {k: v.cpu().numpy() for k, v in mixture_predict(model, out, top_provinces=top_provinces,
+                                                           top_cells=top_cells).items()}
     return {**pred, "query": out["fused"].float().cpu().numpy()}
 
 
-def refined_predict(model, outputs: dict, gallery: Gallery, settings: RefineSettings, top_provinces: int = 2,
+def refined_predict(model, outputs: dict, gallery: Gallery, settings: RefineSettings, *, top_provinces: int = 2,
                     top_cells: int = 5) -> dict:
     """mixture_predict, then refine_prediction with the fused embedding as the query (numpy)."""
     pred = mixture_numpy(model, outputs, top_provinces, top_cells)
-    return refine_prediction(pred, pred["query"], gallery, model.cell_radius_km.cpu().numpy(), settings)
+    return refine_prediction(pred, pred["query"], gallery, model.cell_radius_km.cpu().numpy(), settings=settings)
 
 
-def with_refinement(frame: pd.DataFrame, model, outputs: dict, gallery: Gallery, settings: RefineSettings,
+def with_refinement(frame: pd.DataFrame, model, outputs: dict, gallery: Gallery, *, settings: RefineSettings,
                     top_provinces: int = 2, top_cells: int = 5) -> pd.DataFrame:
     """A predictions_frame (rows aligned with outputs) plus ``refined_lat/_lon/_error_km`` and
     ``refined_spread_km``, ``refined_moved_km`` (mean move of the hypotheses, weighted)."""
-    p = refined_predict(model, outputs, gallery, settings, top_provinces, top_cells)
+    p = refined_predict(model, outputs, gallery, settings, top_provinces=top_provinces, top_cells=top_cells)
     f = frame.copy()
     f["refined_lat"], f["refined_lon"], f["refined_spread_km"] = p["lat"], p["lon"], p["spread_km"]
     f["refined_error_km"] = error_km(p["lat"], p["lon"], f["latitude"], f["longitude"])
@@ -184,7 +186,7 @@ def as_refined(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(error_km=frame["refined_error_km"], spread_km=frame["refined_spread_km"])
 
 
-def selection_table(model, val_frame: pd.DataFrame, val_outputs: dict, galleries: dict, grid, top_provinces: int = 2,
+def selection_table(model, val_frame: pd.DataFrame, val_outputs: dict, galleries: dict, *, grid, top_provinces: int = 2,
                     top_cells: int = 5) -> pd.DataFrame:
     """Each RefineSettings in ``grid`` on validation (galleries: {kind: Gallery}): the error figures
     against the plain mixture (first row), in the order listed."""
@@ -192,7 +194,7 @@ def selection_table(model, val_frame: pd.DataFrame, val_outputs: dict, galleries
     radius = model.cell_radius_km.cpu().numpy()
     rows = [{"settings": "plain mixture (no refinement)", **summarize_errors(val_frame["error_km"])}]
     for s in grid:
-        p = refine_prediction(pred, pred["query"], galleries[s.kind], radius, s)
+        p = refine_prediction(pred, pred["query"], galleries[s.kind], radius, settings=s)
         rows.append({"settings": s.label(),
                      **summarize_errors(error_km(p["lat"], p["lon"], val_frame["latitude"], val_frame["longitude"]))})
     return pd.DataFrame(rows).set_index("settings")
@@ -220,7 +222,7 @@ EMBEDDINGS_FROM = {"cache": "the feature cache of these very encoders",
                    "images": "the images through the model"}
 
 
-def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), batch_size: int = 64,
+def frames_with_outputs(predictor, table: pd.DataFrame, *, splits=("val", "test"), batch_size: int = 64,
                         num_workers: int = 0) -> tuple[dict, dict]:
     """predictor_frames, also handing back the model outputs they came from: ({split: frame},
     {split: outputs}) (refinement needs the fused embeddings)."""
@@ -229,11 +231,12 @@ def frames_with_outputs(predictor, table: pd.DataFrame, splits=("val", "test"), 
     train = table[table["split"] == "train"]
     outputs = {s: split_outputs(predictor, table, s, batch_size=batch_size, num_workers=num_workers) for s in splits}
     frames = {s: predictions_frame(predictor.model, outputs[s], table[table["split"] == s], train,
-                                   predictor.top_provinces, predictor.top_cells) for s in splits}
+                                   top_provinces=predictor.top_provinces,
+                                   top_cells=predictor.top_cells) for s in splits}
     return frames, outputs
 
 
-def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, test: pd.DataFrame, checkpoint,
+def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFrame, *, test: pd.DataFrame, checkpoint,
                    batch_size: int = 64, num_workers: int = 0, grid=SELECTION_GRID, cache_root="cache",
                    also: dict | None = None) -> dict:
     """06's refinement step: the training images through the model (their fused embeddings), a
@@ -246,20 +249,22 @@ def fit_refinement(predictor, table: pd.DataFrame, outputs: dict, val: pd.DataFr
     from geopak_lib.evaluation.frame import cached_outputs, split_outputs
 
     model, train = predictor.model, table[table["split"] == "train"]
-    out, source = cached_outputs(model, table, "train", cache_root)
+    out, source = cached_outputs(model, table, "train", cache_root=cache_root)
     source = EMBEDDINGS_FROM[source]
     if out is None:
         out = split_outputs(predictor, table, "train", batch_size=batch_size, num_workers=num_workers)
     fused = out["fused"]
     galleries = {kind: build_gallery(fused.float().numpy(), train["latitude"], train["longitude"], train["cell_id"],
-                                     len(model.cells), kind) for kind in dict.fromkeys(s.kind for s in grid)}
-    selection = selection_table(model, val, outputs["val"], galleries, grid, predictor.top_provinces,
-                                predictor.top_cells)
+                                     n_cells=len(model.cells),
+                                     kind=kind) for kind in dict.fromkeys(s.kind for s in grid)}
+    selection = selection_table(model, val, outputs["val"], galleries, grid=grid, top_provinces=predictor.top_provinces,
+                                top_cells=predictor.top_cells)
     settings, _ = choose_settings(selection, grid)
     medians = {"plain": float(selection["median_km"].iloc[0]), "refined": float(selection.loc[settings.label(),
                                                                                               "median_km"])}
     gallery = galleries[settings.kind]
-    frames = {s: with_refinement(f, model, outputs[s], gallery, settings, predictor.top_provinces, predictor.top_cells)
+    frames = {s: with_refinement(f, model, outputs[s], gallery, settings=settings,
+                                 top_provinces=predictor.top_provinces, top_cells=predictor.top_cells)
               for s, f in (("val", val), ("test", test), *(also or {}).items())}
     default, val_ci = adopt(frames["val"]["error_km"], frames["val"]["refined_error_km"],
                             blocks=frames["val"]["block_id"] if "block_id" in val else np.arange(len(val)))

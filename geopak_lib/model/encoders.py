@@ -73,7 +73,7 @@ class Encoder(nn.Module):
     is_random, family ('open_clip' | 'timm'); ``backbone`` is the wrapped network.
     """
 
-    def __init__(self, backbone: nn.Module, dim: int, spec: str, preprocess: Preprocess, weight_status: str,
+    def __init__(self, backbone: nn.Module, dim: int, spec: str, preprocess: Preprocess, *, weight_status: str,
                  family: str):
         super().__init__()
         self.backbone = backbone
@@ -189,7 +189,7 @@ def _open_clip_encoder(spec, model, source, size, weights, strict, allow_random)
     cfg = visual.preprocess_cfg
     side = cfg["size"][0] if isinstance(cfg["size"], (tuple, list)) else cfg["size"]
     pre = Preprocess(int(side), tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
-    return Encoder(visual, visual.ln_post.normalized_shape[0], spec, pre, status, "open_clip")
+    return Encoder(visual, visual.ln_post.normalized_shape[0], spec, pre, weight_status=status, family="open_clip")
 
 
 def read_state_dict(path) -> dict:
@@ -291,7 +291,7 @@ def _timm_encoder(spec, model, source, size, weights, strict, allow_random) -> E
     data_cfg = timm.data.resolve_data_config({}, model=net)
     pre = Preprocess(int(size or data_cfg["input_size"][-1]), tuple(data_cfg["mean"]), tuple(data_cfg["std"]),
                      data_cfg["interpolation"])
-    return Encoder(net, net.num_features, spec, pre, status, "timm")
+    return Encoder(net, net.num_features, spec, pre, weight_status=status, family="timm")
 
 
 def build_encoder(spec: str, weights: str | None = None, *, strict: bool = False,

@@ -81,7 +81,7 @@ class ModelConfig:
         return cls(**d)
 
 
-def mlp_block(d_in: int, d_hidden: int, d_out: int, dropout: float = 0.0, norm: bool = True) -> nn.Sequential:
+def mlp_block(d_in: int, d_hidden: int, d_out: int, *, dropout: float = 0.0, norm: bool = True) -> nn.Sequential:
     """Linear -> [LayerNorm] -> GELU -> [Dropout] -> Linear. (B, d_in) -> (B, d_out)."""
     layers = [nn.Linear(d_in, d_hidden)] + ([nn.LayerNorm(d_hidden)] if norm else []) + [nn.GELU()]
     if dropout > 0:
@@ -190,7 +190,7 @@ class GeopakModel(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, cells: pd.DataFrame, clip_encoder: nn.Module | None = None,
-                 scene_encoder: nn.Module | None = None, offset_scale: dict | None = None):
+                 scene_encoder: nn.Module | None = None, *, offset_scale: dict | None = None):
         super().__init__()
         self.config = config
         self.cells = validate_cells(cells)
@@ -199,7 +199,7 @@ class GeopakModel(nn.Module):
         c, d = config, config.fused_dim
         self.clip_proj, self.scene_proj = projection(c.clip_dim, d), projection(c.scene_dim, d)
         self.fusion = Fusion(d, c.fusion, c.gate_init, c.residual_beta_init)
-        self.province_head = mlp_block(d, c.province_hidden, NUM_PROVINCES, c.dropout)
+        self.province_head = mlp_block(d, c.province_hidden, NUM_PROVINCES, dropout=c.dropout)
 
         self.concept_heads = ConceptHeads(d, c.concept_classes, c.concept_hidden, c.dropout) \
             if c.concept_classes else None
@@ -209,13 +209,14 @@ class GeopakModel(nn.Module):
         counts = np.bincount(pid, minlength=NUM_PROVINCES)
         self.cells_per_province = [int(n) for n in counts]
         self.geocell_heads = nn.ModuleDict({
-            str(p): mlp_block(d_cell, c.cell_hidden if n >= c.small_province_cells else c.small_cell_hidden, n, c.dropout)
+            str(p): mlp_block(d_cell, c.cell_hidden if n >= c.small_province_cells else c.small_cell_hidden, n,
+                              dropout=c.dropout)
             for p, n in enumerate(counts) if n > 0})  # provinces without cells get no head
         n_cells = len(self.cells)
         self.cell_embedding = nn.Embedding(n_cells, c.cell_emb_dim)
         self.province_embedding = nn.Embedding(NUM_PROVINCES, c.prov_emb_dim)
         self.offset_head = OffsetMLP(d + c.cell_emb_dim + c.prov_emb_dim, c.offset_hidden, c.dropout)
-        self.aux_head = mlp_block(d, c.aux_hidden, 2, c.dropout, norm=False)
+        self.aux_head = mlp_block(d, c.aux_hidden, 2, dropout=c.dropout, norm=False)
         nn.init.zeros_(self.aux_head[-1].weight)  # start at Pakistan's centre
         nn.init.zeros_(self.aux_head[-1].bias)
 
@@ -281,7 +282,7 @@ class GeopakModel(nn.Module):
 
     def hypotheses(self, outputs: dict, top_provinces: int = 2, top_cells: int = 5) -> dict:
         """Mixture hypotheses (cell ids, weights); see inference.build_hypotheses."""
-        return build_hypotheses(self, outputs, top_provinces, top_cells)
+        return build_hypotheses(self, outputs, top_provinces=top_provinces, top_cells=top_cells)
 
     def export_meta(self) -> dict:
         """Everything needed to rebuild this model without the run folder (JSON-serialisable)."""
@@ -292,4 +293,4 @@ class GeopakModel(nn.Module):
                   scene_encoder: nn.Module | None = None) -> "GeopakModel":
         """Inverse of export_meta (load the state dict afterwards)."""
         return cls(ModelConfig.from_dict(meta["config"]), pd.DataFrame(meta["cells"]), clip_encoder,
-                   scene_encoder, meta.get("offset_scale"))
+                   scene_encoder, offset_scale=meta.get("offset_scale"))

@@ -24,7 +24,7 @@ def cell_conditional_probs(model, outputs: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_hypotheses(model, outputs: dict, top_provinces: int = 2, top_cells: int = 5,
+def build_hypotheses(model, outputs: dict, *, top_provinces: int = 2, top_cells: int = 5,
                      temperature: float = 1.0) -> dict:
     """Pick the hypotheses and their weights (no gradient: offsets never fight classification).
 
@@ -86,7 +86,7 @@ def combine_hypotheses(lat, lon, weight):
     return geo.from_unit_vectors((weight[..., None] * v).sum(-2))
 
 
-def mixture_predict(model, outputs: dict, top_provinces: int = 2, top_cells: int = 5,
+def mixture_predict(model, outputs: dict, *, top_provinces: int = 2, top_cells: int = 5,
                     temperature: float = 1.0) -> dict:
     """The GEOPAK prediction (spec 000 §8).
 
@@ -95,7 +95,7 @@ def mixture_predict(model, outputs: dict, top_provinces: int = 2, top_cells: int
     hyp_cell_id, hyp_province_id (B, H) (-1 = padding); spread_km (B,) = weighted mean distance
     of the hypotheses to the final point.
     """
-    hyp = build_hypotheses(model, outputs, top_provinces, top_cells, temperature)
+    hyp = build_hypotheses(model, outputs, top_provinces=top_provinces, top_cells=top_cells, temperature=temperature)
     hyp_lat, hyp_lon = hypothesis_points(model, outputs["fused"], hyp["cell_id"])  # finite everywhere
     lat, lon = combine_hypotheses(hyp_lat, hyp_lon, hyp["weight"])
     dist = geo.haversine_km(hyp_lat, hyp_lon, lat.unsqueeze(-1), lon.unsqueeze(-1))
@@ -113,7 +113,7 @@ def argmax_predict(model, outputs: dict) -> dict:
 
     Returns lat, lon (B,) degrees, cell_id (B,), province_id (B,).
     """
-    hyp = build_hypotheses(model, outputs, 1, 1)
+    hyp = build_hypotheses(model, outputs, top_provinces=1, top_cells=1)
     cell_id = hyp["cell_id"][:, 0]
     lat, lon = hypothesis_points(model, outputs["fused"], cell_id.unsqueeze(1))
     return {"lat": lat[:, 0], "lon": lon[:, 0], "cell_id": cell_id, "province_id": hyp["province_id"][:, 0]}
@@ -125,14 +125,14 @@ def aux_predict(outputs: dict) -> dict:
 
 
 @torch.no_grad()
-def predict_batch(model, clip_feat: torch.Tensor, scene_feat: torch.Tensor, top_provinces: int = 2,
+def predict_batch(model, clip_feat: torch.Tensor, scene_feat: torch.Tensor, *, top_provinces: int = 2,
                   top_cells: int = 5, temperature: float = 1.0) -> dict:
     """Features -> numpy predictions: the mixture_predict keys plus alpha, argmax_lat/lon, aux_lat/lon."""
     was_training = model.training
     model.eval()
     try:
         out = model.forward_features(clip_feat, scene_feat)
-        pred = mixture_predict(model, out, top_provinces, top_cells, temperature)
+        pred = mixture_predict(model, out, top_provinces=top_provinces, top_cells=top_cells, temperature=temperature)
         arg, aux = argmax_predict(model, out), aux_predict(out)
         pred.update(alpha=out["alpha"], argmax_lat=arg["lat"], argmax_lon=arg["lon"],
                     aux_lat=aux["lat"], aux_lon=aux["lon"])

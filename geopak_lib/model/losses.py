@@ -153,7 +153,7 @@ class OffsetLoss(nn.Module):
     def forward(self, model, outputs: dict, cell_id: torch.Tensor, lat: torch.Tensor, lon: torch.Tensor) -> dict:
         """outputs: model.forward_features(...); cell_id, lat, lon (B,) -> {"offset": scalar}."""
         if self.hypotheses == "mixture":
-            hyp = build_hypotheses(model, outputs, self.top_provinces, self.top_cells)
+            hyp = build_hypotheses(model, outputs, top_provinces=self.top_provinces, top_cells=self.top_cells)
             ids, weight = hyp["cell_id"], hyp["weight"]  # weight carries no gradient
         else:
             ids, weight = cell_id.unsqueeze(1), (cell_id >= 0).float().unsqueeze(1)
@@ -208,7 +208,7 @@ class GeopakLoss(nn.Module):
     of the concept term (docs/decisions/concepts.md); 0 computes no concept term at all.
     """
 
-    def __init__(self, cells: pd.DataFrame, province_counts, beta: float = 0.9995, weights: dict | None = None,
+    def __init__(self, cells: pd.DataFrame, province_counts, *, beta: float = 0.9995, weights: dict | None = None,
                  rampup_epochs: int = 5, top_provinces: int = 2, top_cells: int = 5, km_scale: float = 100.0,
                  tau_by_province: dict | None = None, offset_hypotheses: str = "mixture",
                  concept_weight: float = 0.0):

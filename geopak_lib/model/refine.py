@@ -37,7 +37,7 @@ class Gallery:
     cell_start: np.ndarray
 
     @classmethod
-    def from_items(cls, embedding, lat, lon, cell_id, n_cells: int, dtype=np.float32) -> "Gallery":
+    def from_items(cls, embedding, lat, lon, cell_id, *, n_cells: int, dtype=np.float32) -> "Gallery":
         """Items in any order: embedding (M, D), lat, lon (M,) degrees, cell_id (M,) in [0, n_cells)
         (items with cell_id < 0 are dropped). Embeddings are normalised to unit length."""
         cell_id = np.asarray(cell_id, int)
@@ -61,7 +61,7 @@ class Gallery:
         return sum(a.nbytes for a in (self.embedding, self.lat, self.lon, self.cell_start))
 
 
-def move_towards(lat, lon, target_lat, target_lon, max_km, step: float = 1.0):
+def move_towards(lat, lon, target_lat, target_lon, *, max_km, step: float = 1.0):
     """Move each point along the great circle towards its target by step × the distance, but never
     more than max_km. All (...,) degrees / km -> (lat, lon, moved_km) (...,)."""
     p, t = geo.to_unit_vectors(lat, lon), geo.to_unit_vectors(target_lat, target_lon)  # (..., 3)
@@ -88,7 +88,7 @@ def _cell_targets(query, rows, gallery: Gallery, c: int, k: int, temperature: fl
     return t_lat, t_lon, top_sims.max(1)
 
 
-def refine_hypotheses(query, cell_id, lat, lon, weight, gallery: Gallery, cell_radius_km, k: int = 1,
+def refine_hypotheses(query, cell_id, lat, lon, *, weight, gallery: Gallery, cell_radius_km, k: int = 1,
                       step: float = 1.0, temperature: float = 0.05, rescore_temperature: float | None = None) -> dict:
     """Move each hypothesis towards the best-matching gallery items of its own cell.
 
@@ -118,7 +118,7 @@ def refine_hypotheses(query, cell_id, lat, lon, weight, gallery: Gallery, cell_r
         la, lo, sc = _cell_targets(query, b_idx[sel], gallery, int(c), k, temperature)
         t_lat[b_idx[sel], h_idx[sel]], t_lon[b_idx[sel], h_idx[sel]], score[b_idx[sel], h_idx[sel]] = la, lo, sc
     radius = np.where(has, np.asarray(cell_radius_km, float)[np.clip(cell_id, 0, None)], 0.0)
-    new_lat, new_lon, moved = move_towards(lat, lon, t_lat, t_lon, radius, step)
+    new_lat, new_lon, moved = move_towards(lat, lon, t_lat, t_lon, max_km=radius, step=step)
     new_lat, new_lon = np.where(has, new_lat, lat), np.where(has, new_lon, lon)
     if rescore_temperature is not None:
         n = has.sum(1, keepdims=True)

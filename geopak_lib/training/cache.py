@@ -173,7 +173,7 @@ class FeatureCache:
 
     @classmethod
     def find_clean(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder,
-                   cache_root="cache", slots=("clip", "scene")) -> "FeatureCache | None":
+                   *, cache_root="cache", slots=("clip", "scene")) -> "FeatureCache | None":
         """A complete cache under ``cache_root`` holding these encoders' clean views (view 0) of this
         manifest's rows, whatever its augmented views, seed or dtype (those change only the other
         slots and the rounding), or None. For evaluating checkpoints whose encoders were frozen
@@ -196,7 +196,8 @@ class FeatureCache:
         return None
 
     @classmethod
-    def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, settings: CacheSettings | None = None,
+    def build_or_load(cls, manifest: pd.DataFrame, clip_encoder, scene_encoder, *,
+                      settings: CacheSettings | None = None,
                       device="auto", progress: bool = True, **settings_kwargs) -> "FeatureCache":
         """Open the cache for these inputs, building (or finishing) it first when needed.
 
@@ -209,7 +210,8 @@ class FeatureCache:
             return cls(path)
         path.mkdir(parents=True, exist_ok=True)
         atomic_json(path / "key.json", {"key": key, **key_inputs})
-        build_slots(path, key, manifest, clip_encoder, scene_encoder, settings, pick_device(device), progress)
+        build_slots(path, key, manifest, clip_encoder, scene_enc=scene_encoder, settings=settings,
+                    device=pick_device(device), progress=progress)
         return cls(path)
 
 
@@ -261,7 +263,7 @@ def _open_arrays(path: Path, n_slots: int, dims: tuple, dtype, fresh: bool):
     return arrays
 
 
-def build_slots(path, key, manifest, clip_enc, scene_enc, settings: CacheSettings, device, progress: bool = False,
+def build_slots(path, key, manifest, clip_enc, *, scene_enc, settings: CacheSettings, device, progress: bool = False,
                 shard=(0, 1)) -> None:
     """Compute the features into path/{clip,scene}.npy. shard (rank, world): only batches i with
     i % world == rank (distributed.build_cache_distributed merges the parts)."""

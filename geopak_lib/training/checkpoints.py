@@ -99,7 +99,7 @@ def encoder_info(encoder) -> dict | None:
             "is_random": bool(getattr(encoder, "is_random", False))}
 
 
-def checkpoint_state(model, optimizer, scheduler, phase_config: dict, epoch: int, metrics: dict,
+def checkpoint_state(model, optimizer, scheduler, phase_config: dict, *, epoch: int, metrics: dict,
                      history: list, best: dict, epochs_since_best: int, stopped: bool, sampler: dict,
                      params: dict | None = None) -> dict:
     """Everything a checkpoint holds (see the module docstring)."""

@@ -53,20 +53,22 @@ def shard(items, rank: int, world: int) -> list:
     return list(items)[rank::world]
 
 
-def build_cache_distributed(manifest, clip_encoder, scene_encoder, settings: CacheSettings, device="auto",
+def build_cache_distributed(manifest, clip_encoder, scene_encoder, settings: CacheSettings, *, device="auto",
                             progress: bool = False) -> FeatureCache:
     """FeatureCache.build_or_load with the work split over the ranks; every rank calls it with the
     same arguments and gets the same cache back. Without a process group it is build_or_load."""
     rank, world = rank_world()
     if world == 1:
-        return FeatureCache.build_or_load(manifest, clip_encoder, scene_encoder, settings, device, progress)
+        return FeatureCache.build_or_load(manifest, clip_encoder, scene_encoder, settings=settings, device=device,
+                                          progress=progress)
     path, key, key_inputs = cache_location(manifest, clip_encoder, scene_encoder, settings)
     if not (path / "complete.json").exists():
         part = path / f"part{rank}of{world}"
         part.mkdir(parents=True, exist_ok=True)
         if not (part / "complete.json").exists():  # a part finished before an interruption is kept
-            build_slots(part, key, manifest, clip_encoder, scene_encoder, settings, pick_device(device),
-                        progress and rank == 0, shard=(rank, world))
+            build_slots(part, key, manifest, clip_encoder, scene_enc=scene_encoder, settings=settings,
+                        device=pick_device(device),
+                        progress=progress and rank == 0, shard=(rank, world))
         dist.barrier()
         if rank == 0:
             _merge_parts(path, key, key_inputs, world, settings.batch_size)
@@ -105,10 +107,10 @@ class _LossStep(torch.nn.Module):
         device = labels["lat"].device
         with torch.autocast(device.type, torch.bfloat16, enabled=use_amp):
             out = float_outputs(self.model(*inputs))
-        return loss_terms(self.loss_fn, self.model, out, labels, self.cfg.pass_settings(), self.epoch)
+        return loss_terms(self.loss_fn, self.model, out, labels, cfg=self.cfg.pass_settings(), epoch=self.epoch)
 
 
-def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int = 1, opt=None, sched=None) -> list:
+def ddp_phase2_steps(model, data, cfg, loss_fn, *, row_batches, device, epoch: int = 1, opt=None, sched=None) -> list:
     """Phase-2 (or 3) training steps under DistributedDataParallel: each rank takes its slice of
     every global batch in ``row_batches`` (lists of table rows), reads and augments those images,
     and DDP averages the gradients before every optimiser step, so all ranks keep equal weights.
@@ -136,7 +138,8 @@ def ddp_phase2_steps(model, data, cfg, loss_fn, row_batches, device, epoch: int 
     use_amp, losses = autocast_enabled(cfg.amp, device), []
     mine = [np.asarray(shard(b, rank, world)) for b in row_batches]
     places = [shard(range(len(b)), rank, world) for b in row_batches]  # augmentation seeds: global positions
-    for rows, inputs in batches(model, data, mine, cfg.pass_settings(), epoch, True, device, positions=places):
+    for rows, inputs in batches(model, data, mine, cfg.pass_settings(), epoch=epoch, train=True, device=device,
+                                positions=places):
         terms = step(inputs, data.labels(rows, device), use_amp)
         opt.zero_grad(set_to_none=True)
         terms["total"].backward()  # DDP all-reduces (averages) the gradients here

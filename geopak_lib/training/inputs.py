@@ -78,7 +78,7 @@ def make_loss(model, data: TrainData, **kwargs) -> GeopakLoss:
     return GeopakLoss(model.cells, counts, **kwargs)
 
 
-def add_concept_heads(model, concepts: dict, weight: float, bottleneck: bool = False, hidden: int = 128):
+def add_concept_heads(model, concepts: dict, weight: float, *, bottleneck: bool = False, hidden: int = 128):
     """The model with concept heads for the classes of ``concepts`` (concepts.json), trained with
     loss weight ``weight`` (0: the model without heads); in the bottleneck variant the geocell heads
     also read the concept probabilities, so they start afresh (untrained before phase 1 anyway).
@@ -92,7 +92,7 @@ def add_concept_heads(model, concepts: dict, weight: float, bottleneck: bool = F
     return new.to(next(model.parameters()).device)
 
 
-def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, scene_weights: str, *,
+def build_encoders(seed: int, clip_spec: str, clip_weights: str, scene_spec: str, *, scene_weights: str, 
                    allow_random_weights: bool = False) -> tuple:
     """Both frozen encoders of phase 0, after seed_everything(seed): an encoder without pretrained
     weights then gets the same random weights every time, so the feature cache's key is stable.
@@ -113,7 +113,7 @@ CACHE_PARAMETERS = ("cache_dir", "cache_views", "cache_batch_size", "num_workers
 
 
 def cache_settings(cache_dir: str, cache_views: int, cache_batch_size: int, num_workers: int,
-                   seed: int) -> CacheSettings:
+                   *, seed: int) -> CacheSettings:
     """The feature cache's settings from the book's parameters (notebooks 02-03 and the
     distributed command pass the same names, so they open the same cache)."""
     return CacheSettings(cache_root=cache_dir, views=cache_views, batch_size=cache_batch_size,
@@ -137,7 +137,7 @@ class PhaseInputs:
     data: TrainData
 
 
-def load_phase_inputs(run_dir, phase: int, cache: CacheSettings | None = None, device="auto",
+def load_phase_inputs(run_dir, phase: int, *, cache: CacheSettings | None = None, device="auto",
                       progress: bool = True, concept_weight: float | None = None,
                       concept_bottleneck: bool = False) -> PhaseInputs:
     """Set-up of phase ``phase`` (1-3): the best.pt of phase - 1, the model, manifest and
@@ -152,9 +152,9 @@ def load_phase_inputs(run_dir, phase: int, cache: CacheSettings | None = None, d
         if phase != 1:
             raise ValueError("concept heads are added in phase 1; later phases keep the ones they receive")
         model = add_concept_heads(model, run.read_concepts() if concept_weight > 0 else {}, concept_weight,
-                                  concept_bottleneck)
+                                  bottleneck=concept_bottleneck)
     features = None
     if phase <= 1:
         features = FeatureCache.build_or_load(run.read_manifest(), model.clip_encoder, model.scene_encoder,
-                                              cache or CacheSettings(), device, progress)
+                                              settings=cache or CacheSettings(), device=device, progress=progress)
     return PhaseInputs(start, start_path, model, load_data(run_dir, features))

@@ -64,7 +64,7 @@ def float_outputs(out: dict) -> dict:
             for k, t in out.items()}
 
 
-def batches(model, data, row_batches, cfg: PassSettings, epoch: int, train: bool, device, positions=None):
+def batches(model, data, row_batches, cfg: PassSettings, *, epoch: int, train: bool, device, positions=None):
     """Yield (rows (B,), inputs) where inputs feed :func:`forward`: cached features or encoder images.
     data: a TrainData (table, labels and, for source 'cache', the feature cache).
 
@@ -106,7 +106,7 @@ def forward(model, cfg: PassSettings, inputs, device) -> dict:
     return float_outputs(out)
 
 
-def loss_terms(loss_fn, model, out, labels, cfg: PassSettings, epoch: int) -> dict:
+def loss_terms(loss_fn, model, out, labels, *, cfg: PassSettings, epoch: int) -> dict:
     """Phase 0: the province term alone (nothing else is trained). Later: every term; the offset
     ramp-up runs only where cfg.offset_rampup (phase 1), later phases use the full weight."""
     if cfg.phase == 0:
@@ -118,7 +118,7 @@ def loss_terms(loss_fn, model, out, labels, cfg: PassSettings, epoch: int) -> di
 
 
 @torch.no_grad()
-def predictions(model, out, rows, labels, cfg: PassSettings) -> dict:
+def predictions(model, out, rows, labels, *, cfg: PassSettings) -> dict:
     """Per-sample numpy columns: province pred, mixture (lat, lon), and the true cell's point
     (its centre + the offset head's answer there; a diagnostic, since it uses the label)."""
     res = {"row": np.asarray(rows), "province_pred": out["province_logits"].argmax(-1).cpu().numpy(),
@@ -127,7 +127,7 @@ def predictions(model, out, rows, labels, cfg: PassSettings) -> dict:
         res[f"{name}_pred"] = logits.argmax(-1).cpu().numpy()
     if cfg.phase == 0:  # geocell and offset heads are untrained in phase 0: no positions
         return res
-    pred = mixture_predict(model, out, cfg.top_provinces, cfg.top_cells)
+    pred = mixture_predict(model, out, top_provinces=cfg.top_provinces, top_cells=cfg.top_cells)
     cid = labels["cell_id"]
     safe = cid.clamp(min=0)
     off = model.offsets(out["fused"], safe)
@@ -191,28 +191,30 @@ def epoch_metrics(frame: pd.DataFrame, losses: dict) -> dict:
     return {c: row.get(c, nan) for c in CSV_COLUMNS[2:]}
 
 
-def predict_rows(model, data, rows, cfg: PassSettings, device, loss_fn=None, epoch: int = 1,
+def predict_rows(model, data, rows, cfg: PassSettings, *, device, loss_fn=None, epoch: int = 1,
                  progress: bool = False):
     """Evaluate ``rows`` (clean views) -> (per-sample DataFrame, loss means; empty without loss_fn)."""
     model.eval()
     acc = Accumulator()
     row_batches = [rows[s:s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
     with torch.no_grad():
-        for r, inputs in tqdm(batches(model, data, row_batches, cfg, epoch, False, device), total=len(row_batches),
+        for r, inputs in tqdm(batches(model, data, row_batches, cfg, epoch=epoch, train=False, device=device),
+                              total=len(row_batches),
                               desc="eval", leave=False, disable=not progress):
             labels = data.labels(r, device)
             out = forward(model, cfg, inputs, device)
-            terms = loss_terms(loss_fn, model, out, labels, cfg, epoch) if loss_fn is not None else {}
-            acc.add(terms, predictions(model, out, r, labels, cfg))
+            terms = loss_terms(loss_fn, model, out, labels, cfg=cfg, epoch=epoch) if loss_fn is not None else {}
+            acc.add(terms, predictions(model, out, r, labels, cfg=cfg))
     return acc.frame(data), acc.losses()
 
 
 @torch.no_grad()
-def model_outputs(model, data, rows, cfg: PassSettings, device, progress: bool = False) -> dict:
+def model_outputs(model, data, rows, cfg: PassSettings, *, device, progress: bool = False) -> dict:
     """Model outputs (on CPU) for ``rows`` of data.table, clean views, in row order."""
     model.eval()
     row_batches = [rows[s:s + cfg.batch_size] for s in range(0, len(rows), cfg.batch_size)]
     parts = [outputs_to(forward(model, cfg, inputs, device), "cpu")
-             for _, inputs in tqdm(batches(model, data, row_batches, cfg, 1, False, device), total=len(row_batches),
+             for _, inputs in tqdm(batches(model, data, row_batches, cfg, epoch=1, train=False, device=device),
+                                   total=len(row_batches),
                                    desc="outputs", leave=False, disable=not progress)]
     return cat_outputs(parts)

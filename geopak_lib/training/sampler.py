@@ -69,7 +69,7 @@ class ProvinceBalancedSampler:
     """
 
     def __init__(self, province_ids, batch_size: int, batches_per_epoch: int,
-                 shares="equal", seed: int = 0):
+                 *, shares="equal", seed: int = 0):
         self.province_ids = np.asarray(province_ids, dtype=int)
         if self.province_ids.size == 0:
             raise ValueError("ProvinceBalancedSampler needs at least one training sample")

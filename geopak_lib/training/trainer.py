@@ -87,14 +87,14 @@ def _check_resume(state: dict, cfg: dict, path) -> None:
                          "pass resume=False to start this phase afresh, or use another run_dir")
 
 
-def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, opt, sched, device,
+def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, *, epoch: int, opt, sched, device,
                 progress: bool = False, batch_source=batches) -> dict:
     """One epoch of province-balanced batches; returns the train row of losses.csv. batch_source:
     passes.batches, or one with its signature (benchmarks time the step without the data path)."""
     passes = cfg.pass_settings()
     train_rows = data.rows("train")
     sampler = ProvinceBalancedSampler(data.table["province_id"].to_numpy(int)[train_rows], cfg.batch_size,
-                                      cfg.batches_per_epoch, cfg.shares, cfg.seed)
+                                      cfg.batches_per_epoch, shares=cfg.shares, seed=cfg.seed)
     sampler.set_epoch(epoch)
     row_batches = [train_rows[np.asarray(b)] for b in sampler]
     model.train()
@@ -108,12 +108,13 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
             enc.eval()
     params = [p for g in opt.param_groups for p in g["params"]]
     acc = Accumulator()
-    bar = tqdm(batch_source(model, data, row_batches, passes, epoch, True, device), total=len(row_batches),
+    bar = tqdm(batch_source(model, data, row_batches, passes, epoch=epoch, train=True, device=device),
+               total=len(row_batches),
                desc=f"phase {cfg.phase} epoch {epoch}/{cfg.epochs}", leave=False, disable=not progress)
     for rows, inputs in bar:
         labels = data.labels(rows, device)
         out = forward(model, passes, inputs, device)
-        terms = loss_terms(loss_fn, model, out, labels, passes, epoch)
+        terms = loss_terms(loss_fn, model, out, labels, cfg=passes, epoch=epoch)
         if not bool(torch.isfinite(terms["total"].detach())):
             # Stop before the step: one NaN gradient poisons every weight, and best.pt must never hold it.
             raise NonFiniteLoss(f"phase {cfg.phase} epoch {epoch}: the training loss is "
@@ -126,7 +127,7 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
         opt.step()
         sched.step()
         terms = {k: float(v.detach()) for k, v in terms.items()}
-        acc.add(terms, predictions(model, out, rows, labels, passes))
+        acc.add(terms, predictions(model, out, rows, labels, cfg=passes))
         bar.set_postfix({("w_off" if k == "offset_weight" else k[:4]): f"{v:.3f}" for k, v in terms.items()})
     return epoch_metrics(acc.frame(data), acc.losses())
 
@@ -134,11 +135,11 @@ def train_epoch(model, loss_fn, data: TrainData, cfg: PhaseConfig, epoch: int, o
 VAL_ERRORS = "val_errors.csv"  # beside best.pt: its per-image validation errors, for the final-model rule
 
 
-def validation_row(model, data: TrainData, cfg: PhaseConfig, device, loss_fn, epoch: int,
+def validation_row(model, data: TrainData, cfg: PhaseConfig, device, *, loss_fn, epoch: int,
                    progress: bool = False) -> tuple[dict, pd.DataFrame]:
     """(the val row of losses.csv, the per-image frame) for the model as it is now (clean views, no step)."""
-    frame, losses = predict_rows(model, data, data.rows("val"), cfg.pass_settings(), device, loss_fn,
-                                 max(epoch, 1), progress)
+    frame, losses = predict_rows(model, data, data.rows("val"), cfg.pass_settings(), device=device, loss_fn=loss_fn,
+                                 epoch=max(epoch, 1), progress=progress)
     return epoch_metrics(frame, losses), frame
 
 
@@ -161,7 +162,7 @@ def _setup(cfg: PhaseConfig, model, data: TrainData, loss_fn, device):
     return loss_fn, opt, sched
 
 
-def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None, resume: bool = True,
+def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, *, loss_fn=None, resume: bool = True,
                 progress: bool = True, device="auto", params: dict | None = None, callback=None,
                 start: dict | None = None, save_epochs: bool = True) -> TrainResult:
     """Train one phase; checkpoints, log.txt and losses.csv go to run_dir/checkpoints/phase{p}/.
@@ -197,8 +198,10 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
                  "(the earlier phase was trained again), so this phase starts afresh")
 
     def state(epoch, metrics):
-        return {**checkpoint_state(model, opt, sched, cfg_dict, epoch, metrics, run.history, run.best, run.since_best,
-                                   run.stopped, {"epoch": epoch, "seed": cfg.seed}, params), "start_sha256": start_sha,
+        return {**checkpoint_state(model, opt, sched, cfg_dict, epoch=epoch, metrics=metrics, history=run.history,
+                                   best=run.best, epochs_since_best=run.since_best,
+                                   stopped=run.stopped, sampler={"epoch": epoch, "seed": cfg.seed}, params=params),
+                                   "start_sha256": start_sha,
                 "inputs": input_sha}
 
     if latest is not None:
@@ -215,7 +218,7 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         if start is not None and cfg.carry_optimizer:
             n = carry_optimizer_state(opt, model, start)
             log.line(f"carried the AdamW moments of {n} parameter tensors from phase {start.get('phase')}")
-        val0, frame0 = validation_row(model, data, cfg, device, loss_fn, 0, progress)
+        val0, frame0 = validation_row(model, data, cfg, device, loss_fn=loss_fn, epoch=0, progress=progress)
         row = {"epoch": 0, "split": "val", **val0}
         run.history.append(row)
         run.add(cfg.phase, 0, row, 0)
@@ -231,8 +234,9 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, loss_fn=None,
         if run.stopped:
             break
         t0 = time.time()
-        train_row = train_epoch(model, loss_fn, data, cfg, epoch, opt, sched, device, progress)
-        val_row, val_frame = validation_row(model, data, cfg, device, loss_fn, epoch, progress)
+        train_row = train_epoch(model, loss_fn, data, cfg, epoch=epoch, opt=opt, sched=sched, device=device,
+                                progress=progress)
+        val_row, val_frame = validation_row(model, data, cfg, device, loss_fn=loss_fn, epoch=epoch, progress=progress)
         # Only the total: a term with no labels in this run (loss_concept without concept labels) is NaN by design.
         if not math.isfinite(float(val_row.get("loss_total", 0.0))):
             raise NonFiniteLoss(f"phase {cfg.phase} epoch {epoch}: the validation loss is {val_row['loss_total']}; "

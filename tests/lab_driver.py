@@ -94,9 +94,13 @@ class JupyterLab:
         """Open ``notebook`` (relative to the root), run all cells, wait; -> its error outputs
         ({cell, ename, evalue}); the kernel is idle when it returns."""
         page = self.page
-        page.goto(f"{self.url}/lab/tree/{notebook}?token={self.token}")
-        page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                               " && window.jupyterapp.shell.currentWidget.sessionContext", timeout=120_000)
+        self._opened = getattr(self, "_opened", 0) + 1
+        # a workspace of its own for each notebook, reset: JupyterLab restores no earlier panel, so the
+        # current widget is this notebook and its own kernel (not the one the last notebook left open)
+        page.goto(f"{self.url}/lab/workspaces/check{self._opened}/tree/{notebook}?reset&token={self.token}")
+        page.wait_for_function("nb => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+                               " return !!(w && w.context && w.context.path === nb && w.sessionContext); }",
+                               arg=notebook, timeout=120_000)
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
         page.set_default_timeout(timeout_s * 1000)
         page.evaluate("""async () => {
@@ -104,8 +108,13 @@ class JupyterLab:
             await panel.sessionContext.ready;
             await window.jupyterapp.commands.execute('notebook:run-all-cells');
         }""")
-        page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session"
-                               ".kernel.status === 'idle'")
+        # idle, and no cell still queued or running (its prompt shows [*])
+        page.wait_for_function("""() => {
+            const w = window.jupyterapp.shell.currentWidget;
+            const k = w && w.sessionContext.session && w.sessionContext.session.kernel;
+            if (!k || k.status !== 'idle') return false;
+            return ![...w.node.querySelectorAll('.jp-InputArea-prompt')].some(p => p.textContent.includes('*'));
+        }""")
         return page.evaluate("""() => {
             const cells = window.jupyterapp.shell.currentWidget.content.widgets;
             const errors = [];

@@ -280,6 +280,34 @@ def test_resume_only_from_epochs_grown_from_this_start(tmp_path):
     assert load_checkpoint(folder / "epoch_2.pt")["start_sha256"] == state_sha256(starts[1]["model_state"])
 
 
+def test_resume_from_epochs_of_another_model_shape_starts_afresh(tmp_path):
+    """A profile that switches a head on or off (concept heads) and re-runs the book: the epoch files
+    hold other parameter names, so the phase starts afresh and says so, instead of a raw
+    load_state_dict error (seen when concept_weight went to 0 under an existing run)."""
+    cells, data = synthetic()
+    start = {"phase": 0, "model_state": tiny_model(cells, 0).state_dict()}
+
+    def go(extra_head, callback=None):
+        model = tiny_model(cells, 0)
+        if extra_head:
+            model.extra_head = torch.nn.Linear(3, 2)
+        model.load_state_dict(start["model_state"], strict=False)
+        return train_phase(cfg1(epochs=2, carry_optimizer=False), model, data, tmp_path / "r", progress=False,
+                           device="cpu", start=start, callback=callback)
+
+    def stop_after_1(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        go(True, stop_after_1)
+    fresh = go(False)
+    log = (tmp_path / "r" / "checkpoints" / "phase1" / "log.txt").read_text()
+    assert "hold another model" in log and "resumed" not in log
+    assert fresh.history["epoch"].tolist() == [0, 1, 1, 2, 2]
+    assert "extra_head.weight" not in load_checkpoint(tmp_path / "r" / "checkpoints" / "phase1" / "best.pt")["model_state"]
+
+
 def test_state_sha256_ignores_order_and_sees_one_changed_value():
     a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.tensor(1.5), "n": torch.tensor(3)}
     assert state_sha256(a) == state_sha256(dict(reversed(list(a.items()))))

@@ -79,6 +79,11 @@ class NonFiniteLoss(RuntimeError):
     """A loss went NaN or infinite: the phase stops and the epoch is never saved, as best or otherwise."""
 
 
+def _same_tensors(saved: dict, own: dict) -> bool:
+    """The same parameter names with the same shapes: a saved state the model can resume from."""
+    return saved.keys() == own.keys() and all(tuple(saved[k].shape) == tuple(own[k].shape) for k in own)
+
+
 def _check_resume(state: dict, cfg: dict, path) -> None:
     changed = {k: (state["phase_config"].get(k), v) for k, v in cfg.items()
                if k not in RESUME_FREE and state["phase_config"].get(k) != v}
@@ -187,8 +192,9 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, *, loss_fn=No
     input_sha = input_stamps(run_dir)  # what this phase trains on; load_checkpoint compares it (data/stamps.py)
     ckpt = load_checkpoint(latest) if latest is not None else None
     stale = ckpt is not None and ckpt.get("start_sha256") != start_sha
-    if stale:  # the earlier phase was trained again: these epochs grew from weights that are gone
-        latest = None
+    reshaped = ckpt is not None and not stale and not _same_tensors(ckpt["model_state"], model.state_dict())
+    if stale or reshaped:  # the earlier phase was trained again (these epochs grew from weights that are
+        latest = None  # gone), or the model has other heads now (concept heads switched in the profile)
     if latest is None and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)  # a fresh start must not inherit a stale best.pt or losses.csv
     log, best_path, cfg_dict = TrainLog(ckpt_dir, tqdm.write if progress else None), ckpt_dir / "best.pt", asdict(cfg)
@@ -196,6 +202,9 @@ def train_phase(cfg: PhaseConfig, model, data: TrainData, run_dir, *, loss_fn=No
     if stale:
         log.line(f"phase {cfg.phase}: the epoch files there started from other weights than this start "
                  "(the earlier phase was trained again), so this phase starts afresh")
+    if reshaped:
+        log.line(f"phase {cfg.phase}: the epoch files there hold another model (other heads or sizes than "
+                 "this profile builds), so this phase starts afresh")
 
     def state(epoch, metrics):
         return {**checkpoint_state(model, opt, sched, cfg_dict, epoch=epoch, metrics=metrics, history=run.history,

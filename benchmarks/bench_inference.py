@@ -8,7 +8,7 @@ import statistics
 import time
 from pathlib import Path
 
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.predictor import GeopakPredictor
 
 from .common import sync
 

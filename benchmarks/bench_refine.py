@@ -15,8 +15,8 @@ import time
 import numpy as np
 import torch
 
-from geopak_lib.evaluation.predictor import GeopakPredictor
-from geopak_lib.evaluation.refinement import RefineSettings, mixture_numpy, refine_prediction
+from geopak_lib.inference.predictor import GeopakPredictor
+from geopak_lib.inference.refinement import RefineSettings, mixture_numpy, refine_prediction
 from geopak_lib.model.refine import Gallery
 from geopak_lib.data.rundir import RunDir
 from geopak_lib.training.selection import select_final_checkpoint

@@ -99,7 +99,7 @@ def checkpoint(work: Path) -> Path:
 
 def evaluate(work: Path) -> dict:
     """The test split through the predictor (demo encoders), then the error metrics."""
-    from geopak_lib.evaluation.predictor import GeopakPredictor
+    from geopak_lib.inference.predictor import GeopakPredictor
     from geopak_lib.geo import haversine_km
 
     test = _manifest(work).query("split == 'test'")
@@ -127,7 +127,7 @@ def predict(work: Path) -> dict:
 def gallery(work: Path) -> dict:
     """The refinement gallery of every training row (random fused embeddings, 256-d) and one query
     per test row with 10 hypotheses in its true and random cells."""
-    from geopak_lib.evaluation.refinement import build_gallery
+    from geopak_lib.analysis.refinement_fit import build_gallery
     from geopak_lib.model.refine import refine_hypotheses
 
     rng = np.random.default_rng(0)

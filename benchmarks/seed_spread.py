@@ -52,7 +52,7 @@ def prepare_run(source: Path, run_dir: Path) -> None:
 
 
 def score(run_dir: Path) -> pd.DataFrame:
-    from geopak_lib.evaluation.frame import phase_comparison
+    from geopak_lib.analysis.phases import phase_comparison
     from geopak_lib.training.inputs import load_data
 
     return phase_comparison(run_dir, load_data(run_dir))

@@ -14,10 +14,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from geopak_lib.evaluation import frame as evaluation
-from geopak_lib.evaluation import refinement as rf
-from geopak_lib.evaluation.calibration import fit_calibration, province_coverage
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.analysis import frame as evaluation
+from geopak_lib.analysis import refinement_fit
+from geopak_lib.inference import refinement as rf
+from geopak_lib.analysis.calibration_fit import fit_calibration, province_coverage
+from geopak_lib.inference.predictor import GeopakPredictor
 from geopak_lib.metrics import error_km, summarize_errors
 from geopak_lib.training.cache import FeatureCache
 from geopak_lib.training.inputs import load_data
@@ -62,13 +63,13 @@ def main(argv=None) -> None:
     if cached is not None:
         embeddings["cache"] = {s: cached[table["split"].to_numpy() == s] for s in outs}
     for source, emb in embeddings.items():
-        galleries = {k: rf.build_gallery(emb["train"], train["latitude"], train["longitude"], train["cell_id"],
-                                         n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
+        galleries = {k: refinement_fit.build_gallery(emb["train"], train["latitude"], train["longitude"], train["cell_id"],
+                                                     n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
         for split in ("val", "test"):
             pred = rf.mixture_numpy(model, outs[split])
             f = frames[split]
             rows = [{"settings": "plain mixture", **summarize_errors(f["error_km"])}]
-            for s in rf.SELECTION_GRID:
+            for s in refinement_fit.SELECTION_GRID:
                 p = rf.refine_prediction(pred, emb[split], galleries[s.kind], radius, settings=s)
                 rows.append({"settings": s.label(),
                              **summarize_errors(error_km(p["lat"], p["lon"], f["latitude"], f["longitude"]))})
@@ -76,11 +77,13 @@ def main(argv=None) -> None:
                   + ", ".join(f"{k} {len(g.lat)}" for k, g in galleries.items()))
             print(pd.DataFrame(rows).set_index("settings")[COLUMNS].round(3).to_markdown())
     # the error radius per province, for the plain mixture and for 06's chosen refinement
-    galleries = {k: rf.build_gallery(embeddings["fused"]["train"], train["latitude"], train["longitude"],
-                                     train["cell_id"], n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
-    table = rf.selection_table(model, frames["val"], outs["val"], galleries, grid=rf.SELECTION_GRID)
-    chosen, _ = rf.choose_settings(table, rf.SELECTION_GRID)
-    refined = {s: rf.as_refined(rf.with_refinement(frames[s], model, outs[s], galleries[chosen.kind], settings=chosen))
+    galleries = {k: refinement_fit.build_gallery(embeddings["fused"]["train"], train["latitude"], train["longitude"],
+                                                 train["cell_id"], n_cells=n_cells, kind=k) for k in ("images", "prototypes")}
+    table = refinement_fit.selection_table(model, frames["val"], outs["val"], galleries,
+                                           grid=refinement_fit.SELECTION_GRID)
+    chosen, _ = refinement_fit.choose_settings(table, refinement_fit.SELECTION_GRID)
+    refined = {s: refinement_fit.as_refined(refinement_fit.with_refinement(frames[s], model, outs[s], galleries[chosen.kind],
+                                                                 settings=chosen))
                for s in ("val", "test")}
     for name, (val, test) in {"plain mixture": (frames["val"], frames["test"]),
                               f"refined ({chosen.label()})": (refined["val"], refined["test"])}.items():

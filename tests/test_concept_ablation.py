@@ -9,11 +9,10 @@ import pytest
 
 from geopak_lib.data.concepts import concept_mapping
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.evaluation import concept_ablation as ablation
+from geopak_lib.analysis import concept_ablation as ablation
 from geopak_lib.training.inputs import PhaseInputs, add_concept_heads
 from geopak_lib.training.trainer import train_phase
-from test_concept_heads import with_concepts
-from test_train import cfg1, synthetic, tiny_model
+from synthetic_training import cfg1, synthetic, tiny_model, with_concepts
 
 
 def test_variant_settings():

@@ -3,7 +3,6 @@ that lowers the concept loss, concept targets from concepts.json, and the checkp
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,25 +12,10 @@ from geopak_lib.model.geopak import GeopakModel, ModelConfig
 from geopak_lib.model.losses import ConceptLoss
 from geopak_lib.training.checkpoints import (build_model_from_checkpoint, checkpoint_state, load_checkpoint,
                                              save_checkpoint)
-from geopak_lib.training.inputs import TrainData, add_concept_heads, make_data, make_loss
+from geopak_lib.training.inputs import add_concept_heads, make_loss
 from geopak_lib.training.passes import epoch_metrics
-from test_train import cfg1, synthetic, tiny_model
+from synthetic_training import CLASSES, cfg1, synthetic, tiny_model, with_concepts
 from geopak_lib.training.trainer import train_phase
-
-CLASSES = {"climate": ["B arid", "C temperate"], "land_cover": ["barren", "cropland", "urban"]}
-
-
-def with_concepts(data: TrainData, seed=0) -> TrainData:
-    """The synthetic data with climate / land cover labels that follow the cell (so they can be learnt)."""
-    t = data.table.copy()
-    t["climate"] = np.where(t["cell_id"] < 2, "B arid", "C temperate")
-    t["land_cover"] = np.array(["barren", "cropland", "urban", "cropland", "barren"])[t["cell_id"]]
-    t.loc[t.index % 9 == 0, "land_cover"] = "unknown"
-    mapping = concept_mapping(t)
-    assert {k: v["classes"] for k, v in mapping["concepts"].items()} == CLASSES
-    assign = t[["id", "province_id", "cell_id"]]
-    return make_data(t.drop(columns="cell_id"), assign, data.cache, mapping)
-
 
 def test_config_needs_classes_and_weight_together():
     base = dict(clip_dim=6, scene_dim=5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geopak_lib.data.concepts import UNKNOWN
-from geopak_lib.evaluation.concepts_eval import concept_accuracy, concept_disagreements, concept_frame
+from geopak_lib.analysis.concepts_eval import concept_accuracy, concept_disagreements, concept_frame
 
 
 class FakeModel:

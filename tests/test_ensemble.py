@@ -10,31 +10,17 @@ import torch
 
 from geopak_lib.book import cli
 from geopak_lib.constants import PROVINCES
-from geopak_lib.evaluation.ensemble import (EnsembleModel, combine_member_predictions, geocell_relation,
-                                            log_mean_probs, normalised_weights)
-from geopak_lib.evaluation.predictor import GeopakPredictor
-from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.inference.ensemble import (EnsembleModel, combine_member_predictions, geocell_relation,
+                                           log_mean_probs, normalised_weights)
+from geopak_lib.inference.predictor import GeopakPredictor
 from geopak_lib.model.inference import build_hypotheses, mixture_predict
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 from tiny_predictor import CELLS, SPECS, TinyEncoder, write_images
-from test_sharing import trained  # noqa: F401  (the fixture)
+from tiny_predictor import tiny_model
 
 OTHER_CELLS = pd.DataFrame({"cell_id": [0, 1, 2, 3], "province_id": [0, 1, 1, 5],
                             "center_lat": [24.9, 31.0, 32.0, 28.0], "center_lon": [67.1, 73.0, 74.0, 65.0],
                             "radius_km": [30.0, 20.0, 25.0, 40.0], "neighbor_cell_ids": [[], [2], [1], []]})
-CFG = dict(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
-           offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
-
-
-def tiny_model(cells=CELLS, seed=0, encoders=True):
-    torch.manual_seed(seed)
-    enc = (TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene")) if encoders else (None, None)
-    model = GeopakModel(ModelConfig(**CFG), cells, *enc)
-    for p in model.offset_head.out[-1].parameters():  # non-zero offsets, so they are combined too
-        torch.nn.init.normal_(p, std=0.5)
-    return model.eval()
-
-
 @pytest.fixture()
 def ckpts(tmp_path, monkeypatch):
     """Three phase-1 checkpoints: a and b share geocells (other weights), c has other geocells."""
@@ -183,7 +169,7 @@ def test_run_ensemble_skips_copies_of_weights(ckpts, tmp_path):
     already in (a phase that kept its start), else its latest epoch file."""
     import shutil
 
-    from geopak_lib.evaluation.multiview import run_ensemble
+    from geopak_lib.analysis.ensemble_study import run_ensemble
 
     ck = tmp_path / "run" / "checkpoints"
     for where, src in {"phase1/best.pt": "a", "phase1/epoch_2.pt": "a", "phase1/epoch_3.pt": "b",
@@ -218,8 +204,8 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkey
     """06 hands the final model's own outputs to the ensemble instead of encoding the images again;
     the frames equal the ensemble predictor's own pass (predictor_frames). (06's members come from one
     run, so they share geocells; a frame of 'different' geocells has no true-cell diagnostic.)"""
-    from geopak_lib.evaluation.frame import predictor_frames, split_outputs
-    from geopak_lib.evaluation.multiview import ensemble_frames
+    from geopak_lib.analysis.frame import predictor_frames, split_outputs
+    from geopak_lib.analysis.ensemble_study import ensemble_frames
 
     names = write_images(tmp_path / "img")
     table = pd.DataFrame({"id": [f"i{k}" for k in range(6)],
@@ -240,7 +226,7 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkey
         assert np.allclose(got[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-5)
         assert not np.allclose(got[s][cols].to_numpy(float), alone[s][cols].to_numpy(float), atol=1e-3)
     # a member whose encoders' features are in the feature cache (a phase-1 member in 06) runs its heads alone
-    from geopak_lib.evaluation import multiview
+    from geopak_lib.analysis import ensemble_study
     from geopak_lib.training.cache import FeatureCache
 
     b = ens.model.members[1]
@@ -250,7 +236,7 @@ def test_ensemble_frames_reuse_the_first_members_outputs(ckpts, tmp_path, monkey
     def no_encoders(*args, **kwargs):
         raise AssertionError("the cached member's encoders ran")
 
-    monkeypatch.setattr(multiview, "split_outputs", no_encoders)
+    monkeypatch.setattr(ensemble_study, "split_outputs", no_encoders)
     cached = ensemble_frames(ens, table, known=known, cache_root=tmp_path / "cache")
     for s in ("val", "test"):
         assert np.allclose(cached[s][cols].to_numpy(float), want[s][cols].to_numpy(float), atol=1e-4)

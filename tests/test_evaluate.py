@@ -13,8 +13,8 @@ from pyproj import Geod
 
 from geopak_lib.book import cli
 from geopak_lib.constants import PROVINCE_ID
-from geopak_lib.evaluation.labelled import score
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.labelled import score
+from geopak_lib.inference.predictor import GeopakPredictor
 
 PAYLOAD = "<img src=x onerror=alert(1)>"
 

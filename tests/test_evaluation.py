@@ -11,9 +11,10 @@ import torch
 from scipy import stats
 
 from geopak_lib.book import figures as eval_plots
-from geopak_lib.evaluation import frame as evaluation
-from geopak_lib.evaluation import calibration, explain
-from geopak_lib.evaluation.baselines import province_centroids
+from geopak_lib.analysis import frame as evaluation
+from geopak_lib.analysis import calibration_fit, regions
+from geopak_lib.analysis import explain
+from geopak_lib.analysis.baselines import province_centroids
 from geopak_lib.book import provenance
 from geopak_lib.data import places
 from geopak_lib.model.geopak import GeopakModel, ModelConfig
@@ -48,7 +49,7 @@ def test_temperature_scaling_recovers_a_known_temperature():
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     labels = np.array([rng.choice(7, p=row) for row in p])  # labels drawn from softmax(z): calibrated at T = 1
     logits = 2.5 * z  # an over-confident model: the right temperature is 2.5
-    rep = calibration.temperature_calibration(logits[:3000], labels[:3000], logits[3000:], labels[3000:])
+    rep = calibration_fit.temperature_calibration(logits[:3000], labels[:3000], logits[3000:], labels[3000:])
     assert rep["temperature"] == pytest.approx(2.5, rel=0.08)
     assert rep["ece_after"] < 0.03 < rep["ece_before"] and rep["nll_after"] < rep["nll_before"]
     assert rep["bins_before"]["n"].sum() == 3000
@@ -58,7 +59,7 @@ def test_radius_scale_gives_the_stated_coverage_on_new_data():
     rng = np.random.default_rng(1)
     spread = rng.uniform(5, 200, 8000)
     err = (spread + 1.0) * np.abs(rng.normal(size=8000))  # error / (spread + 1) is half-normal
-    scales, table = calibration.radius_calibration(spread[:4000], err[:4000], spread[4000:], err[4000:])
+    scales, table = calibration_fit.radius_calibration(spread[:4000], err[:4000], spread[4000:], err[4000:])
     for c in (0.5, 0.8, 0.95):  # the half-normal quantile, from scipy
         assert scales[str(c)] == pytest.approx(stats.halfnorm.ppf(c), rel=0.05)
         assert table.loc[c, "test coverage"] == pytest.approx(c, abs=0.02)
@@ -111,12 +112,36 @@ def test_province_centroids_and_method_table():
     assert t.loc["A", "median_km"] == 20.0
 
 
+def test_method_table_intervals_are_paired_with_the_mixture_and_baselines_align_by_id():
+    """Every row on the test images gets its median's block-bootstrap interval and the paired
+    interval of its difference from the mixture. A method that is the mixture minus 5 km on every
+    image differs by exactly -5 km in every resample; a baseline read in another row order is
+    matched by id (+3 km on every image); a row on other images (multi-view places) gets none."""
+    rng = np.random.default_rng(0)
+    mix = rng.uniform(10, 500, 60)
+    f = pd.DataFrame({"id": [f"i{k}" for k in range(60)], "block_id": np.repeat(np.arange(12), 5),
+                      "mixture_error_km": mix, "better_error_km": mix - 5.0, "flat_error_km": np.full(60, 7.0)})
+    base = pd.DataFrame({"id": f["id"], "knn_error_km": mix + 3.0, "province_centroid_error_km": mix + 1.0,
+                         "train_centroid_error_km": mix}).iloc[::-1]
+    t = evaluation.method_table(f, {"mixture": "M", "better": "B", "flat": "F"}, baselines=base,
+                                extra={"other places": pd.Series([1.0, 2.0, 3.0])})
+    assert t.loc["M", ["Δ median vs mixture km", "Δ 95% lo", "Δ 95% hi"]].tolist() == [0.0, 0.0, 0.0]
+    assert t.loc["B", ["Δ median vs mixture km", "Δ 95% lo", "Δ 95% hi"]].tolist() == pytest.approx([-5.0] * 3)
+    assert t.loc["F", ["median 95% lo", "median 95% hi"]].tolist() == [7.0, 7.0]
+    lo, hi = t.loc["M", ["median 95% lo", "median 95% hi"]]
+    assert lo < np.median(mix) < hi
+    knn = t.loc["baseline: kNN on frozen features"]
+    assert knn["median_km"] == pytest.approx(np.median(mix) + 3.0) and knn["Δ 95% lo"] == pytest.approx(3.0)
+    assert "baseline: training-set centroid" not in t.index  # computed from the frame already
+    assert np.isnan(t.loc["other places", "median 95% lo"])
+
+
 def test_nearest_town_and_urban_rural():
     towns = pd.DataFrame({"name": ["T0", "T1"], "latitude": [0.0, 0.0], "longitude": [0.0, 1.0]})
     name, d = places.nearest_town([0.0, 0.0], [0.05, 0.8], towns)
     assert name.tolist() == ["T0", "T1"]
     assert d == pytest.approx([0.05 * 111.195, 0.2 * 111.195], rel=1e-3)  # 1 degree of equator = 111.195 km
-    u = evaluation.urban_rural([24.86, 28.0], [67.01, 64.0])  # central Karachi; the empty west of Balochistan
+    u = regions.urban_rural([24.86, 28.0], [67.01, 64.0])  # central Karachi; the empty west of Balochistan
     assert u["setting"].tolist() == ["urban", "rural"] and u.loc[0, "town_km"] < 10
 
 

@@ -12,7 +12,7 @@ from scipy.special import softmax
 from geopak_lib.book.explorer import (Explorer, ExplorerApp, concepts_table, load_test_predictions, pick_ids,
                                      uploaded_image)
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.predictor import GeopakPredictor
 
 PLACES = [(25.1, 68.1, 0), (26.4, 68.4, 0), (31.4, 74.2, 1), (24.9, 67.9, 0), (31.6, 74.4, 1), (26.6, 68.6, 0)]
 
@@ -183,9 +183,9 @@ def test_report_keeps_the_static_copy_and_drops_the_widget_view():
 
 
 def test_labels_and_worst_follow_the_refined_error_when_the_predictor_refines(run, tmp_path):
-    from test_refine_predict import save_gallery
+    from tiny_predictor import save_gallery
 
-    from geopak_lib.evaluation.frame import read_test_predictions, save_test_predictions
+    from geopak_lib.analysis.prediction_files import read_test_predictions, save_test_predictions
 
     run, predictor = run
     frame = load_test_predictions(predictor, run.path)

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from geopak_lib.book import cli
-from geopak_lib.evaluation import export
-from geopak_lib.evaluation.export import ModelFolderError, export_model, load_exported_model
-from test_sharing import trained  # noqa: F401  (a checkpoint: random ViT copied, Lite0 rebuilt from spec)
+from geopak_lib.inference import model_folder as export
+from geopak_lib.inference.model_folder import ModelFolderError, export_model, load_exported_model
 
 
 def _builder_with(change):

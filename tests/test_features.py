@@ -1,74 +1,24 @@
 """Frozen-feature cache (keying, reuse, interrupted builds) and the baselines on it."""
 
 import json
-from dataclasses import dataclass
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
-from torch import nn
 
 from geopak_lib.data.augment import clean_transform
-from geopak_lib.evaluation.baselines import baseline_errors, baseline_predictions, knn_indices
+from geopak_lib.analysis.baselines import baseline_errors, baseline_predictions, knn_indices
 from geopak_lib.geo import spherical_mean
 from geopak_lib.training.cache import FeatureCache, encoder_input
 from geopak_lib.geo import haversine_km
-
-
-@dataclass
-class Pre:
-    image_size: int
-    mean: tuple = (0.5, 0.5, 0.5)
-    std: tuple = (0.25, 0.25, 0.25)
-
-
-class TinyEncoder(nn.Module):
-    """Stand-in with the Encoder attributes; counts forward calls and can fail on call ``fail_at``."""
-
-    def __init__(self, dim, size, spec="tiny:enc", seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, dim))
-        self.dim, self.spec, self.preprocess = dim, spec, Pre(size)
-        self.weight_status, self.is_random = "random init (test)", True
-        self.calls, self.fail_at = 0, None
-
-    def forward(self, x):
-        self.calls += 1
-        if self.fail_at is not None and self.calls >= self.fail_at:
-            raise RuntimeError("simulated crash")
-        return self.net(x)
-
-
-@pytest.fixture()
-def manifest(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(12):
-        path = tmp_path / "img" / f"{i}.png"
-        path.parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(path)
-        rows.append({"id": f"s{i}", "image_path": str(path), "sha1": f"h{i}",
-                     "split": "train" if i < 8 else ("val" if i < 10 else "test"),
-                     "province": "Sindh" if i % 3 else "Balochistan"})
-    return pd.DataFrame(rows)
-
-
-def _encoders(spec="tiny:enc"):
-    return TinyEncoder(5, 16, spec, seed=0), TinyEncoder(4, 12, "tiny:scene", seed=1)
-
-
-def _build(manifest, root, clip, scene, **kw):
-    kw = {"views": 2, "batch_size": 4, "chunk_batches": 1, "device": "cpu", "progress": False, **kw}
-    return FeatureCache.build_or_load(manifest, clip, scene, cache_root=root, **kw)
+from cache_helpers import build_cache, tiny_encoders
 
 
 def test_layout_and_clean_view_matches_direct_computation(manifest, tmp_path):
-    clip, scene = _encoders()
-    cache = _build(manifest, tmp_path / "c", clip, scene, dtype="float32")
+    clip, scene = tiny_encoders()
+    cache = build_cache(manifest, tmp_path / "c", clip, scene, dtype="float32")
     assert cache.clip.shape == (12 + 2 * 8, 5) and cache.scene.shape == (28, 4)
     assert list(cache.ids) == manifest["id"].tolist() and cache.views == 2
     # row 9 (val), clean view, computed by hand
@@ -87,18 +37,18 @@ def test_layout_and_clean_view_matches_direct_computation(manifest, tmp_path):
 
 
 def test_second_call_reuses_without_encoder_calls(manifest, tmp_path):
-    clip, scene = _encoders()
-    first = _build(manifest, tmp_path / "c", clip, scene)
+    clip, scene = tiny_encoders()
+    first = build_cache(manifest, tmp_path / "c", clip, scene)
     calls = (clip.calls, scene.calls)
     assert calls[0] == 1 + 28 / 4  # one probe + one call per batch
-    second = _build(manifest, tmp_path / "c", clip, scene)
+    second = build_cache(manifest, tmp_path / "c", clip, scene)
     assert (clip.calls, scene.calls) == calls and second.path == first.path
 
 
 @pytest.mark.parametrize("change", ["manifest", "spec", "weights", "views", "seed"])
 def test_key_changes_rebuild(manifest, tmp_path, change):
-    clip, scene = _encoders()
-    first = _build(manifest, tmp_path / "c", clip, scene)
+    clip, scene = tiny_encoders()
+    first = build_cache(manifest, tmp_path / "c", clip, scene)
     kw = {}
     if change == "manifest":
         manifest = manifest.assign(split=manifest["split"].replace({"test": "val"}))
@@ -110,23 +60,23 @@ def test_key_changes_rebuild(manifest, tmp_path, change):
     else:
         kw[change] = 3
     before = clip.calls
-    second = _build(manifest, tmp_path / "c", clip, scene, **kw)
+    second = build_cache(manifest, tmp_path / "c", clip, scene, **kw)
     assert second.path != first.path and clip.calls > before
 
 
 def test_interrupted_build_resumes_and_equals_straight_build(manifest, tmp_path):
-    straight = _build(manifest, tmp_path / "a", *_encoders())
-    clip, scene = _encoders()
+    straight = build_cache(manifest, tmp_path / "a", *tiny_encoders())
+    clip, scene = tiny_encoders()
     clip.fail_at = 5  # probe + 3 batches succeed, the 4th batch crashes
     with pytest.raises(RuntimeError, match="simulated"):
-        _build(manifest, tmp_path / "b", clip, scene)
+        build_cache(manifest, tmp_path / "b", clip, scene)
     folder = next((tmp_path / "b").iterdir())
     assert not (folder / "complete.json").exists()
     assert json.loads((folder / "progress.json").read_text())["done"] == 12  # 3 batches of 4
     with pytest.raises(FileNotFoundError, match="incomplete"):
         FeatureCache(folder)
     clip.fail_at, clip.calls = None, 0
-    resumed = _build(manifest, tmp_path / "b", clip, scene)
+    resumed = build_cache(manifest, tmp_path / "b", clip, scene)
     assert clip.calls == 1 + (28 - 12) / 4  # probe + only the 4 remaining batches
     assert np.array_equal(resumed.clip, straight.clip) and np.array_equal(resumed.scene, straight.scene)
 
@@ -135,13 +85,13 @@ def test_find_clean_ignores_views_seed_dtype_but_not_encoders_or_manifest(manife
     """Evaluating a frozen-encoder checkpoint reads the clean views of any complete cache of the
     same encoders and manifest; other weights, another manifest or an unfinished build: none."""
     root = tmp_path / "c"
-    clip, scene = _encoders()
+    clip, scene = tiny_encoders()
     assert FeatureCache.find_clean(manifest, clip, scene, cache_root=root) is None  # nothing built yet
-    built = _build(manifest, root, clip, scene, views=1, seed=5, dtype="float32")
-    found = FeatureCache.find_clean(manifest, *_encoders(), cache_root=root)  # fresh encoders, same weights
+    built = build_cache(manifest, root, clip, scene, views=1, seed=5, dtype="float32")
+    found = FeatureCache.find_clean(manifest, *tiny_encoders(), cache_root=root)  # fresh encoders, same weights
     assert found is not None and found.path == built.path
     assert torch.equal(found.gather([9, 11])[0], built.gather([9, 11])[0])
-    other = _encoders()
+    other = tiny_encoders()
     with torch.no_grad():
         other[1].net[2].weight.mul_(2.0)
     assert FeatureCache.find_clean(manifest, *other, cache_root=root) is None
@@ -152,8 +102,8 @@ def test_find_clean_ignores_views_seed_dtype_but_not_encoders_or_manifest(manife
 
 
 def test_workers_give_the_same_features(manifest, tmp_path):
-    a = _build(manifest, tmp_path / "a", *_encoders(), num_workers=0)
-    b = _build(manifest, tmp_path / "b", *_encoders(), num_workers=2)
+    a = build_cache(manifest, tmp_path / "a", *tiny_encoders(), num_workers=0)
+    b = build_cache(manifest, tmp_path / "b", *tiny_encoders(), num_workers=2)
     assert np.array_equal(a.clip, b.clip) and np.array_equal(a.scene, b.scene)
 
 
@@ -207,10 +157,10 @@ def test_real_encoders_build_and_reuse(manifest, tmp_path):
     with pytest.warns(UserWarning, match="RANDOM"):
         clip = build_encoder("timm:resnet18@24")  # random weights: fine for checking the plumbing
     scene = build_encoder("timm:tf_efficientnet_lite0@32")
-    cache = _build(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32")
+    cache = build_cache(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32")
     assert (cache.clip_dim, cache.scene_dim) == (clip.dim, scene.dim) == (512, 1280)
     x = clean_transform(32)(load_rgb(manifest.image_path[5]))[None]  # shared view at the larger size
     with torch.no_grad():
         want = scene.eval()(preprocess_batch(x, scene.preprocess))
     assert torch.allclose(cache.gather([5])[1], want, atol=1e-4)
-    assert _build(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32").path == cache.path
+    assert build_cache(manifest, tmp_path / "c", clip, scene, views=1, dtype="float32").path == cache.path

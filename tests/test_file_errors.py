@@ -10,7 +10,7 @@ from geopak_lib.book import cli, predict_cli
 from geopak_lib.data.cells import load_geocells
 from geopak_lib.training.cache import FeatureCache
 from geopak_lib.utils import BadFileError, load_npy, read_json
-from test_features import _build, _encoders, manifest  # noqa: F401  (a 12-image manifest fixture)
+from cache_helpers import build_cache, tiny_encoders
 
 
 def test_truncated_json_names_the_file(tmp_path):
@@ -37,8 +37,8 @@ def test_truncated_npy_names_the_file(tmp_path):
 
 
 def test_cache_with_a_truncated_array_names_it(manifest, tmp_path):  # noqa: F811
-    clip, scene = _encoders()
-    cache = _build(manifest, tmp_path / "c", clip, scene)
+    clip, scene = tiny_encoders()
+    cache = build_cache(manifest, tmp_path / "c", clip, scene)
     meta_path = cache.path / "complete.json"
     meta = json.loads(meta_path.read_text())
     meta.pop("arrays_sha256")  # a cache written before its arrays had checksums: numpy meets the short file

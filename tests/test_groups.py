@@ -9,9 +9,9 @@ from PIL import Image
 
 from geopak_lib.book import cli
 from geopak_lib.data.places import name_places
-from geopak_lib.evaluation.groups import features_group_outputs, group_mean, merge_group_outputs
-from geopak_lib.evaluation.outputs import merge_view_outputs
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.groups import features_group_outputs, group_mean, merge_group_outputs
+from geopak_lib.inference.outputs import merge_view_outputs
+from geopak_lib.inference.predictor import GeopakPredictor
 
 
 def test_group_mean_and_merge_by_hand():

@@ -4,8 +4,11 @@
     1  geopak_lib.data        images, validation, splits, geocells, augmentation, the run folder
     2  geopak_lib.model       encoders, the GEOPAK module, inference, losses
     3  geopak_lib.training    config, cache, sampler, passes, trainer, checkpoints, distributed
-    4  geopak_lib.evaluation  baselines, predictions frame, calibration, predictor
-    5  geopak_lib.book        the app: runner, reports, figures, demo builder, CLI
+    4  geopak_lib.inference   the public API: predictor, model folders, calibration and refinement records,
+                              ensembles, groups of photos
+    5  geopak_lib.analysis    what the notebooks measure: per-split frames, phase comparison, ablations,
+                              baselines, several-photo and ensemble studies, fitting refinement and calibration
+    6  geopak_lib.book        the app: runner, reports, figures, demo builder, CLI
 
 Imports inside functions count as much as those at the top of a module.
 """
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "geopak_lib"
-LAYERS = {"data": 1, "model": 2, "training": 3, "evaluation": 4, "book": 5}
+LAYERS = {"data": 1, "model": 2, "training": 3, "inference": 4, "analysis": 5, "book": 6}
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -92,3 +95,22 @@ def test_the_check_catches_an_upward_import(tmp_path, source, expect):
     assert bool(found) == expect, found
     if expect:
         assert found[0].startswith("geopak_lib/data/splits.py:") and "(layer 1)" in found[0]
+
+
+def _code_lines(name: str) -> list[str]:
+    import json
+
+    cells = json.loads((PACKAGE.parent / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+    return [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+            if line.strip()]
+
+
+def test_evaluation_notebook_is_thin_and_phases_call_one_training_function():
+    """06 tells the story and calls named library steps (analysis/evaluation_steps.py, shown by
+    book/evaluation_report.py): at most 60 non-blank code lines, parameters included. 03-05 train
+    with the one call run_phase, never train_phase or make_loss of their own."""
+    assert len(_code_lines("06_evaluation")) <= 60
+    for name in ("03_phase1_geography", "04_phase2_adaptation", "05_phase3_finetune"):
+        code = "\n".join(_code_lines(name))
+        assert code.count("run_phase(settings, inputs") == 1, name
+        assert "train_phase(" not in code and "make_loss(" not in code, name

@@ -8,35 +8,24 @@ import pytest
 import torch
 from PIL import Image
 
-from geopak_lib.book import demo
 from geopak_lib.book.demo_views import build_multiview_set, choose_points
-from geopak_lib.evaluation import multiview
+from geopak_lib.analysis import multiview
 from geopak_lib.metrics import error_km
 from geopak_lib.model.inference import mixture_predict
-from test_ensemble import tiny_model
+from tiny_predictor import tiny_model
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    samples = pd.read_csv(demo.build_demo_dataset(out, n_images=20, seed=0, image_size=32), dtype={"id": str})
-    samples["image_path"] = [str(out / "images" / i) for i in samples["image"]]
-    samples["province_id"] = 0
-    samples["split"] = (["train"] * 10 + ["val"] * 5 + ["test"] * 5)
-    return samples
-
-
-def test_choose_points_per_split(manifest):
-    p = choose_points(manifest, ("val", "test"), 3, seed=0)
+def test_choose_points_per_split(demo_manifest):
+    p = choose_points(demo_manifest, ("val", "test"), 3, seed=0)
     assert p["split"].value_counts().to_dict() == {"val": 3, "test": 3}
-    assert p.equals(choose_points(manifest, ("val", "test"), 3, seed=0))  # seeded
-    assert len(choose_points(manifest, ("test",), 99)) == 5  # at most the split's size
+    assert p.equals(choose_points(demo_manifest, ("val", "test"), 3, seed=0))  # seeded
+    assert len(choose_points(demo_manifest, ("test",), 99)) == 5  # at most the split's size
 
 
-def test_build_multiview_set(manifest, tmp_path):
-    views = build_multiview_set(manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)
+def test_build_multiview_set(demo_manifest, tmp_path):
+    views = build_multiview_set(demo_manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)
     assert len(views) == 2 * 2 * 3 and views.groupby("group")["view"].apply(list).map(sorted).eq([[0, 1, 2]] * 4).all()
-    own = views[views["view"] == 0].merge(manifest, left_on="group", right_on="id")
+    own = views[views["view"] == 0].merge(demo_manifest, left_on="group", right_on="id")
     assert (own["image_path_x"] == own["image_path_y"]).all()  # view 0 is the point's own image
     assert (own["latitude_x"] == own["latitude_y"]).all() and set(own["split_x"]) == {"val", "test"}
     extra = views[views["view"] > 0]
@@ -46,10 +35,10 @@ def test_build_multiview_set(manifest, tmp_path):
     first = np.asarray(Image.open(extra["image_path"].iloc[0]), float)
     assert np.abs(first - np.asarray(Image.open(views["image_path"].iloc[0]), float)).mean() > 1  # another crop
     stamp = (tmp_path / "mv" / "params.json").stat().st_mtime_ns
-    again = build_multiview_set(manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)  # reused, not rebuilt
+    again = build_multiview_set(demo_manifest, tmp_path / "mv", n_views=3, max_points=2, seed=0)  # reused, not rebuilt
     assert again.equals(views) and (tmp_path / "mv" / "params.json").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "mv" / "params.json").read_text())["n_views"] == 3
-    not_demo = manifest.assign(image_path=[str(tmp_path / "photos" / "x.jpg")] * len(manifest))
+    not_demo = demo_manifest.assign(image_path=[str(tmp_path / "photos" / "x.jpg")] * len(demo_manifest))
     with pytest.raises(ValueError, match="only be cut for the built-in demo"):
         build_multiview_set(not_demo, tmp_path / "other")
 

@@ -15,7 +15,7 @@ from geopak_lib.data.augment import jpeg_bytes_or_view
 from geopak_lib.data.embedded import EMBEDDED_COLUMN, is_embedded, read_embedded
 from geopak_lib.data.images import ImageLoadError, load_rgb, read_image_bytes
 from geopak_lib.data.validate import read_table, validate_dataset
-from geopak_lib.evaluation.outputs import ImageFiles
+from geopak_lib.inference.outputs import ImageFiles
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")

@@ -10,7 +10,7 @@ import shapely
 from geopak_lib import geo
 from geopak_lib.constants import PROVINCES
 from geopak_lib.data import places
-from geopak_lib.evaluation.frame import district_accuracy
+from geopak_lib.analysis.regions import district_accuracy
 
 
 def test_hand_checked_points():

@@ -12,9 +12,9 @@ from geopak_lib.book import cli
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
 from geopak_lib.model.encoders import Preprocess, preprocess_batch
 from geopak_lib.model.geopak import GeopakModel, ModelConfig
-from geopak_lib.evaluation.calibration import save_calibration
-from geopak_lib.evaluation.outputs import merge_view_outputs, tta_views
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.calibration import save_calibration
+from geopak_lib.inference.outputs import merge_view_outputs, tta_views
+from geopak_lib.inference.predictor import GeopakPredictor
 from geopak_lib.book.predict_cli import results_table
 from geopak_lib.data.places import name_places
 from geopak_lib.geo import farthest_in_pakistan_km

@@ -81,7 +81,7 @@ def test_predictor_reports_probe_scores_of_its_own_clip_features(tiny_weights, t
     from PIL import Image
 
     from geopak_lib.data.augment import clean_transform
-    from geopak_lib.evaluation.predictor import GeopakPredictor
+    from geopak_lib.inference.predictor import GeopakPredictor
     from geopak_lib.training.cache import encoder_input
     from geopak_lib.model.geopak import GeopakModel, ModelConfig
     from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint

@@ -7,19 +7,10 @@ import pytest
 import torch
 
 from geopak_lib.book import cli
-from geopak_lib.evaluation import refinement as rf
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference import refinement as rf
+from geopak_lib.inference.predictor import GeopakPredictor
 from tiny_predictor import write_images
-
-
-def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step=1.0)):
-    """A gallery of one image per cell, 10 km north-east of each cell centre, with the embedding the
-    model gives to an all-grey image (so every query matches something)."""
-    cells = model.cells
-    emb = np.random.default_rng(0).normal(size=(len(cells), model.config.fused_dim))
-    g = rf.build_gallery(emb, cells["center_lat"] + 0.09, cells["center_lon"] + 0.09, cells["cell_id"],
-                         n_cells=len(cells))
-    return rf.save_gallery(path, g, settings, {"default": default, "val_median_km": {"plain": 2.0, "refined": 1.0}})
+from tiny_predictor import save_gallery
 
 
 def test_gallery_round_trip_is_stamped_and_refuses_another_checkpoint(ckpt, tmp_path):
@@ -87,7 +78,7 @@ def test_cached_outputs_only_from_a_cache_of_these_very_encoders(ckpt, tmp_path)
     from PIL import Image
 
     from geopak_lib.data.augment import clean_transform
-    from geopak_lib.evaluation.frame import cached_outputs, feature_source
+    from geopak_lib.analysis.cached_outputs import cached_outputs, feature_source
     from geopak_lib.training.cache import FeatureCache, encoder_input
 
     _, model = ckpt

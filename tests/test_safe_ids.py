@@ -9,7 +9,6 @@ import pytest
 from geopak_lib.book.demo_views import build_multiview_set
 from geopak_lib.data.validate import REJECT_POLICY, validate_dataset
 from geopak_lib.utils import safe_child, safe_name
-from test_multiview import manifest  # noqa: F401  (the demo-built manifest fixture)
 
 KARACHI = (24.86, 67.01)
 
@@ -57,8 +56,8 @@ def test_safe_child_stays_inside_its_folder(tmp_path):
         safe_child(tmp_path, "x", "/../../y")  # a caller's suffix cannot climb either
 
 
-def test_multiview_set_writes_hostile_ids_inside_its_folder(manifest, tmp_path):  # noqa: F811
-    hostile = manifest.copy()
+def test_multiview_set_writes_hostile_ids_inside_its_folder(demo_manifest, tmp_path):
+    hostile = demo_manifest.copy()
     escape = "../" * 10 + str(tmp_path / "outside" / "x")
     hostile["id"] = [escape if k == 10 else f"a/b{k}" if k == 15 else i for k, i in enumerate(hostile["id"])]
     views = build_multiview_set(hostile, tmp_path / "mv", n_views=2, max_points=5, seed=0)

@@ -4,7 +4,6 @@ predicts exactly as its checkpoint, refuses altered weights, and carries a model
 import json
 import os
 import pickle
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -13,11 +12,10 @@ import torch
 from PIL import Image
 
 from geopak_lib.book import cli
-from geopak_lib.evaluation.calibration import save_calibration, save_evaluation_summary
-from geopak_lib.evaluation.export import ModelFolderError, export_model
-from geopak_lib.evaluation.predictor import GeopakPredictor
-from geopak_lib.model.encoders import build_encoder, read_state_dict
-from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.inference.calibration import save_calibration, save_evaluation_summary
+from geopak_lib.inference.model_folder import ModelFolderError, export_model
+from geopak_lib.inference.predictor import GeopakPredictor
+from geopak_lib.model.encoders import read_state_dict
 from geopak_lib.training.checkpoints import (UnsafeFileError, build_model_from_checkpoint, checkpoint_state,
                                              load_checkpoint, save_checkpoint)
 from geopak_lib.training.inputs import load_phase_inputs
@@ -74,29 +72,6 @@ def test_saved_checkpoints_hold_only_tensors_and_plain_values(trained):
     assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
     state = torch.load(path, weights_only=True)  # plain torch, no allow-list
     assert state["rng"]["numpy"]["keys"].dtype == torch.int64
-
-
-@pytest.fixture()
-def trained(tmp_path):
-    """A phase-1 checkpoint with real small encoders: a random-weight ViT (its spec cannot rebuild
-    it) and EfficientNet-Lite0 with the package's ImageNet weights (its spec can), plus images."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        clip, scene = build_encoder("open_clip:ViT-S-32:none@32"), build_encoder("timm:tf_efficientnet_lite0@32")
-    cfg = ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim, fused_dim=16, province_hidden=8, cell_hidden=8,
-                      small_cell_hidden=8, offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2)
-    model = GeopakModel(cfg, CELLS, clip, scene)
-    for p in model.offset_head.out[-1].parameters():
-        torch.nn.init.normal_(p, std=0.5)
-    path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
-                                     epochs_since_best=0, stopped=False, sampler={}), path)
-    rng = np.random.default_rng(0)
-    (tmp_path / "imgs").mkdir()
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
-    return path, model, tmp_path / "imgs"
 
 
 def test_export_round_trip_predicts_as_the_checkpoint(tmp_path, trained, capsys):
@@ -157,9 +132,9 @@ def test_export_refuses_a_calibration_of_another_checkpoint(tmp_path, trained):
 
 
 def test_export_with_gallery_refines_as_the_checkpoint(tmp_path, trained, capsys):
-    from test_refine_predict import save_gallery
+    from tiny_predictor import save_gallery
 
-    from geopak_lib.evaluation.refinement import gallery_paths
+    from geopak_lib.inference.refinement import gallery_paths
 
     path, model, imgs = trained
     files = sorted(str(p) for p in imgs.iterdir())
@@ -207,7 +182,7 @@ def test_export_with_gallery_refines_as_the_checkpoint(tmp_path, trained, capsys
 
 
 def test_a_gallery_that_does_not_fit_the_model_is_refused(tmp_path, trained):
-    from test_refine_predict import save_gallery
+    from tiny_predictor import save_gallery
 
     from geopak_lib.utils import file_sha256
 

@@ -137,7 +137,7 @@ def test_rerunning_01_under_trained_checkpoints_is_refused(built, ckpt):
 # every step that loads a checkpoint refuses changed inputs --------------------------------------
 
 def test_resume_refuses_edited_geocells(tmp_path):
-    from test_train import cfg1, run as train_run
+    from synthetic_training import cfg1, run as train_run
 
     run = RunDir(tmp_path / "r")
     run.write_manifest(manifest_frame())
@@ -158,8 +158,8 @@ def test_resume_refuses_edited_geocells(tmp_path):
 def stale(built, ckpt, tmp_path, monkeypatch):
     """A trained run (the tiny model's best.pt stamped with the run's inputs), exported, then its
     geocells.json edited."""
-    from geopak_lib.evaluation import export
-    from geopak_lib.evaluation.export import export_model
+    from geopak_lib.inference import model_folder as export
+    from geopak_lib.inference.model_folder import export_model
     from geopak_lib.model import encoders
 
     monkeypatch.setattr(export, "build_encoder", encoders.build_encoder)  # the tiny one the ckpt fixture set
@@ -171,7 +171,7 @@ def stale(built, ckpt, tmp_path, monkeypatch):
 
 
 def test_evaluation_and_predict_loads_refuse(stale):
-    from geopak_lib.evaluation.predictor import GeopakPredictor
+    from geopak_lib.inference.predictor import GeopakPredictor
     from geopak_lib.training.checkpoints import build_model_from_checkpoint
     from geopak_lib.training.inputs import load_phase_inputs
 
@@ -180,14 +180,14 @@ def test_evaluation_and_predict_loads_refuse(stale):
     with pytest.raises(StaleInputError, match=message):
         GeopakPredictor.from_checkpoint(best, device="cpu")  # 06, 07, 08 and `geopak predict`
     with pytest.raises(StaleInputError, match=message):
-        build_model_from_checkpoint(best)  # 05's phase comparison (evaluation/frame.py)
+        build_model_from_checkpoint(best)  # 05's phase comparison (analysis/phases.py)
     with pytest.raises(StaleInputError, match=message):
         load_phase_inputs(best.parents[2], 3)  # phase 3 starting from phase 2's best.pt
     assert load_checkpoint(best, inputs=False)["phase"] == 1  # still readable when asked not to check
 
 
 def test_exported_folder_is_self_contained(stale):
-    from geopak_lib.evaluation.predictor import GeopakPredictor
+    from geopak_lib.inference.predictor import GeopakPredictor
 
     _, folder, _ = stale
     assert GeopakPredictor.from_pretrained(folder, device="cpu").model is not None  # the run's edit is not its input
@@ -214,7 +214,7 @@ def test_cli_refuses_with_one_line_and_exit_2(stale, tmp_path, capsys, command):
 # test predictions are matched to their checkpoint by content ------------------------------------
 
 def test_predictions_file_is_matched_by_checkpoint_content(built, ckpt):
-    from geopak_lib.evaluation.frame import read_test_predictions, save_test_predictions
+    from geopak_lib.analysis.prediction_files import read_test_predictions, save_test_predictions
 
     path, model = ckpt
     best = trained_checkpoint(built, load_checkpoint(path))

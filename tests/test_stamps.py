@@ -41,7 +41,7 @@ def test_image_above_pixel_limit_rejected_before_decoding(tmp_path, monkeypatch)
 
 
 def test_truncated_gallery_json_is_optional_under_auto(tmp_path):
-    from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, refinement_choice
+    from geopak_lib.inference.refinement import gallery_paths, load_gallery, refinement_choice
 
     ckpt = tmp_path / "best.pt"
     ckpt.write_bytes(b"weights")

@@ -16,7 +16,7 @@ from geopak_lib.book.model_card import model_card
 from geopak_lib.book.runner import ProfileError, main_book, main_site
 from geopak_lib.data.stamps import StaleInputError
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
-from geopak_lib.evaluation.export import export_model
+from geopak_lib.inference.model_folder import export_model
 from geopak_lib.utils import BadFileError
 
 # Exit codes of every subcommand (README "Exit codes", docs/decisions/sharing.md).

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pandas as pd
 
 from geopak_lib.data.places import PLACE_MAX_KM
-from geopak_lib.evaluation.frame import METHODS
+from geopak_lib.analysis.frame import METHODS
 from geopak_lib.metrics import TEMPERATURE_BOUNDS, temperature_at_bound
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from geopak_lib.book.figures import error_map
 from geopak_lib.book.report import MAP_MAX_POINTS, add_map_note, map_html
 from geopak_lib.data.validate import DatasetError
-from geopak_lib.evaluation.labelled import BLOCK_KM
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.labelled import BLOCK_KM
+from geopak_lib.inference.predictor import GeopakPredictor
 
 DESCRIPTION = """\
 Score a model on a labelled table it was not trained on: the metrics of notebook 06 (median, mean

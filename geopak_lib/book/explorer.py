@@ -27,7 +27,8 @@ from geopak_lib.book.tables import bounded_table
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.images import load_rgb
-from geopak_lib.evaluation.frame import predictor_frames, read_test_predictions, save_test_predictions
+from geopak_lib.analysis.frame import predictor_frames
+from geopak_lib.analysis.prediction_files import read_test_predictions, save_test_predictions
 from geopak_lib.training.inputs import load_data
 from geopak_lib.utils import softmax
 

@@ -129,7 +129,7 @@ Exported from `{src['checkpoint']}` (sha256 `{src['checkpoint_sha256'][:16]}…`
 geopak predict photos/ --model THIS_FOLDER --out predictions.csv
 ```
 ```python
-from geopak_lib.evaluation.predictor import GeopakPredictor
+from geopak_lib.inference.predictor import GeopakPredictor
 predictor = GeopakPredictor.from_pretrained("THIS_FOLDER")
 predictor.predict("photo.jpg")  # province, lat, lon, confidence, radius_km, hypotheses
 ```

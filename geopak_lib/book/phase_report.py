@@ -64,7 +64,7 @@ def alpha_histogram(alpha, title: str = "Fusion gate α on validation images"):
 
 
 def outcome_table(predictions: pd.DataFrame, baselines: pd.DataFrame, model_name: str) -> pd.DataFrame:
-    """The model's end-to-end errors beside the baselines (rows of evaluation.baselines.baseline_errors).
+    """The model's end-to-end errors beside the baselines (rows of analysis.baselines.baseline_errors).
 
     predictions: train_eval.evaluate output (error_km per sample). Adds 'beats model?'.
     """

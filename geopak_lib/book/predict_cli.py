@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 
 from geopak_lib.book.group_cli import PREDICTION_COLUMNS, find_groups, group_table, predict_groups, prediction_table
+from geopak_lib.inference.groups import COMBINE, DEFAULT_COMBINE
+from geopak_lib.inference.predictor import GeopakPredictor
 from geopak_lib.data.images import scan_folder
-from geopak_lib.evaluation.groups import COMBINE, DEFAULT_COMBINE
-from geopak_lib.evaluation.predictor import GeopakPredictor
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".bmp", ".tif", ".tiff")
 BASE_COLUMNS = ("image", *PREDICTION_COLUMNS)

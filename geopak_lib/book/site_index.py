@@ -11,7 +11,7 @@ import pandas as pd
 
 from geopak_lib.book.provenance import encoder_status_markdown, git_commit
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.evaluation.calibration import load_evaluation_summary
+from geopak_lib.inference.calibration import load_evaluation_summary
 from geopak_lib.training.selection import PHASE_NAMES, select_final_checkpoint
 
 HEADLINE = (("median_km", "median error", "{:.1f} km"), ("p90_km", "90th percentile", "{:.1f} km"),

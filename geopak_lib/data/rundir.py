@@ -21,7 +21,8 @@ from geopak_lib.utils import atomic_write_bytes, read_json
 # file name -> the notebook that writes it (for "run it first" messages)
 WRITERS = {"manifest.csv": "00_data_audit", "rejects.csv": "00_data_audit", "fixes.csv": "00_data_audit",
            "concepts.json": "00_data_audit", "geocells.json": "01_geocells", "geocells.csv": "01_geocells", "assignments.csv": "01_geocells",
-           "baselines_test.csv": "03_phase1_geography", "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune",
+           "baselines_test.csv": "03_phase1_geography", "baselines_test_images.csv": "03_phase1_geography",
+           "concept_ablation.csv": "03_phase1_geography", "final_checkpoint.txt": "05_phase3_finetune",
            "predictions_test.csv": "06_evaluation"}
 ID_DTYPES = {"id": str}
 
@@ -98,9 +99,14 @@ class RunDir:
     def write_assignments(self, assignments: pd.DataFrame) -> Path:
         return self.write_table("assignments.csv", assignments)
 
-    def read_baselines(self) -> pd.DataFrame | None:
-        """baselines_test.csv (03), or None when phase 1 has not written it."""
-        return self.read_table("baselines_test.csv") if self.file("baselines_test.csv").is_file() else None
+    def read_baselines(self, *, per_image: bool = False) -> pd.DataFrame | None:
+        """baselines_test.csv (03: one summary row per baseline), or with ``per_image`` its per-image
+        errors (baselines_test_images.csv, falling back to the summaries for a run made before 03
+        kept them); None when phase 1 has not written them."""
+        for name in ("baselines_test_images.csv",) * per_image + ("baselines_test.csv",):
+            if self.file(name).is_file():
+                return self.read_table(name)
+        return None
 
     def write_concepts(self, mapping: dict) -> Path:
         """concepts.json (00): the concept classes decided on the training split

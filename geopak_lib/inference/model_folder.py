@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geopak_lib.constants import PROVINCES
-from geopak_lib.evaluation.calibration import load_calibration, load_evaluation_summary
-from geopak_lib.evaluation.refinement import gallery_paths, load_gallery, read_gallery
+from geopak_lib.inference.calibration import load_calibration, load_evaluation_summary
+from geopak_lib.inference.refinement import gallery_paths, load_gallery, read_gallery
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
 from geopak_lib.training.checkpoints import ENCODER_SLOTS, load_checkpoint

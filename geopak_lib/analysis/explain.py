@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from geopak_lib.constants import PROVINCES
-from geopak_lib.evaluation.outputs import ImageFiles
+from geopak_lib.inference.outputs import ImageFiles
 
 GREY = 128  # uint8 fill of an occluded square: mid-grey, close to every encoder's mean input
 

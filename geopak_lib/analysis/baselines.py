@@ -82,10 +82,13 @@ def baseline_predictions(cache: FeatureCache, table: pd.DataFrame, *, split: str
     return out
 
 
+def baseline_summary(pred: pd.DataFrame) -> pd.DataFrame:
+    """One row per baseline of baseline_predictions' frame: method, n and the summarize_errors figures (km)."""
+    return pd.DataFrame([{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}
+                         for m in ("train_centroid", "province_centroid", "knn")])
+
+
 def baseline_errors(cache: FeatureCache, table: pd.DataFrame, *, split: str = "val", k: int = 10,
                     province_pred=None) -> pd.DataFrame:
-    """One row per baseline: method, n and the metrics.summarize_errors figures (km)."""
-    pred = baseline_predictions(cache, table, split=split, k=k, province_pred=province_pred)
-    rows = [{"method": m, "n": len(pred), **summarize_errors(pred[f"{m}_error_km"].to_numpy())}
-            for m in ("train_centroid", "province_centroid", "knn")]
-    return pd.DataFrame(rows)
+    """baseline_summary of baseline_predictions."""
+    return baseline_summary(baseline_predictions(cache, table, split=split, k=k, province_pred=province_pred))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from geopak_lib.evaluation.export import load_folder_gallery, read_model_folder
-from geopak_lib.evaluation.refinement import load_gallery
+from geopak_lib.inference.model_folder import load_folder_gallery, read_model_folder
+from geopak_lib.inference.refinement import load_gallery
 
 
 def model_warnings(info: dict, calibration) -> list[str]:

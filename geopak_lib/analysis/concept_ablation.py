@@ -24,8 +24,8 @@ import torch
 
 from geopak_lib import bootstrap
 from geopak_lib.data.rundir import RunDir
-from geopak_lib.evaluation.concepts_eval import concept_accuracy
-from geopak_lib.evaluation.frame import headline, split_frame
+from geopak_lib.analysis.concepts_eval import concept_accuracy
+from geopak_lib.analysis.frame import headline, split_frame
 from geopak_lib.training.cache import CacheSettings
 from geopak_lib.training.checkpoints import load_checkpoint
 from geopak_lib.training.config import PhaseConfig

@@ -19,15 +19,13 @@ from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.places import name_places
 from geopak_lib.geo import farthest_in_pakistan_km
-from geopak_lib.evaluation.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
-from geopak_lib.evaluation.concepts_eval import concept_scores
-from geopak_lib.evaluation.ensemble import EnsembleModel, mixture
-from geopak_lib.evaluation.export import load_exported_model, load_folder_gallery
-from geopak_lib.evaluation.groups import DEFAULT_COMBINE, group_outputs
-from geopak_lib.evaluation.labelled import evaluate_table
-from geopak_lib.evaluation.loaded import gallery_loader, model_warnings
-from geopak_lib.evaluation.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
-from geopak_lib.evaluation.refinement import RefineSettings, refine_prediction, refinement_choice
+from geopak_lib.inference.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
+from geopak_lib.inference.concepts import concept_scores
+from geopak_lib.inference.ensemble import EnsembleModel, mixture
+from geopak_lib.inference.model_folder import load_exported_model, load_folder_gallery
+from geopak_lib.inference.groups import DEFAULT_COMBINE, group_outputs
+from geopak_lib.inference.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
+from geopak_lib.inference.refinement import RefineSettings, refine_prediction, refinement_choice
 from geopak_lib.metrics import error_radius
 from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
@@ -35,6 +33,8 @@ from geopak_lib.training.cache import channels_last, encoder_input, view_size
 from geopak_lib.training.checkpoints import build_model_from_checkpoint, load_checkpoint
 from geopak_lib.training.selection import TRAINING_NOTEBOOKS
 from geopak_lib.utils import pick_device, quiet_logging
+from geopak_lib.inference.labelled import evaluate_table
+from geopak_lib.inference.loaded import gallery_loader, model_warnings
 
 
 def _device(device) -> torch.device:
@@ -313,7 +313,7 @@ class GeopakPredictor:
                 yield [done[i] for i in sorted(done)]
 
     def evaluate(self, table, images_dir, *, block_km: float = 30.0, batch_size: int = 32, progress: bool = True):
-        """Score this model on a labelled table (evaluation/labelled.py; `geopak evaluate`)."""
+        """Score this model on a labelled table (inference/labelled.py; `geopak evaluate`)."""
         return evaluate_table(self, table, images_dir, block_km=block_km, batch_size=batch_size, progress=progress)
 
     def predict_group(self, images, combine: str | None = None) -> dict:

@@ -25,7 +25,7 @@ from geopak_lib.data.validate import validate_dataset
 from geopak_lib.metrics import per_class_accuracy, per_group_summary, summarize_errors
 
 BLOCK_KM = 30.0  # the book's default block (geopak_lib/config.py DataConfig.block_km)
-URBAN_MIN_POPULATION, URBAN_RADIUS_KM = 100_000, 10.0  # as 06 (evaluation/frame.py)
+URBAN_MIN_POPULATION, URBAN_RADIUS_KM = 100_000, 10.0  # as 06 (analysis/regions.py)
 PREDICTION_COLUMNS = ["id", "image", "latitude", "longitude", "province", "pred_lat", "pred_lon",
                       "province_pred", "confidence", "radius_km", "error_km", "block_id", "error"]
 

@@ -1,26 +1,22 @@
-"""Calibration, fitted on validation and checked on test: a temperature for the province
-probabilities and, per target coverage, a scale that turns the mixture's spread into an error
-radius. Saved beside the checkpoint it was fitted on (stamped with that file's sha256); the
-predictor reads it from there. Decisions: docs/decisions/evaluation.md.
-"""
+"""Fitting the calibration on validation and checking it on test (06_evaluation): temperature for
+the province confidence, global and per-province radius scales. The record it makes, and how the predictor
+applies it: geopak_lib/inference/calibration.py. Decisions: docs/decisions/evaluation.md."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from geopak_lib.constants import NUM_PROVINCES, PROVINCES
-from geopak_lib.data.rundir import calibration_path, evaluation_path
+from geopak_lib.inference.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, SMALL_PROVINCES, calibrated_radius
 from geopak_lib.metrics import (coverage, error_radius, expected_calibration_error, fit_group_radius_scales,
-                                fit_radius_scale, fit_temperature, group_error_radius, nll, reliability_bins)
-from geopak_lib.utils import atomic_write_bytes, file_sha256, softmax
+                                fit_radius_scale, fit_temperature, nll, reliability_bins)
+from geopak_lib.utils import softmax
 
-RADIUS_COVERAGE = 0.8  # the coverage of the reported radius_km
-RADIUS_FLOOR_KM = 1.0
+
 COVERAGES = (0.5, 0.8, 0.95)
+
+
 PROVINCE_N_MIN = 20  # validation images a predicted province needs for its own radius scale
 
 
@@ -55,9 +51,6 @@ def radius_calibration(val_spread, val_err, test_spread, test_err, *, coverages=
     return scales, pd.DataFrame(rows).set_index("target coverage")
 
 
-SMALL_PROVINCES = "small"  # the pooled group of predicted provinces with fewer than n_min validation images
-
-
 def province_radius_scales(val: pd.DataFrame, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
                            floor_km: float = RADIUS_FLOOR_KM) -> dict:
     """{str(coverage): {str(predicted province_id): scale}} fitted on val (spread_km, error_km,
@@ -77,15 +70,6 @@ def province_radius_scales(val: pd.DataFrame, coverages=COVERAGES, n_min: int = 
         scale = {g: max(glob, s) for g, s in own.items()}
         out[str(c)] = {str(p): scale[g] for p, g in dict(zip(pred.tolist(), group.tolist())).items() if g in scale}
     return out
-
-
-def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: float = RADIUS_COVERAGE) -> np.ndarray:
-    """The radius (km) a calibration gives at ``coverage``: the predicted province's scale where it has
-    one (its own group's, or the pooled small provinces'), else the global scale. spread_km, province_pred (N,) -> (N,)."""
-    by_province = calibration.get("radius_scales_by_province", {}).get(str(coverage), {})
-    return group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
-                              calibration["radius_scales"][str(coverage)], floor_km=calibration.get("radius_floor_km",
-                                                                                           RADIUS_FLOOR_KM))
 
 
 def fit_calibration(val: pd.DataFrame, test: pd.DataFrame, *, coverages=COVERAGES, n_min: int = PROVINCE_N_MIN,
@@ -127,50 +111,3 @@ def province_coverage(frame: pd.DataFrame, calibration: dict, coverage_target: f
     t.loc["province-balanced"] = t.mean()
     t.loc["province-balanced", "n"] = t["n"].iloc[:-1].sum()
     return t.astype({"n": int})
-
-
-# --- records beside the checkpoint, stamped with its sha256 -------------------------------------
-
-def write_stamped(path: Path, checkpoint, body: dict) -> Path:
-    body = {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), **body}
-    atomic_write_bytes(path, json.dumps(body, indent=1, sort_keys=True).encode())
-    return path
-
-
-def read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | None, str]:
-    """(record or None, why); a record made from another checkpoint (sha256 differs) is not used."""
-    if not path.is_file():
-        return None, f"no {path.name} beside the checkpoint (run 06_evaluation to make one)"
-    try:  # an optional record: a damaged one is reported as missing, never a crash
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{path} is not valid JSON ({e}); re-run 06_evaluation to rewrite it"
-    if not isinstance(body, dict):
-        return None, f"{path} does not hold a JSON object; re-run 06_evaluation to rewrite it"
-    if body.get("checkpoint_sha256") != file_sha256(checkpoint):
-        return None, f"{path.name} was {made} another checkpoint (sha256 differs); re-run 06_evaluation"
-    return body, f"{ok} ({path.name})"
-
-
-def save_calibration(checkpoint, calibration: dict) -> Path:
-    """Write ``calibration`` (temperature, radius_scales {coverage: scale}, ...; optionally a
-    ``tta`` block with the same keys) beside the checkpoint."""
-    return write_stamped(calibration_path(checkpoint), checkpoint, {"radius_floor_km": RADIUS_FLOOR_KM, **calibration})
-
-
-def load_calibration(checkpoint) -> tuple[dict | None, str]:
-    """(calibration or None, why)."""
-    return read_stamped(calibration_path(checkpoint), checkpoint, "fitted on", "calibrated on validation")
-
-
-def save_evaluation_summary(checkpoint, headline: dict, provinces: pd.DataFrame, extra: dict | None = None) -> Path:
-    """06's test headline and per-province table beside the checkpoint (an export's model card
-    quotes exactly these)."""
-    body = {"split": "test", "headline": {k: float(v) for k, v in headline.items()},
-            "per_province": json.loads(provinces.reset_index().to_json(orient="records")), **(extra or {})}
-    return write_stamped(evaluation_path(checkpoint), checkpoint, body)
-
-
-def load_evaluation_summary(checkpoint) -> tuple[dict | None, str]:
-    """(summary or None, why)."""
-    return read_stamped(evaluation_path(checkpoint), checkpoint, "made from", "evaluated on the test split")

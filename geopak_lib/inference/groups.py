@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from geopak_lib.evaluation.ensemble import EnsembleModel
+from geopak_lib.inference.ensemble import EnsembleModel
 from geopak_lib.training.cache import encoder_input
 
 COMBINE = ("embedding", "probs")

@@ -1,1 +1,0 @@
-"""Evaluation: baselines, the predictions frame, calibration, explanations and the predictor."""

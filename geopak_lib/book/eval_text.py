@@ -56,4 +56,5 @@ def temperature_text(temp: dict) -> str:
 def tta_text(comparison: pd.DataFrame) -> str:
     gain = comparison["median_km"].iloc[0] - comparison["median_km"].iloc[1]  # > 0: TTA is better
     return (f"TTA {'helps' if gain > 0 else 'does not help'} here: the median error moves by {-gain:+.1f} km. "
-            "The predictor (`--tta`) uses a calibration fitted on TTA outputs.")
+            "The predictor (`--tta`) uses a calibration fitted on TTA outputs; with refinement on too, it "
+            "reports the radius uncalibrated (no refined + TTA calibration is fitted).")

@@ -114,7 +114,8 @@ class Explorer:
 
     @property
     def temperature(self) -> float:
-        return float((self.predictor.calibration or {}).get("temperature", 1.0))
+        block = self.predictor.calibration_block()  # the block of the predictor's mode, or uncalibrated
+        return block.temperature if block is not None else 1.0
 
     def label(self, image_id: str) -> str:
         """A dropdown label: id, true -> predicted province, error (refined or plain, as the predictor

@@ -1,6 +1,7 @@
 """The calibration record and how it is applied: a temperature for the province probabilities and,
 per target coverage, a scale that turns the mixture's spread into an error radius. Saved beside the
-checkpoint it was fitted on (stamped with that file's sha256); the predictor reads it from there.
+checkpoint it was fitted on (stamped with that file's sha256); the predictor reads it from there
+and checks it (calibration_record.Calibration: one block per mode, every value checked).
 Also the other records stamped the same way (the evaluation summary). Fitting:
 geopak_lib/analysis/calibration_fit.py. Decisions: docs/decisions/evaluation.md.
 """
@@ -14,11 +15,9 @@ import numpy as np
 import pandas as pd
 
 from geopak_lib.data.rundir import calibration_path, evaluation_path
+from geopak_lib.inference.calibration_record import RADIUS_COVERAGE, RADIUS_FLOOR_KM, Calibration, checked_calibration
 from geopak_lib.metrics import group_error_radius
 from geopak_lib.utils import atomic_write_bytes, file_sha256
-
-RADIUS_COVERAGE = 0.8  # the coverage of the reported radius_km
-RADIUS_FLOOR_KM = 1.0
 
 
 SMALL_PROVINCES = "small"  # the pooled group of predicted provinces with fewer than n_min validation images
@@ -26,11 +25,13 @@ SMALL_PROVINCES = "small"  # the pooled group of predicted provinces with fewer 
 
 def calibrated_radius(spread_km, province_pred, calibration: dict, coverage: float = RADIUS_COVERAGE) -> np.ndarray:
     """The radius (km) a calibration gives at ``coverage``: the predicted province's scale where it has
-    one (its own group's, or the pooled small provinces'), else the global scale. spread_km, province_pred (N,) -> (N,)."""
+    one (its own group's, or the pooled small provinces'), else the global scale; never below the
+    floor (as the predictor's, calibration_record.CalibrationBlock.radius_km). spread_km, province_pred (N,) -> (N,)."""
     by_province = calibration.get("radius_scales_by_province", {}).get(str(coverage), {})
-    return group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
-                              calibration["radius_scales"][str(coverage)], floor_km=calibration.get("radius_floor_km",
-                                                                                           RADIUS_FLOOR_KM))
+    floor = calibration.get("radius_floor_km", RADIUS_FLOOR_KM)
+    radius = group_error_radius(spread_km, [str(int(p)) for p in np.asarray(province_pred)], by_province,
+                                calibration["radius_scales"][str(coverage)], floor_km=floor)
+    return np.maximum(radius, floor)
 
 
 # --- records beside the checkpoint, stamped with its sha256 -------------------------------------
@@ -57,14 +58,21 @@ def read_stamped(path: Path, checkpoint, made: str, ok: str) -> tuple[dict | Non
 
 
 def save_calibration(checkpoint, calibration: dict) -> Path:
-    """Write ``calibration`` (temperature, radius_scales {coverage: scale}, ...; optionally a
-    ``tta`` block with the same keys) beside the checkpoint."""
+    """Write ``calibration`` beside the checkpoint: the plain block at the top level (temperature,
+    radius_scales {coverage: scale}, ...), optionally ``refined`` and ``tta`` blocks with the same
+    keys, and ``tta.refined`` for refined + TTA (calibration_record.MODE_KEYS)."""
     return write_stamped(calibration_path(checkpoint), checkpoint, {"radius_floor_km": RADIUS_FLOOR_KM, **calibration})
 
 
 def load_calibration(checkpoint) -> tuple[dict | None, str]:
     """(calibration or None, why)."""
     return read_stamped(calibration_path(checkpoint), checkpoint, "fitted on", "calibrated on validation")
+
+
+def load_checked_calibration(checkpoint) -> tuple[Calibration | None, str]:
+    """(the checked Calibration or None, why): a record whose values fail the checks is refused,
+    and why names the file and the key (calibration_record.checked_calibration)."""
+    return checked_calibration(*load_calibration(checkpoint), source=str(calibration_path(checkpoint)))
 
 
 def save_evaluation_summary(checkpoint, headline: dict, provinces: pd.DataFrame, extra: dict | None = None) -> Path:

@@ -114,5 +114,5 @@ def evaluate_table(predictor, table, images_dir, *, block_km: float = BLOCK_KM, 
                     "n_unreadable": int((pred["error"] != "").sum()),
                     "model": str(predictor.info.get("checkpoint", "")),
                     "encoders": {slot: e.get("weight_status", "") for slot, e in predictor.info.get("encoders", {}).items()},
-                    "warnings": list(predictor.warnings), "radius_calibrated": predictor.calibration is not None})
+                    "warnings": list(predictor.warnings), "radius_calibrated": predictor.calibration_block() is not None})
     return Evaluation(pred, checked.rejects, metrics, provinces, settings)

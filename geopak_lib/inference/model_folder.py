@@ -21,7 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from geopak_lib.constants import PROVINCES
+from geopak_lib.data.rundir import calibration_path
 from geopak_lib.inference.calibration import load_calibration, load_evaluation_summary
+from geopak_lib.inference.calibration_record import Calibration, checked_calibration
 from geopak_lib.inference.refinement import gallery_paths, load_gallery, read_gallery
 from geopak_lib.model.encoders import RandomWeightsWarning, build_encoder
 from geopak_lib.model.geopak import GeopakModel
@@ -126,7 +128,8 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False, include_ga
     with ``include_gallery``); -> the config.
 
     The calibration and evaluation summary beside the checkpoint go in when they were made from
-    this very checkpoint (sha256); one made from another checkpoint is an error, not skipped."""
+    this very checkpoint (sha256); one made from another checkpoint, or a calibration whose values
+    fail the checks (calibration_record), is an error, not skipped."""
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     ckpt = load_checkpoint(checkpoint)
     if any(ckpt["encoders"].get(s) is None for s in ENCODER_SLOTS):
@@ -136,6 +139,10 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False, include_ga
         record, why = loader(checkpoint)
         if record is None and "another checkpoint" in why:
             raise ValueError(f"refusing to export {checkpoint}: its {name} file {why}")
+        if name == "calibration" and record is not None:  # a value that fails the checks is not shipped
+            checked, refused = checked_calibration(record, why, source=str(calibration_path(checkpoint)))
+            if checked is None:
+                raise ValueError(f"refusing to export {checkpoint}: {refused}")
         records[name] = record
     fresh = {s: _fresh_encoder(ckpt["encoders"][s]["spec"]) for s in ENCODER_SLOTS}
     tensors, how = exported_tensors(ckpt["model_state"], ckpt["encoders"], fresh, include_encoders)
@@ -159,6 +166,15 @@ def export_model(checkpoint, out_dir, include_encoders: bool = False, include_ga
         config["weights"][GALLERY_FILE] = gallery_entry
     atomic_write_bytes(out_dir / "config.json", json.dumps(config, indent=1, default=str).encode())
     return config
+
+
+def folder_calibration(folder, config: dict) -> tuple[Calibration | None, str]:
+    """(the checked calibration of an exported folder's config.json or None, why); a value that
+    fails the checks is refused, and why names config.json's key (calibration.<key>)."""
+    why = (f"calibrated on validation (exported from {config['source']['checkpoint']})" if config.get("calibration")
+           else "no calibration was exported with this model")
+    return checked_calibration(config.get("calibration"), why, source=str(Path(folder) / "config.json"),
+                               prefix="calibration.")
 
 
 def read_model_folder(folder) -> dict:

@@ -3,7 +3,8 @@
 ``GeopakPredictor.from_checkpoint(path)`` needs nothing but the checkpoint (model config, geocell
 table, encoder specs and weights, preprocessing) and, if present, the calibration file that
 06_evaluation writes beside it (``<checkpoint stem>.calibration.json``: province temperature and
-error-radius scales). The ``geopak predict`` command is geopak_lib/book/predict_cli.py.
+error-radius scales; one checked block per mode, calibration_record.Calibration). The ``geopak
+predict`` command is geopak_lib/book/predict_cli.py.
 Decisions and their reasons: docs/decisions/evaluation.md.
 """
 
@@ -19,14 +20,14 @@ from geopak_lib.constants import PROVINCES
 from geopak_lib.data.augment import clean_transform
 from geopak_lib.data.places import name_places
 from geopak_lib.geo import farthest_in_pakistan_km
-from geopak_lib.inference.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_calibration
+from geopak_lib.inference.calibration import RADIUS_COVERAGE, RADIUS_FLOOR_KM, load_checked_calibration
+from geopak_lib.inference.calibration_record import MISSING_MODE, Calibration, CalibrationBlock, as_calibration, block_for
 from geopak_lib.inference.concepts import concept_scores
 from geopak_lib.inference.ensemble import EnsembleModel, mixture
-from geopak_lib.inference.model_folder import load_exported_model, load_folder_gallery
+from geopak_lib.inference.model_folder import folder_calibration, load_exported_model, load_folder_gallery
 from geopak_lib.inference.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.inference.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
 from geopak_lib.inference.refinement import RefineSettings, refine_prediction, refinement_choice
-from geopak_lib.metrics import error_radius
 from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
 from geopak_lib.training.cache import channels_last, encoder_input, view_size
@@ -49,26 +50,30 @@ class GeopakPredictor:
 
     Build it with :meth:`from_checkpoint` or :meth:`from_pretrained` (an exported model folder). ``warnings`` lists what a user must know (random
     encoder weights, an uncalibrated radius, a phase-0 model whose location heads are untrained).
+    ``calibration``: a Calibration, or its JSON dict (checked: CalibrationError on a bad value), or None.
     """
 
     probes = None  # TextProbes when on (with_probes)
 
-    def __init__(self, model, *, checkpoint=None, calibration: dict | None = None, tta: bool = False,
+    def __init__(self, model, *, checkpoint=None, calibration: Calibration | dict | None = None, tta: bool = False,
                  top_provinces: int = 2, top_cells: int = 5, info: dict | None = None, warnings=(),
                  gallery=None, refine_settings: RefineSettings | None = None):
         self.model, self.checkpoint = model.eval(), checkpoint
         self.gallery, self.refine_settings = gallery, refine_settings  # refinement on when a gallery is given
         self.device = next(model.parameters()).device
         self.tta, self.top_provinces, self.top_cells = tta, top_provinces, top_cells
-        self.calibration, self.info, self.warnings = calibration, dict(info or {}), list(warnings)
+        self.calibration, self.info, self.warnings = as_calibration(calibration), dict(info or {}), list(warnings)
         self.image_size = view_size(model.clip_encoder, model.scene_encoder)
         channels_last(model.clip_encoder, model.scene_encoder)  # conv encoders: 1.7x on CPU, docs/performance.md
+        self.calibration_block()  # a missing block for this mode is said at once
 
     @classmethod
     def from_checkpoint(cls, path, *, device="auto", tta: bool = False, calibration="auto",
                         top_provinces: int = 2, top_cells: int = 5, refine="auto") -> "GeopakPredictor":
         """Load a trained checkpoint (best.pt of phases 0-3). calibration: 'auto' (the file beside
-        the checkpoint, if it matches), None (uncalibrated) or a dict. refine: 'auto' (refine inside
+        the checkpoint, if it matches and its values pass the checks; a refused one leaves the
+        predictor uncalibrated, with the file and key in warnings), None (uncalibrated) or a dict or
+        Calibration (a bad value raises CalibrationError). refine: 'auto' (refine inside
         the cells when 06 saved a gallery beside the checkpoint and chose refinement on validation),
         True (refine; a ValueError without a gallery) or False. A list of paths gives an ensemble of
         them (see :meth:`ensemble`; ensembles are neither calibrated nor refined)."""
@@ -97,9 +102,10 @@ class GeopakPredictor:
         except (KeyError, RuntimeError, TypeError) as exc:  # shapes or config keys from another version
             raise ValueError(f"checkpoint {path} does not fit this version of geopak_lib "
                              f"({type(exc).__name__}: {exc})") from exc
-        why = "calibration given by the caller" if isinstance(calibration, dict) else "uncalibrated (none asked for)"
+        why = "calibration given by the caller" if isinstance(calibration, (dict, Calibration)) \
+            else "uncalibrated (none asked for)"
         if calibration == "auto":
-            calibration, why = load_calibration(path)
+            calibration, why = load_checked_calibration(path)
         gallery, settings, refinement = refinement_choice(gallery_loader(path), refine)
         info = {"checkpoint": str(path), "phase": int(ckpt["phase"]), "epoch": ckpt.get("epoch"),
                 "encoders": ckpt["encoders"], "calibration": why, "refinement": refinement}
@@ -120,13 +126,10 @@ class GeopakPredictor:
                                                      top_cells=top_cells, refine=False)
                                  for f in folder])
         model, config = load_exported_model(folder, _device(device))
-        calibration = config.get("calibration")
-        src = config["source"]
+        src, (calibration, why) = config["source"], folder_calibration(folder, config)
         gallery, settings, refinement = refinement_choice(lambda: load_folder_gallery(folder, config), refine)
         info = {"checkpoint": str(folder), "phase": src["phase"], "epoch": src.get("epoch"),
-                "encoders": config["encoders"], "model_folder": True, "refinement": refinement,
-                "calibration": f"calibrated on validation (exported from {src['checkpoint']})" if calibration
-                else "no calibration was exported with this model"}
+                "encoders": config["encoders"], "model_folder": True, "refinement": refinement, "calibration": why}
         top_p, top_c = config["prediction"]["top_provinces"], config["prediction"]["top_cells"]
         predictor = cls(model, checkpoint=Path(folder), calibration=calibration, tta=tta,
                         top_provinces=top_provinces or top_p, top_cells=top_cells or top_c, info=info,
@@ -173,16 +176,20 @@ class GeopakPredictor:
                                                    bool(on))
         return GeopakPredictor(self.model, checkpoint=self.checkpoint, calibration=self.calibration, tta=self.tta,
                                top_provinces=self.top_provinces, top_cells=self.top_cells,
-                               info={**self.info, "refinement": why}, warnings=self.warnings, gallery=gallery,
+                               info={**self.info, "refinement": why}, gallery=gallery,
+                               warnings=[w for w in self.warnings if not w.startswith(MISSING_MODE)],
                                refine_settings=settings)._share_probes(self)
 
     # raw outputs -------------------------------------------------------------------------
 
-    def _cal(self) -> dict:
-        """The calibration block matching the TTA setting ({} when uncalibrated)."""
-        cal = self.calibration or {}
-        cal = cal.get("tta", {}) if self.tta else cal
-        return cal.get("refined", cal) if self.gallery is not None else cal  # radius fitted on refined points
+    def calibration_block(self) -> CalibrationBlock | None:
+        """The calibration block of this predictor's own mode (tta x refined), or None (uncalibrated);
+        never another mode's. info['calibration_mode'] says which; a mode the record lacks is warned of once."""
+        block, self.info["calibration_mode"] = block_for(self.calibration, tta=self.tta, refined=self.gallery is not None)
+        if block is None and self.info["calibration_mode"].startswith(MISSING_MODE) \
+                and self.info["calibration_mode"] not in self.warnings:
+            self.warnings.append(self.info["calibration_mode"])
+        return block
 
     @torch.no_grad()
     def forward_images(self, images: torch.Tensor, tta: bool | None = None, identity: dict | None = None) -> dict:
@@ -237,10 +244,9 @@ class GeopakPredictor:
         if self.gallery is not None:
             pred = refine_prediction(pred, out["fused"].float().cpu().numpy(), self.gallery,
                                      self.model.cell_radius_km.cpu().numpy(), settings=self.refine_settings)
-        cal = self._cal()
-        temperature = float(cal.get("temperature", 1.0))
+        cal = self.calibration_block()
+        temperature = cal.temperature if cal is not None else 1.0
         probs = torch.softmax(out["province_logits"] / temperature, -1).cpu().numpy()
-        scales, by_province = cal.get("radius_scales", {}), cal.get("radius_scales_by_province", {})
         names = name_places(pred["lat"], pred["lon"])  # vectorised over the batch, after any refinement
         concepts = concept_scores(self.model, out)
         farthest = farthest_in_pakistan_km(pred["lat"], pred["lon"])  # no radius needs to reach beyond the country
@@ -254,15 +260,15 @@ class GeopakPredictor:
                                                        "hyp_weight")]
             hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
                      "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
-            spread, province = float(pred["spread_km"][i]), str(int(probs[i].argmax()))
-            radius = lambda scale: min(float(error_radius(spread, scale, RADIUS_FLOOR_KM)), float(farthest[i]))  # noqa: E731
-            radii = {str(c): radius(by_province.get(str(c), {}).get(province, s))  # its province's scale, where
-                     for c, s in scales.items()}  # fitted; capped at the farthest point of Pakistan
+            spread, province = float(pred["spread_km"][i]), int(probs[i].argmax())
+            # its province's scale where fitted, never below the floor; capped at the farthest point of Pakistan
+            radii = {} if cal is None else {c: min(cal.radius_km(spread, province, c), float(farthest[i]))
+                                            for c in cal.radius_scales}
             key = str(RADIUS_COVERAGE)
             results.append({
                 "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
                 "lat": float(pred["lat"][i]), "lon": float(pred["lon"][i]), "confidence": float(probs[i].max()),
-                "radius_km": radii.get(key, radius(1.0)),
+                "radius_km": radii.get(key, min(spread + RADIUS_FLOOR_KM, float(farthest[i]))),  # uncalibrated
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
                 "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},

@@ -187,6 +187,25 @@ def test_refined_and_tta_uses_only_the_refined_tta_block(ckpt, tmp_path):
     assert not r["refined"] and r["radius_km"] == pytest.approx(1.2 * (r["spread_km"] + 1.0))
 
 
+def test_geopak_predict_writes_radius_calibrated(ckpt, tmp_path, capsys):
+    path, _ = ckpt
+    write_images(tmp_path / "img")
+    save_calibration(path, PLAIN)
+    out, gj = tmp_path / "p.csv", tmp_path / "p.geojson"
+
+    def run(*extra):
+        cli.main(["predict", str(tmp_path / "img" / "a.jpg"), "--checkpoint", str(path), "--out", str(out),
+                  "--geojson", str(gj), "--no-progress", "--device", "cpu", *extra])
+        return pd.read_csv(out), json.loads(gj.read_text())["features"][0]["properties"], capsys.readouterr().err
+
+    table, props, err = run()
+    assert table["radius_calibrated"].tolist() == [True] and props["radius_calibrated"] is True
+    table, props, err = run("--tta")
+    assert table["radius_calibrated"].tolist() == [False] and props["radius_calibrated"] is False
+    assert "warning: " + MISSING_MODE + "tta" in err
+    assert table["radius_km"].iloc[0] == pytest.approx(props["radius_km"])
+
+
 def test_an_export_with_a_bad_calibration_is_refused_and_a_bad_folder_loads_uncalibrated(trained, tmp_path, capsys):
     path, _, imgs = trained
     save_calibration(path, block(1.0, float("nan")))

@@ -56,6 +56,7 @@ def test_api_scores_every_valid_row_and_keeps_the_rejects(ckpt, labelled):
     assert m["median_km"] == pytest.approx(np.median(p["error_km"])) and m["n"] == 6
     assert m["province_acc"] == pytest.approx((p["province"] == p["province_pred"]).mean())
     assert m["n_rejected"] == 2 and m["radius_calibrated"] is False
+    assert p["radius_calibrated"].tolist() == [False] * 6  # each row says so too (predictions.csv)
     lo, hi = m["ci95"]["median_km"]
     assert lo <= m["median_km"] <= hi
     assert set(res.per_province["province"]) == {"Sindh", "Punjab"}

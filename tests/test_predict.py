@@ -157,8 +157,8 @@ def test_cli_end_to_end(ckpt, tmp_path, capsys):
     assert code == 1  # three bad files and a skipped one
     table = pd.read_csv(out, keep_default_na=False)
     hyp = [f"hyp{k}_{f}" for k in (1, 2) for f in ("province", "lat", "lon", "weight")]
-    assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
-                                   "place_province", "place_km", *hyp,
+    assert list(table.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "radius_calibrated",
+                                   "place", "district", "place_province", "place_km", *hyp,
                                    "climate", "climate_p", "land_cover", "land_cover_p", "error"]
     assert (table["climate"] == "").all()  # this model has no concept heads: the columns stay empty
     names = {str(p.relative_to(tmp_path / "img")) if p.is_relative_to(tmp_path / "img") else p.name: e
@@ -229,8 +229,8 @@ def test_cli_checkpoint_errors_exit_2(ckpt, tmp_path, capsys):
 
 def test_results_table_columns_for_failed_rows():
     t = results_table([{"image": "x.jpg", "error": "boom"}], top=1)
-    assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "place", "district",
-                               "place_province", "place_km", "hyp1_province",
+    assert list(t.columns) == ["image", "lat", "lon", "province", "confidence", "radius_km", "radius_calibrated",
+                               "place", "district", "place_province", "place_km", "hyp1_province",
                                "hyp1_lat", "hyp1_lon", "hyp1_weight", "climate", "climate_p", "land_cover",
                                "land_cover_p", "error"]
     assert t.loc[0, "error"] == "boom" and pd.isna(t.loc[0, "lat"])

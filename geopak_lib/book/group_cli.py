@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 from geopak_lib.data.images import printable_name
 
 # The columns a prediction writes, per image (predict_cli) or per place (here).
-PREDICTION_COLUMNS = ("lat", "lon", "province", "confidence", "radius_km", "place", "district", "place_province",
-                      "place_km")
+PREDICTION_COLUMNS = ("lat", "lon", "province", "confidence", "radius_km", "radius_calibrated", "place", "district",
+                      "place_province", "place_km")
 CONCEPT_COLUMNS = ("climate", "climate_p", "land_cover", "land_cover_p")  # empty for a model without concept heads
 HYP_FIELDS = ("province", "lat", "lon", "weight")
 GROUP_COLUMNS = ("group", "n_images", *PREDICTION_COLUMNS)

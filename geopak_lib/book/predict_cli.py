@@ -34,6 +34,8 @@ escaped (caf\\xe9.jpg).
 The CSV has one row per file: image, lat, lon (degrees), province, confidence (calibrated
 probability of that province), radius_km (the truth lies within it for ~80% of validation images
 once 06_evaluation has calibrated the checkpoint; never beyond the farthest point of Pakistan),
+radius_calibrated (True when that calibration fits this mode: --tta and refinement each need their
+own block; False: radius_km is the uncalibrated spread + 1 km, and a warning says why),
 place (the nearest GeoNames place of 1,000+ people in the predicted point's province), district,
 place_province (the province the predicted point lies in) and place_km (km from the point to that
 place; place and district are empty when the point is outside Pakistan or more than 60 km from any

@@ -27,7 +27,7 @@ from geopak_lib.metrics import per_class_accuracy, per_group_summary, summarize_
 BLOCK_KM = 30.0  # the book's default block (geopak_lib/config.py DataConfig.block_km)
 URBAN_MIN_POPULATION, URBAN_RADIUS_KM = 100_000, 10.0  # as 06 (analysis/regions.py)
 PREDICTION_COLUMNS = ["id", "image", "latitude", "longitude", "province", "pred_lat", "pred_lon",
-                      "province_pred", "confidence", "radius_km", "error_km", "block_id", "error"]
+                      "province_pred", "confidence", "radius_km", "radius_calibrated", "error_km", "block_id", "error"]
 
 
 @dataclass
@@ -94,7 +94,7 @@ def predict_rows(predictor, manifest: pd.DataFrame, *, batch_size: int = 32, pro
             rows.append((m.id, m.image, m.latitude, m.longitude, m.province,
                          np.nan if bad else rec["lat"], np.nan if bad else rec["lon"], "" if bad else rec["province"],
                          np.nan if bad else rec["confidence"], np.nan if bad else rec.get("radius_km", np.nan),
-                         np.nan, "", bad))
+                         False if bad else rec["radius_calibrated"], np.nan, "", bad))
     pred = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     pred["error_km"] = geo.haversine_km(pred["latitude"].to_numpy(float), pred["longitude"].to_numpy(float),
                                         pred["pred_lat"].to_numpy(float), pred["pred_lon"].to_numpy(float))

@@ -1,6 +1,6 @@
 """Shared test set-up (no model hub, no display, one thread) and the fixtures several test modules use:
-`ckpt` (a tiny predictor checkpoint), `trained` (real small encoders), `manifest` (12 images) and
-`demo_manifest` (20 demo images). Helpers live in tiny_predictor.py, synthetic_training.py and cache_helpers.py."""
+`ckpt` (a tiny predictor checkpoint), `trained` (real small encoders), `manifest` (12 images),
+`demo_manifest` (20 demo images) and `smoke_run` (the smoke book, once per session, in a temporary folder). Helpers live in tiny_predictor.py, synthetic_training.py and cache_helpers.py."""
 
 import os
 
@@ -99,3 +99,14 @@ def demo_manifest(tmp_path_factory):
     samples["province_id"] = 0
     samples["split"] = (["train"] * 10 + ["val"] * 5 + ["test"] * 5)
     return samples
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke book run once per session under a temporary folder (`geopak book smoke --under DIR`,
+    no site): its Profile, whose run_dir(), report_dir() and cache_dir name that folder. For `book` tests."""
+    from geopak_lib.book.runner import load_profile, run_book
+
+    root = tmp_path_factory.mktemp("smoke_run")
+    run_book("smoke", under=root, site=False)
+    return load_profile("smoke", under=root)

@@ -50,7 +50,8 @@ class JupyterLab:
             path = self.tmp / "settings" / "@jupyterlab" / f"{name}.jupyterlab-settings"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-        env = {**os.environ, "PYTHONPATH": str(self.root), "JUPYTER_RUNTIME_DIR": str(self.tmp / "runtime"),
+        # the kernels import this project's library wherever the lab's root is (a test's run: a tmp folder)
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "JUPYTER_RUNTIME_DIR": str(self.tmp / "runtime"),
                "HF_HUB_OFFLINE": "1"}
         env.pop("MPLBACKEND", None)  # conftest sets Agg for tests; notebooks keep inline figures
         self.log = open(self.tmp / "jupyter-lab.log", "w")

@@ -72,3 +72,32 @@ def test_profile_with_another_profiles_run_dir_is_refused(tree):
     assert _write(tree, "common:\n  run_dir: runs/p\n").common["run_dir"] == "runs/p"
     assert _write(tree, "common:\n  run_dir: runs/elsewhere\n").common["run_dir"] == "runs/elsewhere"
     assert load_profile("smoke", root=tree).common["run_dir"] == "runs/smoke"
+
+
+def test_under_moves_what_a_run_writes_and_keeps_what_it_reads(tmp_path):
+    """`geopak book smoke --under DIR`: run folder, cache (02 and 03 alike), demo dataset and reports
+    under DIR; an absolute path and a real dataset (demo_n_images 0) stay where the profile says."""
+    smoke = load_profile("smoke", under=tmp_path / "t")
+    root = (tmp_path / "t").resolve()
+    assert smoke.run_dir() == root / "runs" / "smoke" and smoke.report_dir() == root / "reports" / "smoke"
+    assert smoke.parameters_for("00_data_audit")["data_csv"] == str(root / "data" / "smoke" / "samples.csv")
+    assert smoke.parameters_for("00_data_audit")["image_dir"] == str(root / "data" / "smoke" / "images")
+    assert {smoke.parameters_for(nb)["cache_dir"] for nb in ("02_phase0_province", "03_phase1_geography")} \
+        == {str(root / "cache")}
+    check_profile(smoke, book.notebook_paths())  # still a valid profile: one cache for 02 and 03
+    own = tmp_path / "own.yaml"
+    own.write_text(f"common: {{run_dir: {tmp_path / 'elsewhere'}}}\nnotebooks:\n"
+                   "  00_data_audit: {data_csv: data/mine/t.csv, image_dir: data/mine/img, demo_n_images: 0}\n")
+    mine = load_profile(str(own), under=root)
+    assert mine.run_dir() == tmp_path / "elsewhere" and mine.report_dir() == root / "reports" / "own"
+    assert mine.parameters_for("00_data_audit")["data_csv"] == "data/mine/t.csv"
+    assert load_profile("smoke").report_dir() == book.REPO_ROOT / "reports" / "smoke"  # without it: the repository
+
+
+def test_book_under_a_folder_that_cannot_be_made_is_one_line_and_exit_2(tmp_path, capsys):
+    from geopak_lib.book.cli import main
+
+    (tmp_path / "file").write_text("")
+    assert main(["book", "smoke", "--under", str(tmp_path / "file" / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"geopak book: cannot create --under {tmp_path / 'file' / 'x'}") and err.count("\n") == 1

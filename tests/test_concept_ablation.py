@@ -103,22 +103,20 @@ def test_the_rule_keeps_off_unless_a_variant_beats_it_beyond_the_noise():
 
 
 @pytest.mark.book
-def test_variants_trained_in_two_processes_equal_the_ones_trained_here(tmp_path):
+def test_variants_trained_in_two_processes_equal_the_ones_trained_here(tmp_path, smoke_run):
     """The demo trains the two extra variants side by side in worker processes (spawned: nothing of
     this process's state comes along). On the smoke run's phase-0 checkpoint and feature cache, with
     one thread each, the table equals the one trained in this process, one variant after the other."""
     import shutil
     from dataclasses import asdict
 
-    from geopak_lib.book.runner import REPO_ROOT, load_profile, run_book
     from geopak_lib.training.cache import CacheSettings
     from geopak_lib.training.config import PhaseConfig
 
-    smoke = REPO_ROOT / load_profile("smoke").common["run_dir"]
-    if not (smoke / "concepts.json").is_file() or not RunDir(smoke).best_checkpoint(0).is_file():
-        run_book("smoke", site=False)
+    smoke = smoke_run.run_dir()
+    assert (smoke / "concepts.json").is_file() and RunDir(smoke).best_checkpoint(0).is_file()
     cfg = PhaseConfig.for_phase(1, epochs=2, batch_size=16, batches_per_epoch=3, shares="spec003", seed=0)
-    cache = CacheSettings(cache_root=REPO_ROOT / "cache", views=1, seed=0)
+    cache = CacheSettings(cache_root=smoke_run.notebooks["02_phase0_province"]["cache_dir"], views=1, seed=0)
     tables = {}
     for workers in (1, 2):
         run = tmp_path / f"run{workers}"

@@ -1,18 +1,18 @@
 """`make lab` opens the book as the last run of a profile left it; with no run, one line says which
-command makes one. Browser checks (headless Chromium, skipped without it) on the smoke run: the
-explorer shows its widget and map, and the executed notebooks re-run without an error."""
+command makes one. Browser checks (headless Chromium, skipped without it) on the session's smoke run
+(in a temporary folder, which is JupyterLab's root): the explorer shows its widget and map, and the
+executed notebooks re-run without an error."""
 
 import json
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from geopak_lib.book.lab import lab_command, lab_target
 from geopak_lib.book.runner import REPO_ROOT
 from lab_driver import CHROMIUM, JupyterLab
-
-SMOKE_NOTEBOOKS = REPO_ROOT / "runs" / "smoke" / "notebooks"
 
 
 def _book(root, profile="mine", run_dir="runs/mine"):
@@ -45,31 +45,30 @@ def test_make_lab_with_an_unknown_profile_is_one_line_and_exit_2():
     assert out.stderr.startswith("make lab: profile 'no_such_profile' not found") and out.stderr.count("\n") == 1
 
 
-def test_injected_parameters_follow_the_parameters_cell():
+@pytest.mark.book
+def test_injected_parameters_follow_the_parameters_cell(smoke_run):
     """Re-running an executed notebook top to bottom works on its run: papermill's injected cell
     comes after the parameters cell, so it wins."""
-    if not (SMOKE_NOTEBOOKS / "08_explore.ipynb").is_file():
-        pytest.skip("no smoke run: make one with `make book PROFILE=smoke`")
-    cells = json.loads((SMOKE_NOTEBOOKS / "08_explore.ipynb").read_text())["cells"]
+    cells = json.loads((smoke_run.run_dir() / "notebooks" / "08_explore.ipynb").read_text())["cells"]
     tags = [c["metadata"].get("tags", []) for c in cells if c["cell_type"] == "code"]
     assert tags[1] == ["parameters"] and tags[2] == ["injected-parameters"]
     injected = next(c for c in cells if "injected-parameters" in c["metadata"].get("tags", []))
-    assert 'run_dir = "runs/smoke"' in "".join(injected["source"])
+    assert f'run_dir = "{smoke_run.run_dir()}"' in "".join(injected["source"])
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    # checked when a test asks for the lab, not at collection: in `make test` the smoke book (tests/
-    # test_book_smoke.py) makes the run earlier in the same session
-    if not (SMOKE_NOTEBOOKS / "08_explore.ipynb").is_file():
-        pytest.skip("no smoke run: make one with `make book PROFILE=smoke`")
-    with JupyterLab("smoke", tmp_path_factory.mktemp("lab")) as lab:
+def lab(tmp_path_factory, smoke_run):
+    """`make lab` on the session's smoke run: its profile (absolute paths) as a file, and the run's
+    folder as JupyterLab's root, so the paths below are those `make lab smoke` shows in the repository."""
+    profile = smoke_run.root / "smoke.yaml"
+    profile.write_text(yaml.safe_dump({"common": smoke_run.common, "notebooks": smoke_run.notebooks}))
+    with JupyterLab(str(profile), tmp_path_factory.mktemp("lab"), root=smoke_run.root) as lab:
         yield lab
 
 
 @pytest.mark.book
 @pytest.mark.skipif(not CHROMIUM, reason="headless chromium not installed")
-def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, tmp_path):
+def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, smoke_run):
     assert lab.default_notebook() == "runs/smoke/notebooks/00_data_audit.ipynb"  # what `make lab` opens
     errors = lab.run_notebook("runs/smoke/notebooks/08_explore.ipynb")
     assert errors == []
@@ -82,7 +81,7 @@ def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, tmp_path):
     frame = page.frame_locator(".geopak-explorer iframe[srcdoc]")
     frame.locator(".leaflet-image-layer").wait_for(state="attached", timeout=60_000)  # the relief base layer
     page.wait_for_timeout(1500)
-    lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_08_explore.png")
+    lab.screenshot(smoke_run.report_dir() / "lab_08_explore.png")
     assert frame.locator(".leaflet-marker-icon").count() == 2  # the prediction ✚ and the truth dot
     assert frame.locator("canvas").count() >= 1  # hypotheses, radius and outlines (prefer_canvas)
     # the top-provinces slider, moved with the keyboard, re-runs the mixture and redraws the map
@@ -94,7 +93,7 @@ def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, tmp_path):
     page.get_by_text("Mixture of the top 1 provinces").scroll_into_view_if_needed()
     frame.locator(".leaflet-marker-icon").first.wait_for(state="attached", timeout=60_000)
     page.wait_for_timeout(1500)
-    lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_08_explore_top1.png")
+    lab.screenshot(smoke_run.report_dir() / "lab_08_explore_top1.png")
     # the redrawn map's canvas holds the outlines and circles: it was redrawn once its frame had a size
     drawn = frame.locator("canvas").evaluate_all("""cs => cs.map(c => {
         if (!c.width || !c.height) return 0;
@@ -105,11 +104,11 @@ def test_explorer_in_jupyterlab_shows_the_widget_and_the_map(lab, tmp_path):
 
 @pytest.mark.book
 @pytest.mark.skipif(not CHROMIUM, reason="headless chromium not installed")
-def test_executed_notebook_reruns_on_its_run_without_errors(lab):
+def test_executed_notebook_reruns_on_its_run_without_errors(lab, smoke_run):
     errors = lab.run_notebook("runs/smoke/notebooks/07_predict.ipynb")
     assert errors == []
     lab.page.wait_for_timeout(1000)
-    lab.screenshot(REPO_ROOT / "reports" / "smoke" / "lab_07_predict.png")
+    lab.screenshot(smoke_run.report_dir() / "lab_07_predict.png")
 
 
 @pytest.mark.book

@@ -90,3 +90,17 @@ def test_nbval_copies_carry_the_profile(tmp_path):
     cells = nbformat.read(tmp_path / "01_geocells.ipynb", as_version=4).cells
     injected = next(c for c in cells if "injected-parameters" in c.metadata.get("tags", []))
     assert 'run_dir = "runs/demo"' in injected.source and "min_cell_size = 40" in injected.source
+
+
+def test_nbval_copies_of_make_test_point_into_its_temporary_folder(tmp_path):
+    """`make test` runs nbval on `geopak params smoke --under TMP --notebooks-to TMP/nbval`: every path a
+    notebook writes to is absolute and inside TMP, so the kernel (started in TMP/nbval) needs no project root."""
+    written = params.write_parameterised("smoke", tmp_path / "nbval", under=tmp_path)
+    injected = {p.stem: yaml.safe_load(next(c for c in nbformat.read(p, as_version=4).cells
+                                            if "injected-parameters" in c.metadata.get("tags", [])).source.replace(" = ", ": "))
+                for p in written}
+    paths = {(nb, k): v for nb, values in injected.items() for k, v in values.items()
+             if k in ("run_dir", "data_csv", "image_dir", "cache_dir")}
+    assert len(paths) == 9 + 2 + 2  # run_dir everywhere, 00's dataset, 02's and 03's cache
+    assert all(Path(v).is_relative_to(tmp_path) for v in paths.values()), paths
+    assert paths[("03_phase1_geography", "cache_dir")] == str(tmp_path / "cache")

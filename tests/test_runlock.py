@@ -36,7 +36,7 @@ def test_main_book_exit_2_when_locked(tmp_path, monkeypatch, capsys):
     def locked(*a, **k):
         raise RunLocked("runs/x is in use by another `geopak book` (pid 123)")
     monkeypatch.setattr(runner, "run_book", locked)
-    args = type("A", (), {"profile": "demo", "only": None, "start": None})()
+    args = type("A", (), {"profile": "demo", "only": None, "start": None, "under": None})()
     assert runner.main_book(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pid 123" in err[0]

@@ -1,6 +1,6 @@
 """The book as a site: the offline checks and the landing page's figures (fast), then the site
 of the smoke run built by Sphinx and opened in headless Chromium with the network off (marked
-`book`: it needs the executed smoke notebooks, and runs the smoke book when they are missing)."""
+`book`: it needs the executed smoke notebooks, of the session's smoke run in a temporary folder)."""
 
 import json
 import re
@@ -9,7 +9,7 @@ import shutil
 import nbformat
 import pytest
 
-from geopak_lib.book.runner import REPO_ROOT, load_profile, notebook_paths, run_book
+from geopak_lib.book.runner import REPO_ROOT, notebook_paths
 from geopak_lib.book.site import build_site, network_references, prepare_notebook
 from geopak_lib.book.site_index import final_model, headline_markdown
 
@@ -56,11 +56,9 @@ def test_headline_markdown_formats_the_summary():
 # --- the site of the smoke run ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smoke_site(tmp_path_factory):
-    run_dir = REPO_ROOT / load_profile("smoke").common["run_dir"]
-    have = {p.stem for p in (run_dir / "notebooks").glob("*.ipynb")}
-    if not {nb.stem for nb in notebook_paths()} <= have:
-        run_book("smoke", site=False)
+def smoke_site(tmp_path_factory, smoke_run):
+    run_dir = smoke_run.run_dir()
+    assert {nb.stem for nb in notebook_paths()} <= {p.stem for p in (run_dir / "notebooks").glob("*.ipynb")}
     out = tmp_path_factory.mktemp("site") / "site"
     build_site(run_dir, "smoke", out, REPO_ROOT)
     return run_dir, out
@@ -75,7 +73,7 @@ def test_site_index_has_the_headline_and_every_chapter(smoke_site):
     h = summary["headline"]
     for text in ("Test headline", "Run manifest", f"{h['median_km']:.1f} km", f"{h['p90_km']:.1f} km",
                  f"{h['acc_25km']:.1%}", f"{h['acc_200km']:.1%}", f"{h['province_acc']:.1%}",
-                 str(ckpt.relative_to(REPO_ROOT)), "git commit", "weights"):
+                 str(ckpt), "git commit", "weights"):  # a run outside the repository: its absolute path
         assert text in index, text
     order = ["index"] + [nb.stem for nb in notebook_paths()]
     for before, stem, after in zip(order, order[1:], order[2:] + [None]):
@@ -95,13 +93,13 @@ def test_no_page_of_the_site_reaches_the_network(smoke_site):
 
 @pytest.mark.book
 @pytest.mark.skipif(not shutil.which("chromium"), reason="headless chromium not installed")
-def test_site_renders_offline_in_headless_chromium(smoke_site):
+def test_site_renders_offline_in_headless_chromium(smoke_site, smoke_run):
     """Landing page and 06 in Chromium with every non-file request refused: figures and the
-    relief layer of each map are drawn, nothing failed. Screenshots: reports/smoke/site_screenshots/."""
+    relief layer of each map are drawn, nothing failed. Screenshots: the run's reports/smoke/site_screenshots/."""
     from playwright.sync_api import sync_playwright
 
     _, site = smoke_site
-    shots = REPO_ROOT / "reports" / "smoke" / "site_screenshots"
+    shots = smoke_run.report_dir() / "site_screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])

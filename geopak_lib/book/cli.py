@@ -13,7 +13,7 @@ from pathlib import Path
 from geopak_lib.book import evaluate_cli, predict_cli
 from geopak_lib.book.demo import build_demo_dataset
 from geopak_lib.book.model_card import model_card
-from geopak_lib.book.runner import ProfileError, main_book, main_site
+from geopak_lib.book.runner import UNDER_HELP, ProfileError, main_book, main_site
 from geopak_lib.data.stamps import StaleInputError
 from geopak_lib.data.validate import DatasetError, validate_dataset, write_validation
 from geopak_lib.inference.model_folder import export_model
@@ -134,6 +134,7 @@ examples:
   geopak params demo 01_geocells > p.yaml
   papermill notebooks/01_geocells.ipynb out.ipynb -f p.yaml      # runs on the demo's run folder
   geopak params demo --notebooks-to .tmp/nbval/demo                # nbval copies (make nbval PROFILE=demo)
+  geopak params smoke --notebooks-to /tmp/t/nbval --under /tmp/t    # nbval on a run in /tmp/t (make test)
 """
 
 
@@ -246,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "first. Builds the profile's demo dataset if it is missing. Executed "
                                    "notebooks go to <run_dir>/notebooks/, HTML reports to reports/<profile>/ and, when the run "
                                    "reaches the last notebook (no --only), the book site to "
-                                   "reports/<profile>/site/index.html (see `geopak site --help`).")
+                                   "reports/<profile>/site/index.html (see `geopak site --help`); with --under "
+                                   "DIR, all of it, the feature cache and the demo dataset go under DIR.")
     p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
     p.add_argument("--only", help="comma-separated notebook names to run, e.g. 00_data_audit,01_geocells")
     p.add_argument("--start", help="start from this notebook, e.g. 02_phase0_province")
+    p.add_argument("--under", metavar="DIR", help=UNDER_HELP)
     p.set_defaults(func=_cmd_book)
 
     p = sub.add_parser("params", help="one notebook's parameters under a profile, for papermill -f",
@@ -258,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebook", nargs="?", help="notebook, e.g. 01_geocells, 01 or notebooks/01_geocells.ipynb")
     p.add_argument("--notebooks-to", metavar="DIR",
                    help="instead: write every notebook with the profile's values injected (not run) into DIR")
+    p.add_argument("--under", metavar="DIR", help="the values of `geopak book PROFILE --under DIR`")
     p.set_defaults(func=_cmd_params)
 
     p = sub.add_parser("site", help="rebuild the book site from a run's executed notebooks",
@@ -269,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "builds it after a whole-book run; this rebuilds it alone (after `geopak book "
                                    "--only ...`, say).")
     p.add_argument("profile", help="profile name in params/ (smoke, demo, full) or a YAML path")
+    p.add_argument("--under", metavar="DIR", help="the run of `geopak book PROFILE --under DIR`; the site "
+                                                 "goes to DIR/reports/<profile>/site/")
     p.set_defaults(func=_cmd_site)
 
     predict_cli.add_parser(sub, predict_cli.run)

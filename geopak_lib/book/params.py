@@ -63,28 +63,29 @@ def notebook_name(text: str, names) -> str:
     return hits[0]
 
 
-def flat_parameters(profile_name: str, notebook: str) -> tuple[str, dict]:
-    """(notebook name, the parameters `geopak book` injects into it under the profile), checked."""
+def flat_parameters(profile_name: str, notebook: str, *, under=None) -> tuple[str, dict]:
+    """(notebook name, the parameters `geopak book [--under DIR]` injects into it under the profile), checked."""
     from geopak_lib.book.runner import check_profile, load_profile, notebook_paths
 
-    profile = load_profile(profile_name)
+    profile = load_profile(profile_name, under=under)
     paths = notebook_paths()
     check_profile(profile, paths)
     name = notebook_name(notebook, [p.stem for p in paths])
     return name, profile.parameters_for(name)
 
 
-def parameter_yaml(profile_name: str, notebook: str) -> str:
+def parameter_yaml(profile_name: str, notebook: str, *, under=None) -> str:
     """The flat YAML for papermill's -f, with a header that says where it came from."""
-    name, params = flat_parameters(profile_name, notebook)
-    head = (f"# parameters of {name} under the profile {profile_name!r} (`geopak params {profile_name} {name}`);\n"
+    name, params = flat_parameters(profile_name, notebook, under=under)
+    how = f"geopak params {profile_name} {name}" + (f" --under {under}" if under is not None else "")
+    head = (f"# parameters of {name} under the profile {profile_name!r} (`{how}`);\n"
             f"# papermill notebooks/{name}.ipynb out.ipynb -f this.yaml  runs it on {params.get('run_dir')}\n")
     return head + yaml.safe_dump(params, sort_keys=False)
 
 
-def write_parameterised(profile_name: str, out_dir) -> list[Path]:
+def write_parameterised(profile_name: str, out_dir, *, under=None) -> list[Path]:
     """Every notebook with the profile's values injected as papermill would (not executed), into
-    out_dir: what `make nbval PROFILE=...` runs nbval on."""
+    out_dir: what `make nbval PROFILE=...` runs nbval on (and `make test`, with a temporary ``under``)."""
     import nbformat
     from papermill.iorw import load_notebook_node  # what papermill reads with: every cell gets its tags list
     from papermill.parameterize import parameterize_notebook
@@ -95,7 +96,7 @@ def write_parameterised(profile_name: str, out_dir) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in notebook_paths():
-        _, params = flat_parameters(profile_name, path.stem)
+        _, params = flat_parameters(profile_name, path.stem, under=under)
         nb = parameterize_notebook(load_notebook_node(str(path)), params)
         target = out_dir / path.name
         nbformat.write(nb, target)
@@ -109,13 +110,13 @@ def main_params(args) -> int:
 
     try:
         if args.notebooks_to:
-            for p in write_parameterised(args.profile, args.notebooks_to):
+            for p in write_parameterised(args.profile, args.notebooks_to, under=args.under):
                 print(p)
             return 0
         if not args.notebook:
             print("geopak params: name a NOTEBOOK (e.g. 01_geocells), or --notebooks-to DIR", file=sys.stderr)
             return 2
-        sys.stdout.write(parameter_yaml(args.profile, args.notebook))
+        sys.stdout.write(parameter_yaml(args.profile, args.notebook, under=args.under))
     except (ProfileError, ValueError) as exc:
         print(f"geopak params: {exc}", file=sys.stderr)
         return 2

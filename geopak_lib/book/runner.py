@@ -5,6 +5,8 @@ A profile (docs/design.md) has two sections: ``common`` (keys every notebook dec
 ``demo_n_images`` parameter is positive and the dataset is missing. Every key is
 checked against the notebook's declared parameters before anything runs, because papermill only
 warns about an unknown parameter and a misspelled one would silently fall back to its default.
+``Profile.under(root)`` (``geopak book --under DIR``) moves everything a run writes under another
+folder, e.g. a test's temporary one (docs/decisions/config.md).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import re
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
 from geopak_lib.book.kernels import kernel_options
 from geopak_lib.book.report import export_html
 from geopak_lib.book.runlock import RunLocked, run_lock
-from geopak_lib.config import NOTEBOOKS, BookConfig, ConfigError
+from geopak_lib.config import NOTEBOOKS, BookConfig, ConfigError, notebook_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROFILE_SECTIONS = {"common", "notebooks"}
@@ -38,10 +40,38 @@ class Profile:
     path: Path
     common: dict = field(default_factory=dict)
     notebooks: dict = field(default_factory=dict)
+    root: Path = REPO_ROOT  # the reports go to root/reports/<name>/ (another root: under())
 
     def parameters_for(self, notebook: str) -> dict:
         """The parameters papermill injects into ``notebook``: common keys, then its own."""
         return {**self.common, **(self.notebooks.get(notebook) or {})}
+
+    def run_dir(self) -> Path:
+        """The run folder (a relative run_dir is relative to the repository, the notebooks' cwd)."""
+        return REPO_ROOT / str(self.common.get("run_dir", f"runs/{self.name}"))
+
+    def report_dir(self) -> Path:
+        """HTML reports, and the site in its site/ folder."""
+        return self.root / "reports" / self.name
+
+    def under(self, root) -> "Profile":
+        """This profile with everything its run writes under ``root`` (`geopak book --under`): the run
+        folder, the feature cache, the reports and, when 00 builds the demo dataset (demo_n_images > 0),
+        the dataset. A relative path p becomes root/p; an absolute one stays; a real dataset is read where it is."""
+        root = Path(root).resolve()
+
+        def moved(p) -> str:
+            return str(p if Path(p).is_absolute() else root / p)
+
+        notebooks = {k: dict(v or {}) for k, v in self.notebooks.items()}
+        for nb, keys in (("00_data_audit", ("data_csv", "image_dir")), ("02_phase0_province", ("cache_dir",)),
+                         ("03_phase1_geography", ("cache_dir",))):  # 02 and 03 both, or neither: one cache
+            values = {**notebook_defaults(nb), **self.parameters_for(nb)}
+            n_demo = values.get("demo_n_images", 1)  # a value of the wrong type is check_profile's to report
+            if not isinstance(n_demo, (int, float)) or n_demo > 0:
+                notebooks.setdefault(nb, {}).update({k: moved(values[k]) for k in keys})
+        run_dir = moved(self.common.get("run_dir", f"runs/{self.name}"))
+        return replace(self, common={**self.common, "run_dir": run_dir}, notebooks=notebooks, root=root)
 
 
 def notebook_paths(root: Path = REPO_ROOT) -> list[Path]:
@@ -62,8 +92,9 @@ def resolve_profile_path(profile: str, root: Path = REPO_ROOT) -> Path:
     return cand
 
 
-def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
-    """Read and check the structure of a profile (not yet against the notebooks)."""
+def load_profile(profile: str, root: Path = REPO_ROOT, *, under=None) -> Profile:
+    """Read and check the structure of a profile (not yet against the notebooks); ``under``: a folder
+    that takes what its run writes (:meth:`Profile.under`; created here, or a one-line ProfileError)."""
     path = resolve_profile_path(profile, root)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -83,7 +114,14 @@ def load_profile(profile: str, root: Path = REPO_ROOT) -> Profile:
     _refuse_foreign_run_dir(path, common.get("run_dir"), root)
     # no run_dir: runs/<profile>, injected like any key, or the notebooks would use their own default (smoke)
     common = {"run_dir": f"runs/{path.stem}", **common}
-    return Profile(name=path.stem, path=path, common=common, notebooks=raw.get("notebooks") or {})
+    loaded = Profile(name=path.stem, path=path, common=common, notebooks=raw.get("notebooks") or {})
+    if under is None:
+        return loaded
+    try:
+        Path(under).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ProfileError(f"cannot create --under {under} ({e.strerror or e}); choose another folder") from None
+    return loaded.under(under)
 
 
 def _refuse_foreign_run_dir(path: Path, run_dir, root: Path) -> None:
@@ -154,13 +192,14 @@ def inline_figures():
 
 
 def run_book(profile_name: str, *, only: list[str] | None = None, start: str | None = None,
-             kernel: str = "python3", log=print, site: bool = True) -> list[Path]:
+             kernel: str = "python3", log=print, site: bool = True, under=None) -> list[Path]:
     """Run the book's notebooks in order with a profile; return the HTML reports written.
 
     Executed notebooks go to ``<run_dir>/notebooks/``; reports to ``reports/<profile>/``. When the
     run reaches the end of the book (no ``only``), the site is rebuilt into ``reports/<profile>/site/``.
+    ``under``: a folder that takes all of it, and the cache and demo dataset (:meth:`Profile.under`).
     """
-    profile = load_profile(profile_name)
+    profile = load_profile(profile_name, under=under)
     notebooks = notebook_paths()
     check_profile(profile, notebooks)  # the whole profile, even when running a subset
     if only:
@@ -170,7 +209,7 @@ def run_book(profile_name: str, *, only: list[str] | None = None, start: str | N
         notebooks = [nb for nb in notebooks if nb.stem in only]
     if start:
         notebooks = [nb for nb in notebooks if nb.stem >= start]
-    run_dir = REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}")
+    run_dir = profile.run_dir()
     with run_lock(run_dir):
         return _run_notebooks(profile, notebooks, run_dir, only=only, kernel=kernel, log=log, site=site)
 
@@ -180,7 +219,7 @@ def _run_notebooks(profile: Profile, notebooks: list[Path], run_dir: Path, *, on
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    report_dir = REPO_ROOT / "reports" / profile.name
+    report_dir = profile.report_dir()
     reports = []
     t_book = time.time()
     for i, nb in enumerate(notebooks, 1):
@@ -198,7 +237,7 @@ def _run_notebooks(profile: Profile, notebooks: list[Path], run_dir: Path, *, on
                             f"  full traceback in the executed notebook: {out_nb}") from None
         html = export_html(out_nb, report_dir / f"{nb.stem}.html")
         reports.append(html)
-        log(f"      done in {time.time() - t0:.0f} s -> {html.relative_to(REPO_ROOT)}")
+        log(f"      done in {time.time() - t0:.0f} s -> {_shown(html)}")
     log(f"book finished in {time.time() - t_book:.0f} s; reports in {report_dir}")
     if site and not only:
         build_book_site(profile, run_dir, log)
@@ -212,9 +251,13 @@ def build_book_site(profile: Profile, run_dir: Path, log=print) -> Path:
     from geopak_lib.book.site import SiteError, build_site
 
     try:
-        return build_site(run_dir, profile.name, REPO_ROOT / "reports" / profile.name / "site", REPO_ROOT, log=log)
+        return build_site(run_dir, profile.name, profile.report_dir() / "site", REPO_ROOT, log=log)
     except SiteError as e:
         raise BookError(str(e)) from None
+
+
+def _shown(path: Path) -> Path:
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 class BookError(RuntimeError):
@@ -224,7 +267,7 @@ class BookError(RuntimeError):
 def main_book(args) -> int:
     """Entry point for ``geopak book``."""
     try:
-        run_book(args.profile, only=args.only.split(",") if args.only else None, start=args.start)
+        run_book(args.profile, only=args.only.split(",") if args.only else None, start=args.start, under=args.under)
     except (ProfileError, BookError, RunLocked) as e:
         print(f"geopak book: {e}", file=sys.stderr)
         return 2
@@ -234,9 +277,14 @@ def main_book(args) -> int:
 def main_site(args) -> int:
     """Entry point for ``geopak site``: rebuild the site of a profile's last run."""
     try:
-        profile = load_profile(args.profile)
-        build_book_site(profile, REPO_ROOT / profile.common.get("run_dir", f"runs/{profile.name}"))
+        profile = load_profile(args.profile, under=args.under)
+        build_book_site(profile, profile.run_dir())
     except (ProfileError, BookError) as e:
         print(f"geopak site: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+UNDER_HELP = ("write everything the run makes under DIR instead of the repository: DIR/<run_dir>, "
+              "DIR/reports/<profile>/ (reports and site), DIR/<cache_dir> and, when 00 builds the demo "
+              "dataset, DIR/<data_csv's folder>; absolute paths of the profile are kept (tests use it)")

@@ -189,3 +189,35 @@ def test_predict_writes_one_row_per_photo_heic_included(photo_set, chain):
     assert sorted(rows["image"]) == sorted(images)  # 25 photos: 24 with GPS, one HEIC without
     assert (rows["error"] == "").all() and pd.to_numeric(rows["lat"]).between(23, 37.5).all()
     assert sum(Path(p).suffix == ".heic" for p in rows["image"]) == 7
+
+
+def hf_parquet(table: pd.DataFrame, photos: Path, out: Path) -> Path:
+    """The ingested rows as a Hugging Face ``datasets`` Parquet: image = struct {bytes, path}."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [{"bytes": (photos / name).read_bytes(), "path": name} for name in table["image"]]
+    arrow = pa.table({"id": table["id"], "image": pa.array(images, type=struct),
+                      "latitude": table["latitude"], "longitude": table["longitude"],
+                      "province": ["" if pd.isna(v) else str(v) for v in table["province"]]})
+    pq.write_table(arrow, out, row_group_size=64)  # several row groups, as datasets writes them
+    return out
+
+
+def test_a_hugging_face_parquet_validates_and_runs_through_the_book(photo_set, chain):
+    _, photos, _ = photo_set
+    work, _ = chain
+    table = pd.read_csv(work / "my data" / "samples.csv", dtype={"id": str})
+    parquet = hf_parquet(table, photos, work / "train.parquet")
+    checked = geopak("validate", parquet, "--out", work / "check parquet", cwd=work)  # no --images: bytes inside
+    assert checked.returncode == 1, checked.stderr  # the point in Paris, as for the CSV
+    assert f"{N_PHOTOS} valid rows" in checked.stdout
+    profile = own_profile(work / "test_own_parquet.yaml", run_dir=work / "runs" / "parquet", data_csv=parquet,
+                          image_dir="")
+    try:
+        run_book(profile, work)
+    finally:
+        shutil.rmtree(REPO_ROOT / "reports" / profile.stem, ignore_errors=True)
+    manifest = pd.read_csv(work / "runs" / "parquet" / "manifest.csv", dtype={"id": str})
+    assert len(manifest) == N_PHOTOS and manifest["image_path"].str.startswith("parquet:").all()

@@ -10,38 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import ExifTags, Image
-from PIL.TiffImagePlugin import IFDRational
 
 from geopak_lib.data import ids
 from geopak_lib.data.ingest import dms_to_degrees, ingest_folder, path_id, read_gps, write_ingest
 from geopak_lib.data.validate import validate_dataset
+from exif_photos import ISLAMABAD, ISLAMABAD_DEG, KARACHI, KARACHI_DEG, write_photo as _photo
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _exif(lat_dms, lat_ref, lon_dms, lon_ref) -> bytes:
-    exif = Image.Exif()
-    gps = exif.get_ifd(ExifTags.IFD.GPSInfo)
-    gps[1], gps[2] = lat_ref, tuple(IFDRational(*v) if isinstance(v, tuple) else IFDRational(v) for v in lat_dms)
-    gps[3], gps[4] = lon_ref, tuple(IFDRational(*v) if isinstance(v, tuple) else IFDRational(v) for v in lon_dms)
-    return exif.tobytes()
-
-
-# Faisal Mosque, Islamabad: 33 deg 43' 48.6" N, 73 deg 2' 18" E, worked by hand:
-# 33 + 43/60 + 48.6/3600 = 33.730166..., 73 + 2/60 + 18/3600 = 73.038333...
-ISLAMABAD = ((33, 43, (486, 10)), "N", (73, 2, 18), "E")
-ISLAMABAD_DEG = (33 + 43 / 60 + 48.6 / 3600, 73 + 2 / 60 + 18 / 3600)
-# Mazar-e-Quaid, Karachi: 24 deg 52' 31" N, 67 deg 2' 27" E
-KARACHI = ((24, 52, 31), "N", (67, 2, 27), "E")
-KARACHI_DEG = (24 + 52 / 60 + 31 / 3600, 67 + 2 / 60 + 27 / 3600)
-
-
-def _photo(path: Path, fmt: str, gps=None, size=(48, 40)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.new("RGB", size, (140, 110, 70))
-    kwargs = {"exif": _exif(*gps)} if gps else {}
-    img.save(path, format=fmt, **kwargs)
 
 
 @pytest.fixture

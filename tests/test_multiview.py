@@ -60,13 +60,33 @@ def test_multiview_errors_and_table():
     assert np.allclose(two["lat"], mixture_predict(model, mean)["lat"].numpy(), atol=1e-5)
     table = multiview.multiview_table(model, clip, scene, views, n_views=(1, 2, 4))
     assert sorted(set(table["views"])) == [1, 2] and len(table) == 2 * 2 * 2  # 4 views skipped: the set has 2
-    assert multiview.best_combine(table, 2) in ("embedding", "probs")
-    t = pd.DataFrame({"split": ["val", "val"], "views": [4, 4], "combine": ["embedding", "probs"],
-                      "median_km": [10.0, 5.0]})
-    assert multiview.best_combine(t, 4) == "probs"
     base = np.random.default_rng(0).gamma(2.0, 50.0, 200)
     blocks = np.arange(200) // 4
+    # the default stays unless the other way is clearly better: a 1% gain with noise is not taken
+    noisy = base * np.random.default_rng(1).normal(0.99, 0.3, 200).clip(0.1)
+    chosen, rows = multiview.rule_combine({"embedding": base, "probs": noisy}, blocks)
+    assert chosen == "embedding" and rows[0]["option"] == "probs" and not rows[0]["adopted"]
+    assert rows[0]["lo"] < 0 < rows[0]["hi"]
+    chosen, rows = multiview.rule_combine({"embedding": base, "probs": 0.5 * base}, blocks)
+    assert chosen == "probs" and rows[0]["adopted"] and rows[0]["hi"] < 0
+    # a lower median alone is not enough when the default is the other way round
+    chosen, _ = multiview.rule_combine({"embedding": 0.5 * base, "probs": base}, blocks, default="probs")
+    assert chosen == "embedding"
+    chosen, rows = multiview.rule_combine({"embedding": base, "probs": base}, blocks, default="probs")
+    assert chosen == "probs" and rows[0]["option"] == "embedding" and rows[0]["val Δ median km"] == 0
     row = multiview.option_row("x", base, 0.5 * base, base, test_with=base, val_blocks=blocks)
     assert row["adopted"] and row["val Δ 95% hi"] < 0
     same = multiview.option_row("x", base, base, base, test_with=base, how="off", val_blocks=blocks)
     assert not same["adopted"] and same["in_the_predictor"] == "off" and same["val Δ median km"] == 0
+
+
+def test_combine_text_says_the_rule_and_the_default():
+    from geopak_lib.book.eval_text import combine_text
+
+    rows = [{"option": "probs", "against": "embedding", "val Δ median km": -3.04, "lo": -9.5, "hi": 2.25,
+             "adopted": False}]
+    text = combine_text("embedding", rows, n_views=4, default="embedding")
+    assert "**embedding** (probs vs embedding: -3.0 km [-9.5, +2.2] not adopted)" in text and "the same" in text
+    adopted = [dict(rows[0], hi=-1.0, adopted=True)]
+    text = combine_text("probs", adopted, n_views=4, default="embedding")
+    assert "[-9.5, -1.0] adopted" in text and "--combine probs" in text

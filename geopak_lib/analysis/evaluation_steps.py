@@ -150,24 +150,28 @@ class Evaluation:
 
     def multiview(self, views: pd.DataFrame, *, n_views: int) -> tuple[pd.DataFrame, str]:
         """Several photos of one place (``views``: demo_views.build_multiview_set's table): 1, 2 and
-        n_views per place both ways, the way with the lower validation median, as method and option
-        rows. -> (the measurements, the chosen way)."""
+        n_views per place both ways; the way the adoption rule keeps at n_views (the predictor's
+        default unless the other is adopted against it), as method and option rows.
+        -> (the measurements, the chosen way, the rule's rows)."""
         model, p = self.predictor.model, self.predictor
         feats = multiview.view_features(p, views["image_path"], self.batch_size)
         table = multiview.multiview_table(model, *feats, views, n_views=(1, 2, n_views),
                                           top_provinces=p.top_provinces, top_cells=p.top_cells)
-        combine = multiview.best_combine(table, n_views)  # chosen on validation
-        errs = {k: multiview.multiview_errors(model, *feats, views, n_views=k, combine=combine,
-                                              top_provinces=p.top_provinces, top_cells=p.top_cells)
-                for k in (1, n_views)}
-        m = {(k, s): e[e["split"] == s]["error_km"] for k, e in errs.items() for s in ("val", "test")}
+        errs = {(k, c): multiview.multiview_errors(model, *feats, views, n_views=k, combine=c,
+                                                   top_provinces=p.top_provinces, top_cells=p.top_cells)
+                for k in (1, n_views) for c in multiview.COMBINE}
+        val = errs[1, DEFAULT_COMBINE]["split"] == "val"  # every frame has the places in the same order
+        blocks = errs[1, DEFAULT_COMBINE][val]["group"].map(self.table.set_index("id")["block_id"])
+        combine, rule_rows = multiview.rule_combine({c: errs[n_views, c][val]["error_km"] for c in multiview.COMBINE},
+                                                    blocks)
+        m = {(k, s): errs[k, combine][errs[k, combine]["split"] == s]["error_km"] for k in (1, n_views)
+             for s in ("val", "test")}
         self.beyond[f"multi-view set ({len(m[1, 'test'])} test places): 1 view"] = m[1, "test"]
         self.beyond[f"multi-view set: {n_views} views per place ({combine})"] = m[n_views, "test"]
-        blocks = errs[1][errs[1]["split"] == "val"]["group"].map(self.table.set_index("id")["block_id"])
         self._option(f"several photos of one place ({n_views} views, {combine})", m[1, "val"], m[n_views, "val"],
                      m[n_views, "test"], how=f"with --group-by / predict_group (combine: {DEFAULT_COMBINE})",
                      val_blocks=blocks, test_without=m[1, "test"])
-        return table, combine
+        return table, combine, rule_rows
 
     def option_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.options, columns=multiview.OPTION_COLUMNS).set_index("option")

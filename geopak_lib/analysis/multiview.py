@@ -3,7 +3,9 @@ set: rows group, view, image_path, latitude, longitude, split; view 0 is the pla
 and checkpoint ensembles, and the table that says which option is on.
 
 Each image is encoded once (``view_features``); every (number of views, combine rule) pair is then
-only the heads on cached features. An option is on only when it lowers the validation median.
+only the heads on cached features. Every choice here is made by the one rule (bootstrap.adopt):
+an option, or a combine rule other than the predictor's default, is taken only when its paired
+validation interval lies below zero.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from geopak_lib.inference.groups import COMBINE, encoder_features, features_group_outputs
+from geopak_lib.inference.groups import COMBINE, DEFAULT_COMBINE, encoder_features, features_group_outputs
 from geopak_lib.inference.outputs import ImageFiles, collate_files
 from geopak_lib.metrics import error_km, summarize_errors
 from geopak_lib.model.inference import mixture_predict
@@ -70,10 +72,16 @@ def multiview_table(model, clip_feat, scene_feat, views: pd.DataFrame, *, n_view
     return pd.DataFrame(rows)
 
 
-def best_combine(table: pd.DataFrame, n_views: int) -> str:
-    """The combine rule with the lower validation median at n_views views (ties: the first in COMBINE)."""
-    val = table[(table["split"] == "val") & (table["views"] == n_views)].set_index("combine")["median_km"]
-    return min(COMBINE, key=lambda c: (val.get(c, np.inf), COMBINE.index(c)))
+def rule_combine(errors: dict, blocks, *, default: str = DEFAULT_COMBINE) -> tuple[str, list[dict]]:
+    """The combine rule the adoption rule keeps: the predictor's ``default`` unless another rule's
+    paired validation interval (median difference, block bootstrap) lies below zero against it.
+
+    errors: {combine: per-place validation errors (km), aligned with ``blocks``}.
+    Returns (chosen rule, rows: option, against, val Δ median km, lo, hi, adopted)."""
+    from geopak_lib.bootstrap import choose_simplest
+
+    order = [default] + [c for c in COMBINE if c != default and c in errors]
+    return choose_simplest({c: np.asarray(errors[c], float) for c in order}, blocks=np.asarray(blocks))
 
 
 def option_row(option: str, val_without, val_with, test_without, *, test_with, how: str = "", val_blocks) -> dict:

@@ -58,3 +58,15 @@ def tta_text(comparison: pd.DataFrame) -> str:
     return (f"TTA {'helps' if gain > 0 else 'does not help'} here: the median error moves by {-gain:+.1f} km. "
             "The predictor (`--tta`) uses a calibration fitted on TTA outputs; with refinement on too, it "
             "reports the radius uncalibrated (no refined + TTA calibration is fitted).")
+
+
+def combine_text(chosen: str, rows: list[dict], *, n_views: int, default: str) -> str:
+    """The sentence under 06's multi-view table: the combine rule the adoption rule keeps, each
+    alternative's paired validation interval against it, and whether the predictor's default agrees."""
+    steps = "; ".join(f"{r['option']} vs {r['against']}: {r['val Δ median km']:+.1f} km [{r['lo']:+.1f}, "
+                      f"{r['hi']:+.1f}] {'adopted' if r['adopted'] else 'not adopted'}" for r in rows)
+    agree = ("the same" if chosen == default
+             else f"**not** the rule's choice: predict with `--combine {chosen}` on this model")
+    return (f"Combining rule at {n_views} views, by the adoption rule (paired 95% validation interval of the "
+            f"median difference, the predictor's default first): **{chosen}** ({steps or 'no alternative'}). "
+            f"The predictor's default: **{default}**, {agree}.")

@@ -109,10 +109,9 @@ def show_options(ev: Evaluation, multiview: tuple | None, *, n_views: int) -> No
         display(Markdown("No multi-view set: `multiview_views` is below 2, or the images are not the built-in demo "
                          "dataset (extra views are cut from the demo's rasters)."))
     else:
-        table, combine = multiview
+        table, combine, rule_rows = multiview
         display(table.set_index(["split", "views", "combine"])[MV_COLUMNS])
-        display(Markdown(f"Combining rule with the lower validation median at {n_views} views: **{combine}** "
-                         f"(the predictor's default: **{DEFAULT_COMBINE}**)."))
+        display(Markdown(eval_text.combine_text(combine, rule_rows, n_views=n_views, default=DEFAULT_COMBINE)))
     display(ev.option_table())
 
 

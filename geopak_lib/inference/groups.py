@@ -20,7 +20,7 @@ from geopak_lib.inference.ensemble import EnsembleModel
 from geopak_lib.training.cache import encoder_input
 
 COMBINE = ("embedding", "probs")
-DEFAULT_COMBINE = "embedding"  # lower validation median on the multi-view set: docs/decisions/ensemble.md
+DEFAULT_COMBINE = "embedding"  # the status quo: 06 keeps it unless the adoption rule takes "probs" (evaluation.md)
 _PROBS_KEYS = ("province_logits", "geocell_logits")
 
 

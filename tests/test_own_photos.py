@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +92,7 @@ def geopak(*args, cwd: Path) -> subprocess.CompletedProcess:
 
 def own_profile(path: Path, *, run_dir: Path, data_csv: Path, image_dir) -> Path:
     """A copy of params/smoke.yaml on the user's data, its run and feature cache under the test's folder.
-    The file's stem names the reports folder, reports/<stem>/ (removed by the fixtures)."""
+    The file's stem names the reports folder, <folder>/reports/<stem>/ (`geopak book --under`)."""
     raw = yaml.safe_load(load_profile("smoke").path.read_text())
     raw["common"]["run_dir"] = str(run_dir)
     raw["notebooks"]["00_data_audit"].update(data_csv=str(data_csv), image_dir=str(image_dir), demo_n_images=0)
@@ -105,9 +104,9 @@ def own_profile(path: Path, *, run_dir: Path, data_csv: Path, image_dir) -> Path
 
 def run_book(profile: Path, cwd: Path) -> Path:
     """``geopak book PROFILE`` -> its reports folder, after checking that every notebook left a report."""
-    book = geopak("book", profile, cwd=cwd)
+    book = geopak("book", profile, "--under", cwd, cwd=cwd)
     assert book.returncode == 0, book.stderr[-3000:]
-    reports = REPO_ROOT / "reports" / profile.stem
+    reports = cwd / "reports" / profile.stem
     for nb in notebook_paths():
         page = (reports / f"{nb.stem}.html").read_text(encoding="utf-8")
         assert "Traceback (most recent call last)" not in page, nb.name
@@ -126,18 +125,15 @@ def chain(photo_set):
     steps["validate"] = geopak("validate", table, "--images", photos, "--out", work / "check", cwd=work)
     profile = own_profile(work / "test_own_photos.yaml", run_dir=work / "runs" / "mine", data_csv=table,
                           image_dir=photos)
-    try:
-        steps["reports"] = run_book(profile, work)
-        recorded = (work / "runs" / "mine" / "final_checkpoint.txt").read_text().strip()
-        checkpoint = Path(REPO_ROOT, recorded)  # written relative to the repository root, or absolute
-        steps["ingest more"] = geopak("ingest", more, "--out", work / "more.csv", "--quiet", cwd=work)
-        steps["evaluate"] = geopak("evaluate", checkpoint, "--table", work / "more.csv", "--images", more,
-                                   "--out", work / "eval more", "--no-progress", cwd=work)
-        steps["predict"] = geopak("predict", more, "--checkpoint", checkpoint, "--out", work / "predictions.csv",
-                                  "--no-progress", cwd=work)
-        yield work, steps
-    finally:
-        shutil.rmtree(REPO_ROOT / "reports" / profile.stem, ignore_errors=True)
+    steps["reports"] = run_book(profile, work)
+    recorded = (work / "runs" / "mine" / "final_checkpoint.txt").read_text().strip()
+    checkpoint = Path(REPO_ROOT, recorded)  # written relative to the repository root, or absolute
+    steps["ingest more"] = geopak("ingest", more, "--out", work / "more.csv", "--quiet", cwd=work)
+    steps["evaluate"] = geopak("evaluate", checkpoint, "--table", work / "more.csv", "--images", more,
+                               "--out", work / "eval more", "--no-progress", cwd=work)
+    steps["predict"] = geopak("predict", more, "--checkpoint", checkpoint, "--out", work / "predictions.csv",
+                              "--no-progress", cwd=work)
+    return work, steps
 
 
 def test_every_photo_is_used_or_listed_with_a_reason(photo_set, chain):
@@ -215,9 +211,6 @@ def test_a_hugging_face_parquet_validates_and_runs_through_the_book(photo_set, c
     assert f"{N_PHOTOS} valid rows" in checked.stdout
     profile = own_profile(work / "test_own_parquet.yaml", run_dir=work / "runs" / "parquet", data_csv=parquet,
                           image_dir="")
-    try:
-        run_book(profile, work)
-    finally:
-        shutil.rmtree(REPO_ROOT / "reports" / profile.stem, ignore_errors=True)
+    run_book(profile, work)
     manifest = pd.read_csv(work / "runs" / "parquet" / "manifest.csv", dtype={"id": str})
     assert len(manifest) == N_PHOTOS and manifest["image_path"].str.startswith("parquet:").all()

@@ -122,13 +122,19 @@ def name_places(lat, lon, max_km: float = PLACE_MAX_KM) -> pd.DataFrame:
         rows = np.flatnonzero(province == name)
         if rows.size == 0:
             continue
-        (places, place_tree), (seats, seat_tree) = _province_index("places", name), _province_index("seats", name)
+        place_tree, seat_tree = _province_index("places", name)[1], _province_index("seats", name)[1]
         i, km = _nearest(lat[rows], lon[rows], place_tree)
         near = km <= max_km
         rows, i, km = rows[near], i[near], km[near]
-        place[rows] = places["name"].to_numpy()[i]
+        place[rows] = _province_column("places", name, "name")[i]
         place_km[rows] = km
-        district[rows] = seats["district"].to_numpy()[_nearest(lat[rows], lon[rows], seat_tree)[0]]
+        district[rows] = _province_column("seats", name, "district")[_nearest(lat[rows], lon[rows], seat_tree)[0]]
     return pd.DataFrame({"place": pd.Series(place, dtype=_STR), "district": pd.Series(district, dtype=_STR),
                          "province": np.where(province == None, "", province),  # noqa: E711
                          "place_km": place_km})
+
+
+@lru_cache(maxsize=None)
+def _province_column(kind: str, province: str, column: str) -> np.ndarray:
+    """One column of _province_index's table as an array (read once, not per batch)."""
+    return _province_index(kind, province)[0][column].to_numpy()

@@ -57,7 +57,13 @@ def parse_args(argv=None):
     ap.add_argument("--out", default="benchmarks/results", help="folder for results JSON, JPEGs, temporary caches")
     ap.add_argument("--record", action="store_true", help="append a dated section to docs/performance.md")
     ap.add_argument("--skip-geocells", action="store_true", help="do not run benchmarks/bench_geocells.py")
-    return ap.parse_args(argv)
+    ap.add_argument("--only", choices=["inference"], default=None,
+                    help="inference: the encoder bound and batch inference alone (sweep, paired ratio), nothing "
+                         "else; a few minutes, for comparing two versions of the predictor (not with --record)")
+    args = ap.parse_args(argv)
+    if args.only and args.record:
+        ap.error("--record needs the whole suite (leave out --only)")
+    return args
 
 
 def _inference_checkpoint(args, profile, model, out: Path) -> Path:
@@ -113,20 +119,22 @@ def run(args) -> dict:
         return max(bench_encoders.pair_rate(clip, scene, size, bb, device, 1, layouts, "auto")
                    for bb in sorted({batch, profile.batch}))
 
-    f = res["extraction"] = bench_features.sweep(table, clip, scene, tmp / "cache", device, 64 if profile.name != "quick"
-                                                 else profile.batch, quick=profile.name == "quick")
-    for r in f["runs"]:
-        say(f"[extraction] batch {r['batch']:4d} workers {r['workers']} threads {r['threads']} decode {r['decode']:8s}: "
-            f"{r['items_per_s']:.1f} img/s")
-    fb = f["best"]
-    f["paired"] = common.paired(lambda: bench_features.extract_once(table, clip, scene, tmp / "cache", fb["batch"],
-                                                                    fb["workers"], fb["threads"], device,
-                                                                    fb["decode"])["items_per_s"],
-                                lambda: reference(fb["batch"]), pairs)
-    res["extraction_ratio"] = f["paired"]["ratio"]
-    say(f"[extraction] best setting, timed {pairs}x back to back with the encoders alone: "
-        + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in f["paired"]["pairs"])
-        + f" img/s; ratio {res['extraction_ratio']:.2f} of the encoder bound")
+    if not args.only:  # feature extraction
+        f = res["extraction"] = bench_features.sweep(table, clip, scene, tmp / "cache", device,
+                                                     64 if profile.name != "quick" else profile.batch,
+                                                     quick=profile.name == "quick")
+        for r in f["runs"]:
+            say(f"[extraction] batch {r['batch']:4d} workers {r['workers']} threads {r['threads']} "
+                f"decode {r['decode']:8s}: {r['items_per_s']:.1f} img/s")
+        fb = f["best"]
+        f["paired"] = common.paired(lambda: bench_features.extract_once(table, clip, scene, tmp / "cache", fb["batch"],
+                                                                        fb["workers"], fb["threads"], device,
+                                                                        fb["decode"])["items_per_s"],
+                                    lambda: reference(fb["batch"]), pairs)
+        res["extraction_ratio"] = f["paired"]["ratio"]
+        say(f"[extraction] best setting, timed {pairs}x back to back with the encoders alone: "
+            + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in f["paired"]["pairs"])
+            + f" img/s; ratio {res['extraction_ratio']:.2f} of the encoder bound")
 
     model, data = build_model(profile, table, clip, scene)
     ckpt = _inference_checkpoint(args, profile, model, tmp)
@@ -145,6 +153,8 @@ def run(args) -> dict:
     say(f"[inference] best setting vs the encoders alone, {pairs}x: "
         + ", ".join(f"{r['a']:.1f} / {r['b']:.1f}" for r in inf["paired"]["pairs"])
         + f" img/s; ratio {res['inference_ratio']:.2f} (checkpoint {ckpt})")
+    if args.only:
+        return _finish(res, out, tmp, device, say)
     if device.type == "cpu":
         lat = res["latency"] = bench_inference.latency(predictor, paths[0], device, 10 if profile.name != "quick" else 2)
         res["latency_s"] = lat["median_s"]
@@ -190,13 +200,18 @@ def run(args) -> dict:
 
         g = bench_geocells.main(["--n", "2000" if profile.name == "quick" else "100000", "--out", str(out)])
         res["geocells"] = {"n": g["n"], "wall_s": g["wall_s"], "n_cells": g["n_cells"]}
+    return _finish(res, out, tmp, device, say)
+
+
+def _finish(res: dict, out: Path, tmp: Path, device, say) -> dict:
+    """Machine at the end, targets, the results JSON; the temporary folder removed."""
     res["machine_end"] = machine_info(device)
     res["targets"] = check_targets(res, device)
     say("targets:")
     for name, t in res["targets"].items():
         say(f"  {'MET    ' if t['met'] else 'NOT MET'} {t['what']}: {t['value']} (target {t['op']} {t['threshold']})")
     stamp = res["date"].replace(":", "").replace("-", "")
-    path = out / f"run_{profile.name}_{stamp}.json"
+    path = out / f"run_{res['profile']['name']}_{stamp}.json"
     path.write_text(json.dumps(res, indent=1))
     say(f"wrote {path}; load average at the end {res['machine_end']['loadavg'][0]:.2f}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -64,11 +64,20 @@ def test_quick_suite_runs_and_writes_every_ratio(tmp_path, capsys):
     assert section.startswith("## ") and "python -m benchmarks.run_all --quick" in section and "| target |" in section
 
 
+def test_only_inference_runs_the_bound_and_inference_alone(tmp_path):
+    res = run_all.main(["--quick", "--only", "inference", "--device", "cpu", "--out", str(tmp_path)])
+    assert 0 < res["inference_ratio"] < 5 and set(res["targets"]) == {"inference_ratio"}
+    assert "extraction" not in res and "phase1" not in res and "latency" not in res
+    assert json.loads(next(tmp_path.glob("run_quick_*.json")).read_text())["inference"]["paired"]["pairs"]
+    with pytest.raises(SystemExit):  # a partial run cannot be recorded as the suite's section
+        run_all.parse_args(["--only", "inference", "--record"])
+
+
 def test_help_explains_the_options(capsys):
     with pytest.raises(SystemExit):
         run_all.parse_args(["--help"])
     text = capsys.readouterr().out
-    for option in ("--profile", "--quick", "--device", "--threads", "--record", "--checkpoint", "--n-images"):
+    for option in ("--profile", "--quick", "--device", "--threads", "--record", "--checkpoint", "--n-images", "--only"):
         assert option in text
 
 

@@ -21,6 +21,7 @@ MIN_POPULATION = 1000  # GeoNames cities1000: the only file with more than 6 tow
 # beyond it the place and the district say little about the point (docs/decisions/places.md).
 PLACE_MAX_KM = 60.0
 DISTRICT_SEATS_FILE = "pakistan_district_seats.csv"
+_STR = pd.DataFrame({"s": [""]})["s"].dtype  # pandas' own dtype for a column of text (str, or object before 3.0)
 
 
 def _tree(table: pd.DataFrame):
@@ -115,17 +116,25 @@ def name_places(lat, lon, max_km: float = PLACE_MAX_KM) -> pd.DataFrame:
     lat = np.atleast_1d(np.asarray(lat, float))
     lon = np.atleast_1d(np.asarray(lon, float))
     province = locate_province(lat, lon)
-    out = pd.DataFrame({"place": "", "district": "", "province": np.where(province == None, "", province),  # noqa: E711
-                        "place_km": np.nan})
-    for name in PROVINCES:
+    place, district = np.full(len(lat), "", dtype=object), np.full(len(lat), "", dtype=object)
+    place_km = np.full(len(lat), np.nan)
+    for name in PROVINCES:  # columns filled as arrays, the table built once
         rows = np.flatnonzero(province == name)
         if rows.size == 0:
             continue
-        (places, place_tree), (seats, seat_tree) = _province_index("places", name), _province_index("seats", name)
+        place_tree, seat_tree = _province_index("places", name)[1], _province_index("seats", name)[1]
         i, km = _nearest(lat[rows], lon[rows], place_tree)
         near = km <= max_km
         rows, i, km = rows[near], i[near], km[near]
-        out.loc[rows, "place"] = places["name"].to_numpy()[i]
-        out.loc[rows, "place_km"] = km
-        out.loc[rows, "district"] = seats["district"].to_numpy()[_nearest(lat[rows], lon[rows], seat_tree)[0]]
-    return out
+        place[rows] = _province_column("places", name, "name")[i]
+        place_km[rows] = km
+        district[rows] = _province_column("seats", name, "district")[_nearest(lat[rows], lon[rows], seat_tree)[0]]
+    return pd.DataFrame({"place": pd.Series(place, dtype=_STR), "district": pd.Series(district, dtype=_STR),
+                         "province": np.where(province == None, "", province),  # noqa: E711
+                         "place_km": place_km})
+
+
+@lru_cache(maxsize=None)
+def _province_column(kind: str, province: str, column: str) -> np.ndarray:
+    """One column of _province_index's table as an array (read once, not per batch)."""
+    return _province_index(kind, province)[0][column].to_numpy()

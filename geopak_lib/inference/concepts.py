@@ -15,12 +15,14 @@ def concept_scores(model, outputs: dict, top: int = 3) -> list[dict]:
     if not logits:
         return [{} for _ in range(n)]
     classes = model.config.concept_classes
-    probs = {k: torch.softmax(v.float(), -1).cpu().numpy() for k, v in logits.items()}
-    out = []
-    for i in range(n):
-        row = {}
-        for k, p in probs.items():
-            order = np.argsort(-p[i], kind="stable")[:top]
-            row[k] = [(classes[k][j], float(p[i, j])) for j in order]
-        out.append(row)
-    return out
+    tops = {k: top_classes(torch.softmax(v.float(), -1).cpu().numpy(), classes[k], top) for k, v in logits.items()}
+    return [{k: rows[i] for k, rows in tops.items()} for i in range(n)]
+
+
+def top_classes(probs, classes, top: int) -> list[list[tuple]]:
+    """probs (B, C) -> each row's top classes [(class name, probability)], best first, ties in class
+    order (a stable sort per row, done for the whole batch at once)."""
+    probs = np.asarray(probs)
+    order = np.argsort(-probs, axis=-1, kind="stable")[:, :top]
+    values = np.take_along_axis(probs, order, -1).tolist()
+    return [[(classes[j], v) for j, v in zip(idx, val)] for idx, val in zip(order.tolist(), values)]

@@ -27,6 +27,7 @@ from geopak_lib.inference.ensemble import EnsembleModel, mixture
 from geopak_lib.inference.model_folder import folder_calibration, load_exported_model, load_folder_gallery
 from geopak_lib.inference.groups import DEFAULT_COMBINE, group_outputs
 from geopak_lib.inference.outputs import ImageFiles, collate_files, merge_view_outputs, to_pil, tta_views
+from geopak_lib.inference.records import hypothesis_lists, place_columns
 from geopak_lib.inference.refinement import RefineSettings, refine_prediction, refinement_choice
 from geopak_lib.model.probes import build_text_probes
 from geopak_lib.model.inference import cat_outputs, outputs_to, select_outputs
@@ -252,30 +253,26 @@ class GeopakPredictor:
         farthest = farthest_in_pakistan_km(pred["lat"], pred["lon"])  # no radius needs to reach beyond the country
         probes = self.probes.top(out["clip_pooled"], k=3) if self.probes is not None and "clip_pooled" in out \
             else [[] for _ in range(len(probs))]
+        # one conversion per batch array; the loop below only assembles Python objects
+        hyps, places = hypothesis_lists(pred), place_columns(names)
+        lat, lon, spread_km = (np.asarray(pred[k]).tolist() for k in ("lat", "lon", "spread_km"))
+        far = farthest.tolist()
+        province_ids, confidence, prob_rows = probs.argmax(-1).tolist(), probs.max(-1).tolist(), probs.tolist()
+        alpha, key = out["alpha"].tolist(), str(RADIUS_COVERAGE)
         results = []
-        for i in range(len(probs)):
-            valid = pred["hyp_cell_id"][i] >= 0
-            order = np.argsort(-pred["hyp_weight"][i][valid], kind="stable")
-            cols = [pred[k][i][valid][order] for k in ("hyp_province_id", "hyp_cell_id", "hyp_lat", "hyp_lon",
-                                                       "hyp_weight")]
-            hyps = [{"province": PROVINCES[int(pr)], "cell_id": int(c), "lat": float(la), "lon": float(lo),
-                     "weight": float(w)} for pr, c, la, lo, w in zip(*cols)]
-            spread, province = float(pred["spread_km"][i]), int(probs[i].argmax())
+        for i, (spread, province) in enumerate(zip(spread_km, province_ids)):
             # its province's scale where fitted, never below the floor; capped at the farthest point of Pakistan
-            radii = {} if cal is None else {c: min(cal.radius_km(spread, province, c), float(farthest[i]))
-                                            for c in cal.radius_scales}
-            key = str(RADIUS_COVERAGE)
+            radii = {} if cal is None else {c: min(cal.radius_km(spread, province, c), far[i]) for c in cal.radius_scales}
+            place, district, place_province, place_km = places[i]
             results.append({
-                "province": PROVINCES[int(probs[i].argmax())], "province_id": int(probs[i].argmax()),
-                "lat": float(pred["lat"][i]), "lon": float(pred["lon"][i]), "confidence": float(probs[i].max()),
-                "radius_km": radii.get(key, min(spread + RADIUS_FLOOR_KM, float(farthest[i]))),  # uncalibrated
+                "province": PROVINCES[province], "province_id": province, "lat": lat[i], "lon": lon[i],
+                "confidence": confidence[i],
+                "radius_km": radii.get(key, min(spread + RADIUS_FLOOR_KM, far[i])),  # uncalibrated
                 "radius_calibrated": key in radii, "radius_coverage": RADIUS_COVERAGE if key in radii else None,
                 "radii_km": radii, "spread_km": spread, "temperature": temperature,
-                "province_probs": {p: float(v) for p, v in zip(PROVINCES, probs[i])},
-                "place": names.at[i, "place"], "district": names.at[i, "district"],
-                "place_province": names.at[i, "province"],
-                "place_km": None if names.at[i, "place"] == "" else float(names.at[i, "place_km"]),
-                "alpha": float(out["alpha"][i]), "refined": self.gallery is not None, "hypotheses": hyps,
+                "province_probs": dict(zip(PROVINCES, prob_rows[i])),
+                "place": place, "district": district, "place_province": place_province, "place_km": place_km,
+                "alpha": alpha[i], "refined": self.gallery is not None, "hypotheses": hyps[i],
                 "concepts": concepts[i], "probes": probes[i],
                 **{f"{k}{suffix}": v[0][j] for k, v in concepts[i].items() for j, suffix in ((0, ""), (1, "_p"))}})
         return results
@@ -302,7 +299,7 @@ class GeopakPredictor:
         predicted; otherwise the reason, and no prediction keys)."""
         return [r for batch in self.iter_predictions(paths, batch_size, progress, num_workers) for r in batch]
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, with less bookkeeping per op; only Python records leave it
     def iter_predictions(self, paths, batch_size: int = 32, progress: bool = True, num_workers: int = 0):
         """predict_many one batch at a time: yields lists of records in path order, so memory stays
         flat in the number of images (nothing is kept once a batch is yielded)."""

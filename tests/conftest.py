@@ -1,5 +1,5 @@
 """Shared test set-up (no model hub, no display, one thread) and the fixtures several test modules use:
-`ckpt` (a tiny predictor checkpoint), `trained` (real small encoders), `manifest` (12 images),
+`ckpt` (a tiny predictor checkpoint), `concept_ckpt` (the same with concept heads), `trained` (real small encoders), `manifest` (12 images),
 `demo_manifest` (20 demo images) and `smoke_run` (the smoke book, once per session, in a temporary folder). Helpers live in tiny_predictor.py, synthetic_training.py and cache_helpers.py."""
 
 import os
@@ -20,7 +20,7 @@ from geopak_lib.book import demo  # noqa: E402
 from geopak_lib.model.encoders import build_encoder  # noqa: E402
 from geopak_lib.model.geopak import GeopakModel, ModelConfig  # noqa: E402
 from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint  # noqa: E402
-from tiny_predictor import CELLS, NAMED_CELLS, SPECS, TinyEncoder  # noqa: E402
+from tiny_predictor import CELLS, CONCEPTS, NAMED_CELLS, SPECS, TinyEncoder  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,26 @@ def ckpt(tmp_path, monkeypatch):
     for p in model.offset_head.out[-1].parameters():  # non-zero offsets, so they are tested too
         torch.nn.init.normal_(p, std=0.5)
     path = tmp_path / "run" / "checkpoints" / "phase1" / "best.pt"
+    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
+                                     epochs_since_best=0, stopped=False, sampler={}), path)
+    return path, model.eval()
+
+
+@pytest.fixture()
+def concept_ckpt(tmp_path, monkeypatch):
+    """The tiny checkpoint with concept heads (and the bottleneck), their last layers randomised."""
+    from geopak_lib.model import encoders
+
+    monkeypatch.setattr(encoders, "build_encoder",
+                        lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
+    torch.manual_seed(1)
+    cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
+                      offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2, concept_classes=CONCEPTS,
+                      concept_weight=0.5, concept_hidden=8, concept_bottleneck=True)
+    model = GeopakModel(cfg, CELLS, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
+    for head in model.concept_heads.heads.values():
+        torch.nn.init.normal_(head[-1].weight, std=2.0)
+    path = tmp_path / "crun" / "checkpoints" / "phase1" / "best.pt"
     save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
                                      epochs_since_best=0, stopped=False, sampler={}), path)
     return path, model.eval()

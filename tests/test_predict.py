@@ -9,9 +9,7 @@ import torch
 from PIL import Image
 
 from geopak_lib.book import cli
-from geopak_lib.training.checkpoints import checkpoint_state, save_checkpoint
-from geopak_lib.model.encoders import Preprocess, preprocess_batch
-from geopak_lib.model.geopak import GeopakModel, ModelConfig
+from geopak_lib.model.encoders import preprocess_batch
 from geopak_lib.inference.calibration import save_calibration
 from geopak_lib.inference.outputs import merge_view_outputs, tta_views
 from geopak_lib.inference.predictor import GeopakPredictor
@@ -19,7 +17,7 @@ from geopak_lib.book.predict_cli import results_table
 from geopak_lib.data.places import name_places
 from geopak_lib.geo import farthest_in_pakistan_km
 
-from tiny_predictor import CELLS, SPECS, TinyEncoder, write_images  # noqa: F401  (used below)
+from tiny_predictor import CELLS, CONCEPTS, SPECS, TinyEncoder, write_images  # noqa: F401  (used below)
 
 
 def expected(model, path):
@@ -234,29 +232,6 @@ def test_results_table_columns_for_failed_rows():
                                "hyp1_lat", "hyp1_lon", "hyp1_weight", "climate", "climate_p", "land_cover",
                                "land_cover_p", "error"]
     assert t.loc[0, "error"] == "boom" and pd.isna(t.loc[0, "lat"])
-
-
-CONCEPTS = {"climate": ["B arid", "C temperate", "E polar"], "land_cover": ["barren", "cropland", "urban", "water"]}
-
-
-@pytest.fixture()
-def concept_ckpt(tmp_path, monkeypatch):
-    """The tiny checkpoint with concept heads (and the bottleneck), their last layers randomised."""
-    from geopak_lib.model import encoders
-
-    monkeypatch.setattr(encoders, "build_encoder",
-                        lambda spec, weights=None, strict=False: TinyEncoder(*SPECS[spec], spec))
-    torch.manual_seed(1)
-    cfg = ModelConfig(clip_dim=6, scene_dim=5, fused_dim=8, province_hidden=8, cell_hidden=8, small_cell_hidden=8,
-                      offset_hidden=8, aux_hidden=8, cell_emb_dim=2, prov_emb_dim=2, concept_classes=CONCEPTS,
-                      concept_weight=0.5, concept_hidden=8, concept_bottleneck=True)
-    model = GeopakModel(cfg, CELLS, TinyEncoder(6, 16, "tiny:clip"), TinyEncoder(5, 12, "tiny:scene"))
-    for head in model.concept_heads.heads.values():
-        torch.nn.init.normal_(head[-1].weight, std=2.0)
-    path = tmp_path / "crun" / "checkpoints" / "phase1" / "best.pt"
-    save_checkpoint(checkpoint_state(model, None, None, {"phase": 1}, epoch=3, metrics={}, history=[], best={},
-                                     epochs_since_best=0, stopped=False, sampler={}), path)
-    return path, model.eval()
 
 
 def test_concept_scores_in_predict_and_the_csv(concept_ckpt, tmp_path):

@@ -19,7 +19,7 @@ from geopak_lib.inference.predictor import GeopakPredictor
 from geopak_lib.inference.records import hypothesis_lists, place_columns
 from geopak_lib.model.inference import outputs_to
 
-from test_predict import CONCEPTS, concept_ckpt  # noqa: F401  (a fixture)
+from tiny_predictor import CONCEPTS
 from tiny_predictor import write_images
 
 

@@ -92,5 +92,4 @@ def test_smoke_profile_is_the_notebook_defaults():
             if key in SAFE_DEFAULTS:
                 assert ast.literal_eval(declared[key]) == SAFE_DEFAULTS[key], f"{nb_path.name}: {key}"
                 continue
-            import ast
             assert ast.literal_eval(declared[key]) == value, f"{nb_path.name}: {key} default != smoke"

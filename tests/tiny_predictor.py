@@ -69,3 +69,6 @@ def save_gallery(path, model, default=True, settings=rf.RefineSettings(k=1, step
     g = refinement_fit.build_gallery(emb, cells["center_lat"] + 0.09, cells["center_lon"] + 0.09, cells["cell_id"],
                                     n_cells=len(cells))
     return rf.save_gallery(path, g, settings, {"default": default, "val_median_km": {"plain": 2.0, "refined": 1.0}})
+
+
+CONCEPTS = {"climate": ["B arid", "C temperate", "E polar"], "land_cover": ["barren", "cropland", "urban", "water"]}

@@ -1,7 +1,9 @@
-"""Peak memory of `geopak predict` against the number of images: N small JPEGs (64 x 64, random
-noise) in a folder, one child process per N running the CLI on a tiny checkpoint (tiny encoders
-stand in for open_clip/timm, so the figure is the command's own memory, not an encoder's), peak
-RSS from the child's rusage. Run: python -m benchmarks.bench_predict_memory --sizes 1000 30000
+"""Peak memory of `geopak predict` and `geopak evaluate` against the number of images: N small
+JPEGs (64 x 64, random noise) in a folder (and, for evaluate, a labelled table of them at positions
+inside the province polygons, benchmarks/scale_data.sample_points), one child process per command
+and N running the CLI on a tiny checkpoint (tiny encoders stand in for open_clip/timm, so the figure
+is the command's own memory, not an encoder's), peak RSS from the child's rusage.
+Run: python -m benchmarks.bench_predict_memory --sizes 1000 30000 [--commands predict evaluate]
 """
 
 from __future__ import annotations
@@ -67,42 +69,61 @@ def write_images(folder: Path, n: int, size: int = 64) -> None:
         Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i:06d}.jpg")
 
 
-def child(folder: str, ckpt: str, out: str) -> int:
+def write_table(folder: Path, n: int) -> Path:
+    """A labelled table of the folder's first n images at real positions (id, image, latitude, longitude, province)."""
+    from benchmarks.scale_data import sample_points
+
+    table = sample_points(n).assign(id=[f"{i:06d}" for i in range(n)], image=[f"{i:06d}.jpg" for i in range(n)])
+    path = folder.parent / f"table{n}.csv"
+    table[["id", "image", "latitude", "longitude", "province"]].to_csv(path, index=False)
+    return path
+
+
+def child(command: str, folder: str, ckpt: str, out: str) -> int:
     _patch_encoders()
     from geopak_lib.book import cli
 
+    if command == "evaluate":
+        table = Path(folder).parent / f"table{Path(folder).name.removeprefix('img')}.csv"  # main wrote it
+        return cli.main(["evaluate", ckpt, "--table", str(table), "--images", folder,
+                         "--out", out, "--device", "cpu", "--no-progress", "--refine", "off"])
     return cli.main(["predict", folder, "--checkpoint", ckpt, "--out", out, "--geojson", out + ".geojson",
                      "--device", "cpu", "--no-progress", "--refine", "off"])
 
 
-def measure(folder: Path, ckpt: Path, out: Path) -> tuple[float, float]:
+def measure(command: str, folder: Path, ckpt: Path, out: Path) -> tuple[float, float]:
     """-> (wall s, peak RSS MiB) of one child running the CLI."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_predict_memory", "--child",
-                             str(folder), str(ckpt), str(out)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_predict_memory", "--child", command,
+                             str(folder), str(ckpt), str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"predict on {folder} failed")
+        raise SystemExit(f"{command} on {folder} failed")
     return time.perf_counter() - t0, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 30000])
-    ap.add_argument("--child", nargs=3, metavar=("FOLDER", "CKPT", "OUT"))
+    ap.add_argument("--commands", nargs="+", choices=("predict", "evaluate"), default=["predict"])
+    ap.add_argument("--child", nargs=4, metavar=("COMMAND", "FOLDER", "CKPT", "OUT"))
     args = ap.parse_args(argv)
     if args.child:
         return child(*args.child)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ckpt = make_checkpoint(tmp / "best.pt")
-        print("| images | wall s | peak RSS MiB |\n|---:|---:|---:|")
+        print("| command | images | wall s | peak RSS MiB |\n|---|---:|---:|---:|")
         for n in args.sizes:
             write_images(tmp / f"img{n}", n)
-            wall, rss = measure(tmp / f"img{n}", ckpt, tmp / f"pred{n}.csv")
-            rows = sum(1 for _ in open(tmp / f"pred{n}.csv")) - 1
-            assert rows == n, f"{rows} rows for {n} images"
-            print(f"| {n} | {wall:.1f} | {rss:.0f} |", flush=True)
+            write_table(tmp / f"img{n}", n)
+            for command in args.commands:
+                out = tmp / f"{command}{n}" / ("predictions.csv" if command == "predict" else "")
+                out.parent.mkdir(exist_ok=True)
+                wall, rss = measure(command, tmp / f"img{n}", ckpt, out)
+                rows = sum(1 for _ in open(out if command == "predict" else out / "predictions.csv")) - 1
+                assert rows == n, f"{command}: {rows} rows for {n} images"
+                print(f"| `geopak {command}` | {n} | {wall:.1f} | {rss:.0f} |", flush=True)
     return 0
 
 

@@ -1,8 +1,11 @@
 """Cost curve of every stage against the number of images: synthetic data sets of 1k to 100k
 images (benchmarks/scale_data.py: 64 px JPEGs at real positions inside the province polygons),
 each stage in a fresh child process, its wall time and peak RSS from the child's rusage (os.wait4,
-the figure /usr/bin/time -v prints as "Maximum resident set size"). The log-log slope of each stage
-from 10k up is fitted with numpy.polyfit on (log N, log seconds).
+the figure /usr/bin/time -v prints as "Maximum resident set size"), and its work time: the child's own
+clock from after its imports to the end of the stage (scale_stages.warm), without Python's start and
+torch's import, and its CPU seconds over the same span (user + system, children included), which other
+processes' load does not stretch. The log-log slope of each stage from 10k up is fitted with
+numpy.polyfit on (log N, log seconds), once on the work time and once on the CPU time.
 
     python -m benchmarks.bench_scale                            # 1k ... 100k; encoder stages to 30k
     python -m benchmarks.bench_scale --sizes 1000 3000 --encoder-max 3000 --out runs/scale_dev
@@ -10,7 +13,7 @@ from 10k up is fitted with numpy.polyfit on (log N, log seconds).
 
 Encoder stages (cache build, evaluation, predict: the demo's ViT-S-32 + EfficientNet-Lite0 at 128 px)
 stop at --encoder-max; above it their time is extrapolated from the measured throughput of the
-largest size (linear in N), and labelled so.
+largest size (linear in N, from the work time), and labelled so.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ import numpy as np
 
 from benchmarks.scale_stages import ENCODER_STAGES, STAGES, run_stage  # noqa: F401 (STAGES: the names)
 
-ORDER = ["validate", "split", "geocells", "cache", "cache_stub", "train", "evaluate", "predict", "gallery",
-         "reports", "site"]
+ORDER = ["validate", "split", "geocells", "cache", "cache_stub", "train", "train_fixed", "evaluate", "predict",
+         "gallery", "reports", "site"]
 
 
 
@@ -73,6 +76,13 @@ def run(args) -> dict:
                   + json.dumps({k: v for k, v in runs[stage].items() if k not in ("wall_s", "rss_mib")}), flush=True)
         (out / "scale.json").write_text(json.dumps(res, indent=1))
     res["loadavg_end"] = os.getloadavg()[0]
+    for other in args.merge:  # earlier runs fill the sizes and stages this one did not measure
+        earlier = json.loads(Path(other).read_text())
+        res.setdefault("merged", []).append({"file": str(other), "date": earlier["date"]})
+        for n, stages in earlier["runs"].items():
+            for stage, fig in stages.items():
+                res["runs"].setdefault(int(n), {}).setdefault(stage, fig)
+    res["runs"] = dict(sorted(res["runs"].items()))
     res["fit"] = fit(res)
     (out / "scale.json").write_text(json.dumps(res, indent=1))
     return res
@@ -81,15 +91,18 @@ def run(args) -> dict:
 def fit(res: dict) -> dict:
     """Per stage: measured sizes, slope from 10k, and for encoder stages the extrapolation to the
     largest size from the throughput at the largest measured one."""
-    sizes = [int(n) for n in res["runs"]]
+    runs = {int(n): r for n, r in res["runs"].items()}
+    sizes = sorted(runs)
     out = {}
     for stage in ORDER:
-        ns = [n for n in sizes if stage in res["runs"][n]]
+        ns = [n for n in sizes if stage in runs[n]]
         if not ns:
             continue
-        ts = [res["runs"][n][stage]["wall_s"] for n in ns]
-        f = out[stage] = {"n": ns, "wall_s": ts, "rss_mib": [res["runs"][n][stage]["rss_mib"] for n in ns],
-                          "slope_10k": slope(ns, ts)}
+        ts = [runs[n][stage].get("work_s", runs[n][stage]["wall_s"]) for n in ns]
+        cpu = [runs[n][stage].get("cpu_s") for n in ns]
+        f = out[stage] = {"n": ns, "work_s": ts, "wall_s": [runs[n][stage]["wall_s"] for n in ns],
+                          "rss_mib": [runs[n][stage]["rss_mib"] for n in ns], "slope_10k": slope(ns, ts),
+                          "cpu_s": cpu, "slope_cpu_10k": slope(ns, [c or 0 for c in cpu])}
         if stage in ENCODER_STAGES and max(sizes) > ns[-1]:
             f["extrapolated"] = {n: round(ts[-1] * n / ns[-1], 1) for n in sizes if n > ns[-1]}
     return out
@@ -101,6 +114,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encoder-max", type=int, default=30000, help="largest N for the encoder stages")
     ap.add_argument("--stages", nargs="+", default=ORDER, choices=ORDER)
     ap.add_argument("--out", default="runs/scale")
+    ap.add_argument("--merge", nargs="+", default=[], metavar="SCALE_JSON",
+                    help="scale.json files of earlier runs whose sizes and stages this run does not measure")
     ap.add_argument("--record", action="store_true", help="write the table and plot into docs/performance.md")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

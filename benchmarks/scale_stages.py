@@ -1,19 +1,47 @@
 """The stages of the scale benchmark, each run in its own process by benchmarks/bench_scale.py on
 the files an earlier stage left in ``work`` (the data set of N images). Each returns extra figures
-(sizes in MB, counts) as a dict."""
+(sizes in MB, counts) as a dict.
+
+The child imports every module a stage uses before its clock starts (``warm``), and the two
+command stages (validate, predict) call the command's ``main`` in the same process, so a stage's
+``work_s`` is its work alone: Python's start and torch's import (5-10 s a process on this CPU, the
+same at every N) are in the wall time but not in the slope."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-CLI = [sys.executable, "-m", "geopak_lib.book.cli"]
+WARM = ("geopak_lib.book.cli", "geopak_lib.data.splits", "geopak_lib.data.geocells", "geopak_lib.training.cache",
+        "geopak_lib.training.inputs", "geopak_lib.inference.predictor", "geopak_lib.model.geopak",
+        "geopak_lib.analysis.refinement_fit", "geopak_lib.model.refine", "geopak_lib.book.report",
+        "geopak_lib.book.concept_report", "geopak_lib.book.site", "benchmarks.bench_train", "benchmarks.bench_inference",
+        "open_clip", "timm", "nbformat", "folium", "matplotlib.pyplot", "nbconvert")
+
+
+def warm() -> None:
+    """Import what the stages use, so no stage's clock counts an import."""
+    import importlib
+
+    for name in WARM:
+        importlib.import_module(name)
+
+
+def _geopak(*argv: str) -> None:
+    """The geopak command in this process (its output discarded); a non-zero exit fails the stage."""
+    from geopak_lib.book.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
+        rc = main(list(argv))
+    if rc:
+        raise SystemExit(f"geopak {argv[0]} exited {rc}: {err.getvalue()[-2000:]}")
 DEMO = ("open_clip:ViT-S-32:none@128", "timm:tf_efficientnet_lite0@128")  # the demo profile's encoders
 STEPS, BATCH = 30, 64  # the fixed phase-1 work of the training stage
 
@@ -23,8 +51,7 @@ def _manifest(work: Path) -> pd.DataFrame:
 
 
 def validate(work: Path, table: Path, images: Path) -> dict:
-    subprocess.run([*CLI, "validate", str(table), "--images", str(images), "--out", str(work / "validated")],
-                   check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    _geopak("validate", str(table), "--images", str(images), "--out", str(work / "validated"))
     return {"rows": sum(1 for _ in open(work / "validated" / "manifest.csv")) - 1}
 
 
@@ -66,16 +93,24 @@ def cache(work: Path, stub: bool = False) -> dict:
     return {"slots": len(c), "clip_dim": c.clip_dim}
 
 
-def _model(work: Path, clip, scene):
+def _model(work: Path, clip, scene, cells: pd.DataFrame | None = None):
+    """The model on the set's own geocells, or on ``cells``."""
     from geopak_lib.model.geopak import GeopakModel, ModelConfig
 
-    cells = pd.read_json(work / "cells.json", orient="records")
+    cells = pd.read_json(work / "cells.json", orient="records") if cells is None else cells
     return GeopakModel(ModelConfig(clip_dim=clip.dim, scene_dim=scene.dim), cells, clip, scene)
+
+
+def _steps(model, data) -> dict:
+    from benchmarks.bench_train import phase1_cached
+
+    torch.manual_seed(0)
+    out = phase1_cached(model, data, BATCH, STEPS, torch.device("cpu"))
+    return {**out, "cells": len(model.cells), "params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def train(work: Path) -> dict:
     """STEPS phase-1 steps of batch BATCH on the (stub-encoder) cache of every row."""
-    from benchmarks.bench_train import phase1_cached
     from geopak_lib.training.cache import FeatureCache
     from geopak_lib.training.inputs import TrainData
 
@@ -84,7 +119,32 @@ def train(work: Path) -> dict:
     data = TrainData(df.assign(cell_id=df["cell_id"].clip(lower=0)), cache=FeatureCache.find_clean(
         df, clip, scene, cache_root=work / "cache_stub"))
     torch.manual_seed(0)
-    return phase1_cached(_model(work, clip, scene), data, BATCH, STEPS, torch.device("cpu"))
+    return _steps(_model(work, clip, scene), data)
+
+
+def train_fixed(work: Path, cells_size: int = 10_000) -> dict:
+    """The train stage with the model of one size: the geocells of the ``cells_size`` set (HDBSCAN
+    finds more cells in more points, and the heads grow with them), each of N's rows labelled with
+    its nearest cell centre. What remains N-dependent is the data path alone."""
+    from geopak_lib.geo import haversine_km
+    from geopak_lib.training.cache import FeatureCache
+    from geopak_lib.training.inputs import TrainData
+
+    cells_file = work.parent / f"n{cells_size}" / "cells.json"
+    cells = pd.read_json(cells_file, orient="records")
+    clip, scene = _encoders(True)
+    df = _manifest(work)
+    lat, lon, prov = df["latitude"].to_numpy(), df["longitude"].to_numpy(), df["province_id"].to_numpy()
+    clat, clon, cprov = (cells[c].to_numpy() for c in ("center_lat", "center_lon", "province_id"))
+    nearest = []
+    for i in range(0, len(df), 4096):  # the nearest centre among the cells of the row's own province
+        d = haversine_km(lat[i:i + 4096, None], lon[i:i + 4096, None], clat, clon)
+        nearest.append(np.where(prov[i:i + 4096, None] == cprov, d, np.inf).argmin(1))
+    nearest = cells["cell_id"].to_numpy()[np.concatenate(nearest)]
+    data = TrainData(df.assign(cell_id=nearest), cache=FeatureCache.find_clean(df, clip, scene,
+                                                                               cache_root=work / "cache_stub"))
+    torch.manual_seed(0)
+    return _steps(_model(work, clip, scene, cells), data)
 
 
 def checkpoint(work: Path) -> Path:
@@ -118,9 +178,8 @@ def predict(work: Path) -> dict:
         for p in _manifest(work)["image_path"]:
             (folder / Path(p).name).symlink_to(images / Path(p).name)
     out = work / "predictions.csv"
-    subprocess.run([*CLI, "predict", str(folder), "--checkpoint", str(checkpoint(work)), "--out", str(out),
-                    "--device", "cpu", "--no-progress", "--refine", "off", "--batch-size", "64"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _geopak("predict", str(folder), "--checkpoint", str(checkpoint(work)), "--out", str(out), "--device", "cpu",
+            "--no-progress", "--refine", "off", "--batch-size", "64")
     return {"rows": sum(1 for _ in open(out)) - 1}
 
 
@@ -178,18 +237,30 @@ def site(work: Path) -> dict:
 
 
 STAGES = {"validate": validate, "split": split, "geocells": geocells, "cache": cache,
-          "cache_stub": lambda work: cache(work, stub=True), "train": train, "evaluate": evaluate,
+          "cache_stub": lambda work: cache(work, stub=True), "train": train, "train_fixed": train_fixed, "evaluate": evaluate,
           "predict": predict, "gallery": gallery, "reports": reports, "site": site}
 WHAT = {"validate": "`geopak validate` (decode, sha1, phash)", "split": "spatial block split",
         "geocells": "geocells (HDBSCAN)", "cache": "feature cache, demo encoders",
         "cache_stub": "feature cache, stub encoders (data path)", "train": "30 phase-1 steps on the cache",
+        "train_fixed": "30 phase-1 steps, the 10k set's geocells",
         "evaluate": "evaluation of the test split (predictor)", "predict": "`geopak predict` on a folder of N",
         "gallery": "refinement gallery build + one query per test image", "reports": "00 + 01 HTML reports",
         "site": "book site (Sphinx) of those reports"}
 ENCODER_STAGES = ("cache", "evaluate", "predict")  # the demo encoders: stop at --encoder-max
 
 
+def _cpu_s() -> float:
+    import resource
+
+    return sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def run_stage(name: str, work: Path, *args) -> int:
+    warm()
+    t0, c0 = time.perf_counter(), _cpu_s()
     extra = STAGES[name](Path(work), *map(Path, args))
+    extra["work_s"] = round(time.perf_counter() - t0, 2)
+    extra["cpu_s"] = round(_cpu_s() - c0, 2)  # user + system of this process and its children: what load does not stretch
     (Path(work) / f"stage_{name}.json").write_text(json.dumps(extra, default=str))
     return 0

@@ -118,7 +118,6 @@ def train(work: Path) -> dict:
     df = _manifest(work)
     data = TrainData(df.assign(cell_id=df["cell_id"].clip(lower=0)), cache=FeatureCache.find_clean(
         df, clip, scene, cache_root=work / "cache_stub"))
-    torch.manual_seed(0)
     return _steps(_model(work, clip, scene), data)
 
 
@@ -143,7 +142,6 @@ def train_fixed(work: Path, cells_size: int = 10_000) -> dict:
     nearest = cells["cell_id"].to_numpy()[np.concatenate(nearest)]
     data = TrainData(df.assign(cell_id=nearest), cache=FeatureCache.find_clean(df, clip, scene,
                                                                                cache_root=work / "cache_stub"))
-    torch.manual_seed(0)
     return _steps(_model(work, clip, scene, cells), data)
 
 

@@ -188,7 +188,7 @@ def test_ddp_phase2_steps_equal_one_process_accumulating_the_halves(tmp_path):
 
     _table(tmp_path / "img")  # the images, before the ranks read them
     _launch(_ddp_worker, tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # reference: one process, same start, each step = mean of the two half-batch gradients
     model, data, cfg, loss_fn, batches = _phase2_setup(tmp_path)
     start = {k: v.clone() for k, v in model.state_dict().items()}

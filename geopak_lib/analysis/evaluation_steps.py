@@ -148,7 +148,7 @@ class Evaluation:
                      f["test"]["error_km"], how="only when --checkpoint is repeated (a model is one checkpoint)")
         return paths
 
-    def multiview(self, views: pd.DataFrame, *, n_views: int) -> tuple[pd.DataFrame, str]:
+    def multiview(self, views: pd.DataFrame, *, n_views: int) -> tuple[pd.DataFrame, str, list[dict]]:
         """Several photos of one place (``views``: demo_views.build_multiview_set's table): 1, 2 and
         n_views per place both ways; the way the adoption rule keeps at n_views (the predictor's
         default unless the other is adopted against it), as method and option rows.
@@ -157,14 +157,16 @@ class Evaluation:
         feats = multiview.view_features(p, views["image_path"], self.batch_size)
         table = multiview.multiview_table(model, *feats, views, n_views=(1, 2, n_views),
                                           top_provinces=p.top_provinces, top_cells=p.top_cells)
-        errs = {(k, c): multiview.multiview_errors(model, *feats, views, n_views=k, combine=c,
-                                                   top_provinces=p.top_provinces, top_cells=p.top_cells)
-                for k in (1, n_views) for c in multiview.COMBINE}
-        val = errs[1, DEFAULT_COMBINE]["split"] == "val"  # every frame has the places in the same order
-        blocks = errs[1, DEFAULT_COMBINE][val]["group"].map(self.table.set_index("id")["block_id"])
-        combine, rule_rows = multiview.rule_combine({c: errs[n_views, c][val]["error_km"] for c in multiview.COMBINE},
-                                                    blocks)
-        m = {(k, s): errs[k, combine][errs[k, combine]["split"] == s]["error_km"] for k in (1, n_views)
+        errs = {c: multiview.multiview_errors(model, *feats, views, n_views=n_views, combine=c,
+                                              top_provinces=p.top_provinces, top_cells=p.top_cells)
+                for c in multiview.COMBINE}
+        # one view is the same whichever way views are combined: measured once
+        single = multiview.multiview_errors(model, *feats, views, n_views=1, combine=DEFAULT_COMBINE,
+                                            top_provinces=p.top_provinces, top_cells=p.top_cells)
+        val = single["split"] == "val"  # every frame has the places in the same order
+        blocks = single[val]["group"].map(self.table.set_index("id")["block_id"])
+        combine, rule_rows = multiview.rule_combine({c: e[val]["error_km"] for c, e in errs.items()}, blocks)
+        m = {(k, s): e[e["split"] == s]["error_km"] for k, e in ((1, single), (n_views, errs[combine]))
              for s in ("val", "test")}
         self.beyond[f"multi-view set ({len(m[1, 'test'])} test places): 1 view"] = m[1, "test"]
         self.beyond[f"multi-view set: {n_views} views per place ({combine})"] = m[n_views, "test"]

@@ -35,4 +35,3 @@ def place_columns(names) -> list[tuple]:
     place, district, province = (names[k].tolist() for k in ("place", "district", "province"))
     km = names["place_km"].tolist()
     return [(p, d, pr, None if p == "" else float(k)) for p, d, pr, k in zip(place, district, province, km)]
-

@@ -187,7 +187,7 @@ def load_checkpoint(path, inputs: bool = True) -> dict:
     except UnsafeFileError:
         raise
     except Exception as exc:  # a truncated or foreign file
-        # torch's own text advises weights_only=False (running the file's code): never repeat it
+        # torch's own text advises turning the weights-only guard off (running the file's code): never repeat it
         raise ValueError(f"{path} is not a GEOPAK checkpoint: torch cannot read it ({type(exc).__name__}); "
                          "give a best.pt the training notebooks wrote, or, if it was one, it is damaged: "
                          "delete it and re-run that phase") from None
